@@ -1,0 +1,105 @@
+"""The vocabulary as one tagged union, the registry of current versions, and the published JSON Schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from events.catalog import (
+    CommandRejected,
+    PolicyRegistered,
+    PolicyRetired,
+    Promote,
+    RegisterPolicy,
+    RetirePolicy,
+    RevisionPromoted,
+    RevisionRolledBack,
+    Rollback,
+)
+from events.envelope import Command, Fact, Record
+from events.evaluation import EvaluationCompleted, RequestEvaluation
+from events.serving import (
+    AdapterEvicted,
+    AdapterLoaded,
+    AdapterLoadFailed,
+    EngineLost,
+    EngineRegistered,
+    ReportDemand,
+    WavePlanned,
+)
+from events.system import ActorRestarted
+from events.training import (
+    RevisionExported,
+    StartTraining,
+    StepCompleted,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingStarted,
+)
+
+RECORD_TYPES: tuple[type[Record], ...] = (
+    # commands
+    RegisterPolicy,
+    Promote,
+    Rollback,
+    RetirePolicy,
+    StartTraining,
+    RequestEvaluation,
+    ReportDemand,
+    # facts
+    PolicyRegistered,
+    RevisionPromoted,
+    RevisionRolledBack,
+    PolicyRetired,
+    CommandRejected,
+    TrainingStarted,
+    StepCompleted,
+    RevisionExported,
+    TrainingFinished,
+    TrainingFailed,
+    EvaluationCompleted,
+    EngineRegistered,
+    WavePlanned,
+    AdapterLoaded,
+    AdapterLoadFailed,
+    AdapterEvicted,
+    EngineLost,
+    ActorRestarted,
+)
+
+BY_NAME: dict[str, type[Record]] = {cls.__name__: cls for cls in RECORD_TYPES}
+COMMAND_TYPES = frozenset(name for name, cls in BY_NAME.items() if issubclass(cls, Command))
+FACT_TYPES = frozenset(name for name, cls in BY_NAME.items() if issubclass(cls, Fact))
+
+
+def current_version(cls: type[Record]) -> int:
+    default = msgspec.structs.fields(cls)[1].default
+    assert isinstance(default, int)
+    return default
+
+
+CURRENT_VERSION: dict[str, int] = {name: current_version(cls) for name, cls in BY_NAME.items()}
+
+# msgspec needs the union spelled out at runtime; the annotation is for readers and mypy.
+AnyRecord: Any = RECORD_TYPES[0]
+for _cls in RECORD_TYPES[1:]:
+    AnyRecord = AnyRecord | _cls
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of every record at its current version, for upstream producers."""
+    schema = msgspec.json.schema(AnyRecord)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "MinT log record"
+    schema["description"] = (
+        "One record of the MinT log. `type` selects the record; `v` is its schema version; `id` is the "
+        "idempotency key; `key` is the partition key and must equal the field named in each type's "
+        "description. Older versions are accepted and upcast."
+    )
+    for name, cls in BY_NAME.items():
+        definition = schema["$defs"][name]
+        kind = "command" if name in COMMAND_TYPES else "fact"
+        doc = (cls.__doc__ or "").strip()
+        definition["description"] = f"{kind} v{CURRENT_VERSION[name]}; key = {cls.KEY_FIELD}. {doc}".strip()
+    return schema

@@ -1,0 +1,79 @@
+"""Serving records, keyed by engine: registration, waves, residency changes, demand."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from events.envelope import Command, Fact
+from events.names import Name, PolicyName, RevisionId
+
+Tier = Literal["gpu", "cpu", "disk"]
+
+
+class ReportDemand(Command, kw_only=True, frozen=True):
+    """Requests per policy seen by one engine over one interval: aggregated, never one per request."""
+
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    interval_start: datetime
+    interval_s: float
+    counts: dict[str, int]
+
+
+class EngineRegistered(Fact, kw_only=True, frozen=True):
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    base_id: Name
+    kind: Name
+    gpu_slots: int
+    cpu_slots: int
+
+
+class WavePlanned(Fact, kw_only=True, frozen=True):
+    """The next residency change of one engine; adapters are named `tenant/name@rev`."""
+
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    wave: int
+    load: list[str]
+    keep: list[str]
+    evict: list[str]
+
+
+class AdapterLoaded(Fact, kw_only=True, frozen=True):
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    policy: PolicyName
+    revision: RevisionId
+    tier: Tier
+    ms: float
+
+
+class AdapterLoadFailed(Fact, kw_only=True, frozen=True):
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    policy: PolicyName
+    revision: RevisionId
+    reason: str
+
+
+class AdapterEvicted(Fact, kw_only=True, frozen=True):
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    policy: PolicyName
+    revision: RevisionId
+    tier: Tier
+
+
+class EngineLost(Fact, kw_only=True, frozen=True):
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    reason: str
