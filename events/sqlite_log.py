@@ -127,7 +127,9 @@ class SqliteLog:
         placed: dict[str, tuple[int, int]] = {}
         for chunk in _chunks([r.id for r in records], 500):
             marks = ",".join("?" * len(chunk))
-            for rid, p, o in con.execute(f"SELECT id, partition, offset FROM records WHERE id IN ({marks})", chunk):
+            for rid, p, o in con.execute(
+                f"SELECT id, partition, offset FROM records WHERE id IN ({marks})", chunk
+            ):
                 placed[rid] = (p, o)
         next_offset: dict[int, int] = {}
         rows = []

@@ -22,7 +22,9 @@ class UpcastError(ValueError):
 def upcast(cls: type[Record], fields: Fields, stored_version: int, current_version: int) -> Fields:
     name = cls.__name__
     if stored_version > current_version:
-        raise UpcastError(f"v: version {stored_version} of {name} is newer than this build knows ({current_version})")
+        raise UpcastError(
+            f"v: version {stored_version} of {name} is newer than this build knows ({current_version})"
+        )
     for version in range(stored_version, current_version):
         step: Callable[[Fields], Fields] | None = getattr(cls, f"upcast_v{version}_v{version + 1}", None)
         if step is None:

@@ -4,6 +4,7 @@ provides the `log` fixture (an open, empty log)."""
 from __future__ import annotations
 
 from collections import defaultdict
+
 import anyio
 import pytest
 
@@ -12,8 +13,6 @@ from events.dedupe import RecentIds
 from events.log import Encoded, EventLog, Stored, caught_up
 from events.partitioning import partition_for
 from tests.records import registered
-
-
 
 
 async def read_all(log: EventLog) -> list[Stored]:
@@ -89,7 +88,12 @@ class LogContract:
         record = registered("acme/roundtrip", promotion="auto")
         await log.append([record])
         (stored,) = await read_all(log)
-        assert (stored.id, stored.key, stored.type, stored.v) == (record.id, record.key, "PolicyRegistered", 2)
+        assert (stored.id, stored.key, stored.type, stored.v) == (
+            record.id,
+            record.key,
+            "PolicyRegistered",
+            2,
+        )
         assert stored.decode() == record
 
     async def test_group_resumes_after_committed_offsets(self, log: EventLog) -> None:
@@ -147,7 +151,9 @@ class LogContract:
         assert [s.id for s in stored if recent.first_time(s.key, s.id)] == [record.id]
 
     async def test_unknown_types_are_kept(self, log: EventLog) -> None:
-        future = Encoded(id="f-1", key="acme/x", type="FromTheFuture", v=3, at_ms=1, raw=b'{"type":"FromTheFuture"}')
+        future = Encoded(
+            id="f-1", key="acme/x", type="FromTheFuture", v=3, at_ms=1, raw=b'{"type":"FromTheFuture"}'
+        )
         await log.append_encoded([future])
         (stored,) = await read_all(log)
         assert stored.type == "FromTheFuture" and stored.raw == future.raw
@@ -165,4 +171,3 @@ class LogContract:
         assert (await log.offsets_for_time(at_ms))[p] == 2
         late_ms = int((t0 + timedelta(hours=1)).timestamp() * 1000)
         assert (await log.offsets_for_time(late_ms))[p] == 5
-
