@@ -68,7 +68,8 @@ class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=Tr
     ) -> Self:
         """Build a current-version record, filling the envelope: key from KEY_FIELD, tenant from the
         key (or the system tenant), causation/correlation from `cause`."""
-        key = fields[cls.KEY_FIELD]
+        # CommandRejected is keyed like its command, so its key is given, not derived.
+        key = fields.pop("key") if cls.KEY_FIELD == "key" else fields[cls.KEY_FIELD]
         if tenant is None:
             tenant = SYSTEM_TENANT if cls.SYSTEM else tenant_of(key)
         return cls(

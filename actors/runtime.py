@@ -1,0 +1,150 @@
+"""The actor runtime: a store-backed actor loop and a supervisor.
+
+An actor here is a mailbox (a log subscription that starts at the actor's own checkpoint), state (a
+ProjectionStore file) and outputs (facts it appends). Per batch it folds records and decides, appends
+its facts, then commits rows and checkpoint in one transaction. A crash anywhere before that commit
+replays the batch on restart; decisions are deterministic in their ids, so the second copy of a fact
+is refused (SQLite) or skipped by every fold (Kafka).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from actors.faults import NO_FAULTS, Faults
+from actors.progress import Progress
+from events.envelope import Record
+from events.log import EventLog
+from events.system import ActorRestarted
+from mint.projection.store import Fold, ProjectionStore
+
+log = logging.getLogger(__name__)
+
+
+class StoreActor:
+    """Folds the log into its own store. Subclasses that decide override `on_record`."""
+
+    batch_size = 2000
+    decode_types: frozenset[str] = frozenset()
+
+    def __init__(self, name: str, fold: Fold, path: Path, faults: Faults = NO_FAULTS) -> None:
+        self.name = name
+        self.fold = fold
+        self.path = path
+        self.faults = faults
+        self.progress = Progress()
+
+    def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
+        """Facts to append in answer to `record` (already folded). Projectors answer nothing."""
+        return []
+
+    def open_store(self, log: EventLog) -> ProjectionStore:
+        # With a log that refuses duplicate ids there is no second copy to skip, and deciders fold
+        # their own facts eagerly, which the store tracks separately; so only Kafka needs the window.
+        dedupe = not log.refuses_duplicates or bool(self.decode_types)
+        return ProjectionStore(self.path, self.fold, dedupe=dedupe, decode_types=self.decode_types)
+
+    async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        store = self.open_store(log)
+        try:
+            self.progress.update(store.position)
+            async with log.subscribe(self.name, start=store.position) as mailbox:
+                task_status.started()
+                while True:
+                    batch = await mailbox.next_batch(max_records=self.batch_size, timeout=1.0)
+                    if not batch:
+                        continue
+                    out: list[Record] = []
+                    for stored in batch:
+                        record = store.apply(stored)
+                        if record is not None:
+                            decided = self.on_record(record, store)
+                            for fact in decided:
+                                store.apply_own(fact)
+                            out.extend(decided)
+                    self.faults.point(f"{self.name}: before append")
+                    if out:
+                        await log.append(out)  # record before effect: durable before we move on
+                    self.faults.point(f"{self.name}: before commit")
+                    store.commit()
+                    self.faults.point(f"{self.name}: after commit")
+                    self.progress.update(store.position)
+                    await mailbox.commit(store.position)  # lag metrics only; the store is the truth
+        finally:
+            store.close()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_s: float = 0.05
+    max_s: float = 5.0
+    # A run this long counts as healthy: the next crash starts the backoff over.
+    healthy_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_s, self.first_s * 2 ** (attempt - 1)))
+
+
+class _FirstStart:
+    """Passes the first `started()` through to the supervisor's caller; restarts are silent."""
+
+    def __init__(self, status: TaskStatus[None]) -> None:
+        self._status: TaskStatus[None] | None = status
+
+    def started(self, value: Any = None) -> None:
+        if self._status is not None:
+            self._status.started()
+            self._status = None
+
+
+class Supervisor:
+    """Runs actors in one task group; restarts a crashed actor with exponential backoff and records
+    each restart as an ActorRestarted fact. Cancel the group to shut down."""
+
+    def __init__(self, log: EventLog, actors: list[StoreActor], backoff: Backoff = Backoff()) -> None:
+        self.log = log
+        self.actors = actors
+        self.backoff = backoff
+        self.restarts = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            for actor in self.actors:
+                await tg.start(self.supervise, actor)
+            task_status.started()
+
+    async def supervise(
+        self, actor: StoreActor, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        first = _FirstStart(task_status)
+        attempt = 0
+        while True:
+            began = time.monotonic()
+            try:
+                await actor.run(self.log, task_status=first)
+                return
+            except Exception as exc:
+                if time.monotonic() - began > self.backoff.healthy_s:
+                    attempt = 0
+                attempt += 1
+                self.restarts += 1
+                delay = self.backoff.delay(attempt)
+                log.warning("actor %s crashed (%r); restart %d in %.2fs", actor.name, exc, attempt, delay)
+                await self._record(actor.name, attempt, exc, delay)
+                await anyio.sleep(delay)
+
+    async def _record(self, name: str, attempt: int, exc: Exception, delay: float) -> None:
+        fact = ActorRestarted.create(
+            source="supervisor", actor=name, attempt=attempt, error=repr(exc), backoff_s=delay
+        )
+        try:
+            await self.log.append([fact])
+        except Exception:  # the log may be why it crashed; the restart goes on regardless
+            log.exception("could not record the restart of %s", name)

@@ -1,0 +1,1 @@
+"""MinT: many LoRA policies over a few resident bases, as an event-sourced actor system."""

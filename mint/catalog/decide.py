@@ -1,0 +1,182 @@
+"""The catalog actor's decisions: a catalog command and the current state in, facts out.
+
+Every refusal becomes a CommandRejected fact that names the reason and, where one field is at fault,
+the field. Fact ids derive from the command id, so deciding the same command again after a crash
+yields the same ids, and the log (or the folds' dedupe) keeps only the first copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from events.catalog import (
+    CommandRejected,
+    PolicyRegistered,
+    PolicyRetired,
+    Promote,
+    RegisterPolicy,
+    RetirePolicy,
+    RevisionPromoted,
+    RevisionRolledBack,
+    Rollback,
+)
+from events.envelope import Command, Fact
+from events.names import tenant_of
+from mint.catalog.rows import POLICIES, REVISIONS, PolicyRow, RevisionRow
+from mint.projection.store import Rows
+
+SOURCE = "catalog"
+
+
+class Refusal(Exception):
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def _fact_id(command: Command, n: int = 0) -> str:
+    return f"{command.id}/{n}"
+
+
+def _policy(command: Promote | Rollback | RetirePolicy, rows: Rows) -> PolicyRow:
+    _owner(command, command.policy)
+    row: PolicyRow | None = rows.get(POLICIES, command.policy)
+    if row is None:
+        raise Refusal(f"unknown policy {command.policy!r}", "policy")
+    if row.status == "retired":
+        raise Refusal(f"policy {command.policy!r} is retired", "policy")
+    return row
+
+
+def _owner(command: Command, policy: str) -> None:
+    if command.tenant != tenant_of(policy):
+        raise Refusal(f"tenant {command.tenant!r} may not act on policy {policy!r}", "tenant")
+
+
+def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
+    _owner(command, command.policy)
+    existing: PolicyRow | None = rows.get(POLICIES, command.policy)
+    if existing is not None:
+        state = "retired; register a new name" if existing.status == "retired" else "already registered"
+        raise Refusal(f"policy {command.policy!r} is {state}", "policy")
+    return [
+        PolicyRegistered.create(
+            id=_fact_id(command),
+            cause=command,
+            source=SOURCE,
+            policy=command.policy,
+            base_id=command.base_id,
+            promotion=command.promotion,
+        )
+    ]
+
+
+def promote(command: Promote, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    ref = f"{command.policy}@{command.revision}"
+    revision: RevisionRow | None = rows.get(REVISIONS, command.policy, command.revision)
+    if revision is None:
+        raise Refusal(f"unknown revision {ref}", "revision")
+    if revision.base_id != policy.base_id:
+        raise Refusal(
+            f"{ref} was trained on base {revision.base_id!r}; the policy is on {policy.base_id!r}", "revision"
+        )
+    if policy.pointer == command.revision:
+        raise Refusal(f"{ref} is already serving", "revision")
+    if revision.eval_verdict is None:
+        raise Refusal(
+            f"{ref} has no evaluation; request one (RequestEvaluation) before promoting", "revision"
+        )
+    if revision.eval_verdict != "pass":
+        baseline = (
+            f" against baseline {revision.eval_baseline_score:.4g}" if revision.eval_baseline_score else ""
+        )
+        raise Refusal(
+            f"{ref} failed evaluation {revision.eval_suite} v{revision.eval_suite_version}: "
+            f"score {revision.eval_score:.4g}{baseline}",
+            "revision",
+        )
+    return [
+        RevisionPromoted.create(
+            id=_fact_id(command),
+            cause=command,
+            source=SOURCE,
+            policy=command.policy,
+            revision=command.revision,
+            previous=policy.pointer,
+            reason=command.reason,
+        )
+    ]
+
+
+def rollback(command: Rollback, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    if policy.pointer is None:
+        raise Refusal(f"policy {command.policy!r} serves nothing; there is nothing to roll back", "policy")
+    earlier = policy.served[:-1]
+    if command.to_revision is None:
+        if not earlier:
+            raise Refusal(
+                f"nothing earlier to roll back to: {policy.pointer} is the first revision {command.policy} served",
+                "policy",
+            )
+        target = earlier[-1]
+    elif command.to_revision == policy.pointer:
+        raise Refusal(f"{command.policy}@{command.to_revision} is already serving", "to_revision")
+    elif command.to_revision not in earlier:
+        raise Refusal(
+            f"{command.policy}@{command.to_revision} was never served; rollback returns to an earlier "
+            "served revision (use Promote for a new one)",
+            "to_revision",
+        )
+    else:
+        target = command.to_revision
+    return [
+        RevisionRolledBack.create(
+            id=_fact_id(command),
+            cause=command,
+            source=SOURCE,
+            policy=command.policy,
+            revision=target,
+            previous=policy.pointer,
+            reason=command.reason,
+            evidence=dict(command.evidence),
+        )
+    ]
+
+
+def retire(command: RetirePolicy, rows: Rows) -> list[Fact]:
+    _policy(command, rows)
+    return [
+        PolicyRetired.create(
+            id=_fact_id(command), cause=command, source=SOURCE, policy=command.policy, reason=command.reason
+        )
+    ]
+
+
+DECIDERS: dict[str, Callable[..., list[Fact]]] = {
+    "RegisterPolicy": register,
+    "Promote": promote,
+    "Rollback": rollback,
+    "RetirePolicy": retire,
+}
+
+
+def decide(command: Command, rows: Rows) -> list[Fact]:
+    try:
+        return DECIDERS[type(command).__name__](command, rows)
+    except Refusal as refusal:
+        return [
+            CommandRejected.create(
+                id=_fact_id(command),
+                cause=command,
+                source=SOURCE,
+                tenant=command.tenant,
+                key=command.key,
+                command_id=command.id,
+                command_type=type(command).__name__,
+                reason=refusal.reason,
+                field=refusal.field,
+            )
+        ]

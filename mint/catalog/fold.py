@@ -1,0 +1,340 @@
+"""The catalog fold: one small handler per fact type. The live projector, the catalog actor's
+decision state and `mint replay` all run these same handlers, so replay equals live by construction."""
+
+from __future__ import annotations
+
+from msgspec.structs import replace
+
+from events.catalog import (
+    CommandRejected,
+    PolicyRegistered,
+    PolicyRetired,
+    RevisionPromoted,
+    RevisionRolledBack,
+)
+from events.envelope import Record
+from events.evaluation import EvaluationCompleted
+from events.names import tenant_of
+from events.serving import (
+    AdapterEvicted,
+    AdapterLoaded,
+    AdapterLoadFailed,
+    EngineLost,
+    EngineRegistered,
+    WavePlanned,
+)
+from events.system import ActorRestarted
+from events.training import RevisionExported, StepCompleted, TrainingFailed, TrainingFinished, TrainingStarted
+from mint.catalog.rows import (
+    CATALOG_TABLES,
+    ENGINES,
+    EVALUATIONS,
+    LOAD_FAILURES,
+    POLICIES,
+    REJECTIONS,
+    RESIDENCY,
+    RESTARTS,
+    REVISIONS,
+    RUNS,
+    SERVING_MOVES,
+    STEPS,
+    WAVES,
+    EngineRow,
+    EvaluationRow,
+    LoadFailureRow,
+    PolicyRow,
+    RejectionRow,
+    ResidencyRow,
+    RestartRow,
+    RevisionRow,
+    RunRow,
+    ServingMove,
+    StepRow,
+    WaveRow,
+)
+from mint.projection.store import Fold, Poison, Rows
+
+
+def _at(fact: Record) -> str:
+    return fact.at.isoformat()
+
+
+def _check_tenant(fact: Record, name: str) -> None:
+    if fact.tenant != tenant_of(name):
+        raise Poison(f"tenant: {fact.tenant!r} does not own {name!r}")
+
+
+def _policy(fact: Record, rows: Rows, policy: str) -> PolicyRow:
+    _check_tenant(fact, policy)
+    row: PolicyRow | None = rows.get(POLICIES, policy)
+    if row is None:
+        raise Poison(f"policy: {policy!r} is not registered")
+    return row
+
+
+def policy_registered(fact: PolicyRegistered, rows: Rows) -> None:
+    _check_tenant(fact, fact.policy)
+    if rows.get(POLICIES, fact.policy) is not None:
+        return  # a second registration decided under another command id: the first one stands
+    tenant, name = fact.policy.split("/", 1)
+    at = _at(fact)
+    rows.put(
+        POLICIES,
+        PolicyRow(fact.policy, tenant, name, fact.base_id, fact.promotion, "active", None, (), 0, at, at),
+    )
+
+
+def policy_retired(fact: PolicyRetired, rows: Rows) -> None:
+    row = _policy(fact, rows, fact.policy)
+    rows.put(POLICIES, replace(row, status="retired", updated_at=_at(fact)))
+
+
+def revision_exported(fact: RevisionExported, rows: Rows) -> None:
+    _check_tenant(fact, fact.policy)
+    if rows.get(REVISIONS, fact.policy, fact.revision) is not None:
+        return  # revisions are immutable: a re-export under the same id changes nothing
+    rows.put(
+        REVISIONS,
+        RevisionRow(
+            fact.policy,
+            fact.revision,
+            fact.base_id,
+            fact.uri,
+            fact.sha256,
+            fact.bytes,
+            fact.rank,
+            fact.alpha,
+            tuple(fact.targets),
+            fact.parent,
+            fact.run,
+            _at(fact),
+        ),
+    )
+    policy: PolicyRow | None = rows.get(POLICIES, fact.policy)
+    if policy is not None:
+        rows.put(POLICIES, replace(policy, revisions=policy.revisions + 1, updated_at=_at(fact)))
+
+
+def evaluation_completed(fact: EvaluationCompleted, rows: Rows) -> None:
+    _check_tenant(fact, fact.policy)
+    at = _at(fact)
+    rows.add(
+        EVALUATIONS,
+        EvaluationRow(
+            fact.id,
+            fact.policy,
+            fact.revision,
+            fact.suite,
+            fact.suite_version,
+            fact.score,
+            fact.verdict,
+            fact.baseline_revision,
+            fact.baseline_score,
+            fact.delta,
+            at,
+        ),
+    )
+    revision: RevisionRow | None = rows.get(REVISIONS, fact.policy, fact.revision)
+    if revision is None:
+        raise Poison(f"revision: {fact.policy}@{fact.revision} was never exported")
+    rows.put(
+        REVISIONS,
+        replace(
+            revision,
+            eval_suite=fact.suite,
+            eval_suite_version=fact.suite_version,
+            eval_score=fact.score,
+            eval_baseline_score=fact.baseline_score,
+            eval_delta=fact.delta,
+            eval_verdict=fact.verdict,
+            evaluated_at=at,
+        ),
+    )
+
+
+def revision_promoted(fact: RevisionPromoted, rows: Rows) -> None:
+    row = _policy(fact, rows, fact.policy)
+    at = _at(fact)
+    rows.put(
+        POLICIES, replace(row, pointer=fact.revision, served=(*row.served, fact.revision), updated_at=at)
+    )
+    rows.add(
+        SERVING_MOVES,
+        ServingMove(
+            fact.id, fact.policy, "promoted", fact.revision, row.pointer, fact.reason, {}, at, fact.causation
+        ),
+    )
+
+
+def revision_rolled_back(fact: RevisionRolledBack, rows: Rows) -> None:
+    row = _policy(fact, rows, fact.policy)
+    if fact.revision not in row.served:
+        raise Poison(f"revision: {fact.revision!r} was never served by {fact.policy!r}")
+    at = _at(fact)
+    keep = len(row.served) - row.served[::-1].index(fact.revision)
+    rows.put(POLICIES, replace(row, pointer=fact.revision, served=row.served[:keep], updated_at=at))
+    rows.add(
+        SERVING_MOVES,
+        ServingMove(
+            fact.id,
+            fact.policy,
+            "rolled_back",
+            fact.revision,
+            row.pointer,
+            fact.reason,
+            dict(fact.evidence),
+            at,
+            fact.causation,
+        ),
+    )
+
+
+def command_rejected(fact: CommandRejected, rows: Rows) -> None:
+    rows.add(
+        REJECTIONS,
+        RejectionRow(
+            fact.id,
+            fact.key,
+            fact.tenant,
+            fact.command_id,
+            fact.command_type,
+            fact.reason,
+            fact.field,
+            _at(fact),
+        ),
+    )
+
+
+def training_started(fact: TrainingStarted, rows: Rows) -> None:
+    _check_tenant(fact, fact.run)
+    if rows.get(RUNS, fact.run) is not None:
+        return
+    rows.put(
+        RUNS,
+        RunRow(
+            fact.run,
+            fact.tenant,
+            fact.base_id,
+            fact.algo,
+            tuple(fact.policies),
+            fact.steps,
+            "running",
+            0,
+            _at(fact),
+            None,
+            None,
+        ),
+    )
+
+
+def step_completed(fact: StepCompleted, rows: Rows) -> None:
+    rows.add(
+        STEPS,
+        StepRow(
+            fact.run,
+            fact.policy,
+            fact.step,
+            fact.loss,
+            fact.reward_mean,
+            fact.reward_std,
+            fact.kl,
+            fact.tokens_per_s,
+            _at(fact),
+        ),
+    )
+    run: RunRow | None = rows.get(RUNS, fact.run)
+    if run is not None and fact.step > run.step:
+        rows.put(RUNS, replace(run, step=fact.step))
+
+
+def training_finished(fact: TrainingFinished, rows: Rows) -> None:
+    run: RunRow | None = rows.get(RUNS, fact.run)
+    if run is not None:
+        rows.put(RUNS, replace(run, status="finished", step=max(run.step, fact.steps), finished_at=_at(fact)))
+
+
+def training_failed(fact: TrainingFailed, rows: Rows) -> None:
+    run: RunRow | None = rows.get(RUNS, fact.run)
+    if run is not None:
+        rows.put(RUNS, replace(run, status="failed", finished_at=_at(fact), reason=fact.reason))
+
+
+def engine_registered(fact: EngineRegistered, rows: Rows) -> None:
+    before: EngineRow | None = rows.get(ENGINES, fact.engine)
+    rows.put(
+        ENGINES,
+        EngineRow(
+            fact.engine,
+            fact.base_id,
+            fact.kind,
+            fact.gpu_slots,
+            fact.cpu_slots,
+            "up",
+            before.wave if before else 0,
+            _at(fact),
+            None,
+        ),
+    )
+
+
+def engine_lost(fact: EngineLost, rows: Rows) -> None:
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is not None:
+        rows.put(ENGINES, replace(engine, status="lost", lost_reason=fact.reason))
+
+
+def wave_planned(fact: WavePlanned, rows: Rows) -> None:
+    rows.add(
+        WAVES,
+        WaveRow(fact.engine, fact.wave, tuple(fact.load), tuple(fact.keep), tuple(fact.evict), _at(fact)),
+    )
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is not None and fact.wave > engine.wave:
+        rows.put(ENGINES, replace(engine, wave=fact.wave))
+
+
+def adapter_loaded(fact: AdapterLoaded, rows: Rows) -> None:
+    rows.put(RESIDENCY, ResidencyRow(fact.engine, fact.policy, fact.revision, fact.tier, fact.ms, _at(fact)))
+
+
+def adapter_evicted(fact: AdapterEvicted, rows: Rows) -> None:
+    resident: ResidencyRow | None = rows.get(RESIDENCY, fact.engine, fact.policy, fact.revision)
+    if resident is not None and resident.tier == fact.tier:
+        rows.delete(RESIDENCY, fact.engine, fact.policy, fact.revision)
+
+
+def adapter_load_failed(fact: AdapterLoadFailed, rows: Rows) -> None:
+    rows.add(
+        LOAD_FAILURES,
+        LoadFailureRow(fact.id, fact.engine, fact.policy, fact.revision, fact.reason, _at(fact)),
+    )
+
+
+def actor_restarted(fact: ActorRestarted, rows: Rows) -> None:
+    rows.add(RESTARTS, RestartRow(fact.id, fact.actor, fact.attempt, fact.error, fact.backoff_s, _at(fact)))
+
+
+CATALOG_FOLD = Fold(
+    name="catalog",
+    tables=CATALOG_TABLES,
+    handlers={
+        "PolicyRegistered": policy_registered,
+        "PolicyRetired": policy_retired,
+        "RevisionExported": revision_exported,
+        "EvaluationCompleted": evaluation_completed,
+        "RevisionPromoted": revision_promoted,
+        "RevisionRolledBack": revision_rolled_back,
+        "CommandRejected": command_rejected,
+        "TrainingStarted": training_started,
+        "StepCompleted": step_completed,
+        "TrainingFinished": training_finished,
+        "TrainingFailed": training_failed,
+        "EngineRegistered": engine_registered,
+        "EngineLost": engine_lost,
+        "WavePlanned": wave_planned,
+        "AdapterLoaded": adapter_loaded,
+        "AdapterEvicted": adapter_evicted,
+        "AdapterLoadFailed": adapter_load_failed,
+        "ActorRestarted": actor_restarted,
+    },
+)

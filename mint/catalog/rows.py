@@ -1,0 +1,191 @@
+"""Rows of the catalog projection. Times are ISO-8601 strings of the fact's `at`."""
+
+from __future__ import annotations
+
+import msgspec
+
+from mint.projection.table import Table
+
+
+class PolicyRow(msgspec.Struct, frozen=True):
+    policy: str
+    tenant: str
+    name: str
+    base_id: str
+    promotion: str
+    status: str  # active | retired
+    pointer: str | None  # the revision served; always served[-1]
+    served: tuple[str, ...]  # revisions served in order; a rollback returns to an earlier one
+    revisions: int
+    registered_at: str
+    updated_at: str
+
+
+class RevisionRow(msgspec.Struct, frozen=True):
+    policy: str
+    revision: str
+    base_id: str
+    uri: str
+    sha256: str
+    bytes: int
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+    parent: str | None
+    run: str | None
+    exported_at: str
+    eval_suite: str | None = None
+    eval_suite_version: int | None = None
+    eval_score: float | None = None
+    eval_baseline_score: float | None = None
+    eval_delta: float | None = None
+    eval_verdict: str | None = None
+    evaluated_at: str | None = None
+
+
+class ServingMove(msgspec.Struct, frozen=True):
+    """One move of a serving pointer, with who caused it and why."""
+
+    id: str
+    policy: str
+    kind: str  # promoted | rolled_back
+    revision: str
+    previous: str | None
+    reason: str
+    evidence: dict[str, float]
+    at: str
+    causation: str | None
+
+
+class EvaluationRow(msgspec.Struct, frozen=True):
+    id: str
+    policy: str
+    revision: str
+    suite: str
+    suite_version: int
+    score: float
+    verdict: str
+    baseline_revision: str | None
+    baseline_score: float | None
+    delta: float | None
+    at: str
+
+
+class RunRow(msgspec.Struct, frozen=True):
+    run: str
+    tenant: str
+    base_id: str
+    algo: str
+    policies: tuple[str, ...]
+    steps: int
+    status: str  # running | finished | failed
+    step: int
+    started_at: str
+    finished_at: str | None
+    reason: str | None
+
+
+class StepRow(msgspec.Struct, frozen=True):
+    run: str
+    policy: str
+    step: int
+    loss: float
+    reward_mean: float | None
+    reward_std: float | None
+    kl: float | None
+    tokens_per_s: float | None
+    at: str
+
+
+class EngineRow(msgspec.Struct, frozen=True):
+    engine: str
+    base_id: str
+    kind: str
+    gpu_slots: int
+    cpu_slots: int
+    status: str  # up | lost
+    wave: int
+    registered_at: str
+    lost_reason: str | None
+
+
+class ResidencyRow(msgspec.Struct, frozen=True):
+    engine: str
+    policy: str
+    revision: str
+    tier: str
+    load_ms: float
+    loaded_at: str
+
+
+class WaveRow(msgspec.Struct, frozen=True):
+    engine: str
+    wave: int
+    load: tuple[str, ...]
+    keep: tuple[str, ...]
+    evict: tuple[str, ...]
+    at: str
+
+
+class LoadFailureRow(msgspec.Struct, frozen=True):
+    id: str
+    engine: str
+    policy: str
+    revision: str
+    reason: str
+    at: str
+
+
+class RejectionRow(msgspec.Struct, frozen=True):
+    id: str
+    key: str
+    tenant: str
+    command_id: str
+    command_type: str
+    reason: str
+    field: str | None
+    at: str
+
+
+class RestartRow(msgspec.Struct, frozen=True):
+    id: str
+    actor: str
+    attempt: int
+    error: str
+    backoff_s: float
+    at: str
+
+
+POLICIES = Table(
+    "policies", PolicyRow, key=("policy",), indexes=(("tenant", "name"), ("status",), ("base_id",))
+)
+REVISIONS = Table("revisions", RevisionRow, key=("policy", "revision"))
+SERVING_MOVES = Table(
+    "serving_moves", ServingMove, key=("id",), indexes=(("policy", "at"),), append_only=True
+)
+EVALUATIONS = Table(
+    "evaluations", EvaluationRow, key=("id",), indexes=(("policy", "revision"),), append_only=True
+)
+RUNS = Table("runs", RunRow, key=("run",), indexes=(("tenant",),))
+STEPS = Table("steps", StepRow, key=("run", "policy", "step"), append_only=True)
+ENGINES = Table("engines", EngineRow, key=("engine",))
+RESIDENCY = Table("residency", ResidencyRow, key=("engine", "policy", "revision"))
+WAVES = Table("waves", WaveRow, key=("engine", "wave"), append_only=True)
+LOAD_FAILURES = Table("load_failures", LoadFailureRow, key=("id",), append_only=True)
+REJECTIONS = Table("rejections", RejectionRow, key=("id",), indexes=(("key",),), append_only=True)
+RESTARTS = Table("actor_restarts", RestartRow, key=("id",), append_only=True)
+
+CATALOG_TABLES = (
+    POLICIES,
+    REVISIONS,
+    SERVING_MOVES,
+    EVALUATIONS,
+    RUNS,
+    STEPS,
+    ENGINES,
+    RESIDENCY,
+    WAVES,
+    LOAD_FAILURES,
+    REJECTIONS,
+    RESTARTS,
+)

@@ -1,0 +1,333 @@
+"""The projection store: one SQLite file holding a fold's rows, its checkpoint and its dead letters.
+
+Effectively once (DESIGN invariant 3): the checkpoint (next offset per partition) is written in the
+same transaction as the rows it produced, so a crash before `commit` loses both and the records are
+simply folded again; a record below the checkpoint is skipped on redelivery; a record id seen again
+on its key within the dedupe window (a producer retry on Kafka) is skipped.
+
+Rows are cached in memory and written back at commit, so a batch of facts costs one transaction and
+a fold never waits on a query for a row it has already seen. A table that was empty when the store
+opened is known to hold only what the cache holds, until the cache sheds rows (then misses query).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from events.codec import RecordError, UnknownRecord
+from events.dedupe import remember
+from events.envelope import Record
+from events.log import Position, Stored
+from mint.projection.table import Table
+
+log = logging.getLogger(__name__)
+
+_ABSENT: Any = object()
+
+
+class Poison(ValueError):
+    """A record a fold cannot apply (its facts contradict the schema's promises). It goes to the
+    dead-letter table with this message, and the fold goes on."""
+
+
+class RecentIdsRow(msgspec.Struct, frozen=True):
+    key: str
+    ids: tuple[str, ...]
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    partition: int
+    offset: int
+    id: str
+    type: str
+    reason: str
+    raw: str
+
+
+RECENT_IDS = Table("_recent_ids", RecentIdsRow, key=("key",), digest=False)
+DEAD_LETTERS = Table("dead_letters", DeadLetter, key=("partition", "offset"), append_only=True)
+
+Handler = Callable[[Any, "Rows"], None]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A projection's definition: its tables and one handler per fact type it folds."""
+
+    name: str
+    tables: Sequence[Table]
+    handlers: Mapping[str, Handler]
+
+
+class Rows:
+    """The unit of work a handler reads and writes. Changes of a record that turns out to be poison
+    are undone, so a dead-lettered record leaves nothing behind."""
+
+    def __init__(self, con: sqlite3.Connection, tables: Iterable[Table], complete: set[str]) -> None:
+        self._con = con
+        self._cache: dict[str, dict[tuple[Any, ...], Any]] = {t.name: {} for t in tables}
+        self._dirty: dict[str, set[tuple[Any, ...]]] = {t.name: set() for t in tables}
+        self._appended: dict[str, list[Any]] = {t.name: [] for t in tables}
+        self._complete = complete
+        self._undo: list[Callable[[], None]] | None = None
+        self._select: dict[str, str] = {}
+
+    def get(self, table: Table, *key: Any) -> Any:
+        cached = self._cache[table.name].get(key, _ABSENT)
+        if cached is not _ABSENT:
+            return cached
+        if table.name in self._complete:
+            return None
+        sql = self._select.get(table.name)
+        if sql is None:
+            where = " AND ".join(f"{k} = ?" for k in table.key)
+            sql = self._select[table.name] = f"SELECT * FROM {table.name} WHERE {where}"
+        values = self._con.execute(sql, key).fetchone()
+        row = table.from_db(values) if values is not None else None
+        self._cache[table.name][key] = row
+        return row
+
+    def put(self, table: Table, row: Any) -> None:
+        self._set(table, table.key_of(row), row)
+
+    def delete(self, table: Table, *key: Any) -> None:
+        self._set(table, key, None)
+
+    def add(self, table: Table, row: Any) -> None:
+        """Insert into an append-only table (idempotent: its key is a fact id or a sequence)."""
+        rows = self._appended[table.name]
+        rows.append(row)
+        if self._undo is not None:
+            self._undo.append(rows.pop)
+
+    def _set(self, table: Table, key: tuple[Any, ...], row: Any) -> None:
+        cache, dirty = self._cache[table.name], self._dirty[table.name]
+        if self._undo is not None:
+            before, was_dirty = cache.get(key, _ABSENT), key in dirty
+
+            def undo() -> None:
+                if before is _ABSENT:
+                    cache.pop(key, None)
+                else:
+                    cache[key] = before
+                if not was_dirty:
+                    dirty.discard(key)
+
+            self._undo.append(undo)
+        cache[key] = row
+        dirty.add(key)
+
+    def begin_record(self) -> None:
+        self._undo = []
+
+    def end_record(self, keep: bool) -> None:
+        assert self._undo is not None
+        if not keep:
+            for undo in reversed(self._undo):
+                undo()
+        self._undo = None
+
+    def flush(self, tables: Iterable[Table]) -> None:
+        """Write dirty rows; the caller holds the transaction."""
+        for table in tables:
+            dirty = self._dirty[table.name]
+            if dirty:
+                cache = self._cache[table.name]
+                upserts = [table.to_db(cache[k]) for k in dirty if cache[k] is not None]
+                deletes = [k for k in dirty if cache[k] is None]
+                if upserts:
+                    marks = ",".join("?" * len(table.columns))
+                    self._con.executemany(f"INSERT OR REPLACE INTO {table.name} VALUES ({marks})", upserts)
+                if deletes:
+                    where = " AND ".join(f"{k} = ?" for k in table.key)
+                    self._con.executemany(f"DELETE FROM {table.name} WHERE {where}", deletes)
+                dirty.clear()
+            appended = self._appended[table.name]
+            if appended:
+                marks = ",".join("?" * len(table.columns))
+                self._con.executemany(
+                    f"INSERT OR IGNORE INTO {table.name} VALUES ({marks})", [table.to_db(r) for r in appended]
+                )
+                appended.clear()
+
+    def cached(self) -> int:
+        return sum(len(c) for c in self._cache.values())
+
+    def shed(self) -> None:
+        """Drop clean cached rows; from now on a miss must query."""
+        for cache in self._cache.values():
+            cache.clear()
+        self._complete.clear()
+
+
+class ProjectionStore:
+    """Open with a Fold; feed it records with `apply` (and, for deciders, their own facts with
+    `apply_own`); `commit` writes rows and checkpoint atomically."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        fold: Fold,
+        *,
+        dedupe: bool = True,
+        defer_indexes: bool = False,
+        cache_limit: int = 500_000,
+        decode_types: Iterable[str] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fold = fold
+        self.dedupe = dedupe
+        self.cache_limit = cache_limit
+        self.tables: tuple[Table, ...] = (*fold.tables, DEAD_LETTERS, RECENT_IDS)
+        self._decode = set(fold.handlers) | set(decode_types)
+        self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS _checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER)"
+        )
+        self._con.execute("CREATE TABLE IF NOT EXISTS _own_pending (id TEXT PRIMARY KEY)")
+        complete = set()
+        for table in self.tables:
+            self._con.execute(table.create_sql())
+            if self._con.execute(f"SELECT 1 FROM {table.name} LIMIT 1").fetchone() is None:
+                complete.add(table.name)
+        if not defer_indexes:
+            self.create_indexes()
+        self.position: Position = dict(self._con.execute("SELECT partition, next_offset FROM _checkpoint"))
+        self._committed: Position = dict(self.position)
+        self._own: set[str] = {r for (r,) in self._con.execute("SELECT id FROM _own_pending")}
+        self._own_changed = False
+        self.rows = Rows(self._con, self.tables, complete)
+        self.dead_letters = 0
+
+    def create_indexes(self) -> None:
+        for table in self.tables:
+            for sql in table.index_sql():
+                self._con.execute(sql)
+
+    # -- folding ---------------------------------------------------------------------------------
+
+    def apply(self, stored: Stored) -> Record | None:
+        """Fold one record from the log. Returns the decoded record when its type is one this store
+        folds or was asked to decode (a decider's commands), None when it was skipped."""
+        p = stored.partition
+        if stored.offset < self.position.get(p, 0):
+            return None  # redelivered below the checkpoint
+        self.position[p] = stored.offset + 1
+        if stored.id in self._own:
+            self._own.discard(stored.id)
+            self._own_changed = True
+            return None  # a decider's own fact, folded when it was decided
+        if stored.type not in self._decode:
+            return None
+        if self.dedupe and not self._first_time(stored.key, stored.id):
+            return None
+        try:
+            record = stored.decode()
+        except RecordError as exc:
+            self._dead_letter(stored, str(exc))
+            return None
+        if isinstance(record, UnknownRecord):
+            return None
+        if self._fold(record, stored):
+            return record
+        return None
+
+    def apply_own(self, fact: Record) -> None:
+        """Fold a fact this store's decider has just appended, so its next decision sees it (never
+        decide from state that lags your own writes). The log's copy is skipped when it arrives."""
+        self._own.add(fact.id)
+        self._own_changed = True
+        if type(fact).__name__ in self.fold.handlers:
+            self._fold(fact, None)
+
+    def _fold(self, record: Record, stored: Stored | None) -> bool:
+        handler = self.fold.handlers.get(type(record).__name__)
+        if handler is None:
+            return True
+        self.rows.begin_record()
+        try:
+            handler(record, self.rows)
+        except (Poison, ValueError) as exc:
+            self.rows.end_record(keep=False)
+            if stored is None:
+                raise
+            self._dead_letter(stored, f"{type(record).__name__} {record.id!r}: {exc}")
+            return False
+        self.rows.end_record(keep=True)
+        return True
+
+    def _first_time(self, key: str, record_id: str) -> bool:
+        row = self.rows.get(RECENT_IDS, key)
+        recent = row.ids if row is not None else ()
+        if record_id in recent:
+            return False
+        self.rows.put(RECENT_IDS, RecentIdsRow(key, remember(recent, record_id)))
+        return True
+
+    def _dead_letter(self, stored: Stored, reason: str) -> None:
+        log.warning("%s: dead letter at %s/%s: %s", self.fold.name, stored.partition, stored.offset, reason)
+        self.dead_letters += 1
+        raw = stored.raw.decode("utf-8", errors="replace")
+        self.rows.add(
+            DEAD_LETTERS, DeadLetter(stored.partition, stored.offset, stored.id, stored.type, reason, raw)
+        )
+
+    # -- committing ------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self.rows.flush(self.tables)
+            changed = [(p, o) for p, o in self.position.items() if self._committed.get(p) != o]
+            con.executemany("INSERT OR REPLACE INTO _checkpoint VALUES (?, ?)", changed)
+            if self._own_changed:
+                con.execute("DELETE FROM _own_pending")
+                con.executemany("INSERT INTO _own_pending VALUES (?)", [(i,) for i in self._own])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        self._committed = dict(self.position)
+        self._own_changed = False
+        if self.rows.cached() > self.cache_limit:
+            self.rows.shed()
+
+    def close(self) -> None:
+        self._con.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._con.execute(sql, args).fetchall()
+
+    def table_digests(self) -> dict[str, str]:
+        """sha256 per digested table over its rows in key order: equal digests, equal projections."""
+        digests = {}
+        for table in sorted(self.tables, key=lambda t: t.name):
+            if not table.digest:
+                continue
+            h = hashlib.sha256()
+            order = ", ".join(table.key)
+            for row in self._con.execute(f"SELECT * FROM {table.name} ORDER BY {order}"):
+                h.update(msgspec.json.encode(row))
+                h.update(b"\n")
+            digests[table.name] = h.hexdigest()
+        return digests
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, d in self.table_digests().items():
+            h.update(f"{name}:{d}\n".encode())
+        return h.hexdigest()
