@@ -92,6 +92,9 @@ class Backoff:
         return float(min(self.max_s, self.first_s * 2 ** (attempt - 1)))
 
 
+DEFAULT_BACKOFF = Backoff()
+
+
 class _FirstStart:
     """Passes the first `started()` through to the supervisor's caller; restarts are silent."""
 
@@ -108,7 +111,7 @@ class Supervisor:
     """Runs actors in one task group; restarts a crashed actor with exponential backoff and records
     each restart as an ActorRestarted fact. Cancel the group to shut down."""
 
-    def __init__(self, log: EventLog, actors: list[StoreActor], backoff: Backoff = Backoff()) -> None:
+    def __init__(self, log: EventLog, actors: list[StoreActor], backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self.log = log
         self.actors = actors
         self.backoff = backoff

@@ -10,14 +10,14 @@ import anyio
 from actors.catalog import CatalogActor
 from actors.faults import NO_FAULTS, Faults
 from actors.projector import CatalogProjector
-from actors.runtime import Backoff, StoreActor, Supervisor
+from actors.runtime import DEFAULT_BACKOFF, Backoff, StoreActor, Supervisor
 from events.log import EventLog
 from mint.home import Home
 
 
 class System:
     def __init__(
-        self, home: Home, log: EventLog, faults: Faults = NO_FAULTS, backoff: Backoff = Backoff()
+        self, home: Home, log: EventLog, faults: Faults = NO_FAULTS, backoff: Backoff = DEFAULT_BACKOFF
     ) -> None:
         self.home = home
         self.log = log
@@ -39,7 +39,7 @@ class System:
 
 @asynccontextmanager
 async def running(
-    home: Home, log: EventLog, faults: Faults = NO_FAULTS, backoff: Backoff = Backoff()
+    home: Home, log: EventLog, faults: Faults = NO_FAULTS, backoff: Backoff = DEFAULT_BACKOFF
 ) -> AsyncIterator[System]:
     """Start every actor (returns once all are ready); cancel them all on exit."""
     system = System(home, log, faults, backoff)

@@ -118,7 +118,8 @@ def rollback(command: Rollback, rows: Rows) -> list[Fact]:
     if command.to_revision is None:
         if not earlier:
             raise Refusal(
-                f"nothing earlier to roll back to: {policy.pointer} is the first revision {command.policy} served",
+                f"nothing earlier to roll back to: {policy.pointer} is the first revision "
+                f"{command.policy} served",
                 "policy",
             )
         target = earlier[-1]
