@@ -64,6 +64,7 @@ class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=Tr
         id: str | None = None,
         at: datetime | None = None,
         tenant: str | None = None,
+        correlation: str | None = None,
         **fields: Any,
     ) -> Self:
         """Build a current-version record, filling the envelope: key from KEY_FIELD, tenant from the
@@ -79,7 +80,7 @@ class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=Tr
             at=at or utc_now(),
             source=source,
             causation=cause.id if cause else None,
-            correlation=(cause.correlation or cause.id) if cause else None,
+            correlation=correlation or ((cause.correlation or cause.id) if cause else None),
             **fields,
         )
 

@@ -219,7 +219,6 @@ def training_started(fact: TrainingStarted, rows: Rows) -> None:
             tuple(fact.policies),
             fact.steps,
             "running",
-            0,
             _at(fact),
             None,
             None,
@@ -228,6 +227,8 @@ def training_started(fact: TrainingStarted, rows: Rows) -> None:
 
 
 def step_completed(fact: StepCompleted, rows: Rows) -> None:
+    # Only the step row: the run row is keyed by run, on another partition, and folds never assume
+    # order across keys. A run's progress is read from its steps.
     rows.add(
         STEPS,
         StepRow(
@@ -242,15 +243,12 @@ def step_completed(fact: StepCompleted, rows: Rows) -> None:
             _at(fact),
         ),
     )
-    run: RunRow | None = rows.get(RUNS, fact.run)
-    if run is not None and fact.step > run.step:
-        rows.put(RUNS, replace(run, step=fact.step))
 
 
 def training_finished(fact: TrainingFinished, rows: Rows) -> None:
     run: RunRow | None = rows.get(RUNS, fact.run)
     if run is not None:
-        rows.put(RUNS, replace(run, status="finished", step=max(run.step, fact.steps), finished_at=_at(fact)))
+        rows.put(RUNS, replace(run, status="finished", finished_at=_at(fact)))
 
 
 def training_failed(fact: TrainingFailed, rows: Rows) -> None:

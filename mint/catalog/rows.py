@@ -79,7 +79,6 @@ class RunRow(msgspec.Struct, frozen=True):
     policies: tuple[str, ...]
     steps: int
     status: str  # running | finished | failed
-    step: int
     started_at: str
     finished_at: str | None
     reason: str | None

@@ -187,7 +187,7 @@ class ProjectionStore:
         self.fold = fold
         self.dedupe = dedupe
         self.cache_limit = cache_limit
-        self.tables: tuple[Table, ...] = (*fold.tables, DEAD_LETTERS, RECENT_IDS)
+        self.tables = store_tables(fold)
         self._decode = set(fold.handlers) | set(decode_types)
         self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
@@ -313,21 +313,33 @@ class ProjectionStore:
         return self._con.execute(sql, args).fetchall()
 
     def table_digests(self) -> dict[str, str]:
-        """sha256 per digested table over its rows in key order: equal digests, equal projections."""
-        digests = {}
-        for table in sorted(self.tables, key=lambda t: t.name):
-            if not table.digest:
-                continue
-            h = hashlib.sha256()
-            order = ", ".join(table.key)
-            for row in self._con.execute(f"SELECT * FROM {table.name} ORDER BY {order}"):
-                h.update(msgspec.json.encode(row))
-                h.update(b"\n")
-            digests[table.name] = h.hexdigest()
-        return digests
+        return table_digests(self._con, self.tables)
 
     def digest(self) -> str:
+        return combined_digest(self.table_digests())
+
+
+def table_digests(con: sqlite3.Connection, tables: Iterable[Table]) -> dict[str, str]:
+    """sha256 per digested table over its rows in key order: equal digests, equal projections."""
+    digests = {}
+    for table in sorted(tables, key=lambda t: t.name):
+        if not table.digest:
+            continue
         h = hashlib.sha256()
-        for name, d in self.table_digests().items():
-            h.update(f"{name}:{d}\n".encode())
-        return h.hexdigest()
+        for row in con.execute(f"SELECT * FROM {table.name} ORDER BY {', '.join(table.key)}"):
+            h.update(msgspec.json.encode(row))
+            h.update(b"\n")
+        digests[table.name] = h.hexdigest()
+    return digests
+
+
+def combined_digest(digests: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for name, d in sorted(digests.items()):
+        h.update(f"{name}:{d}\n".encode())
+    return h.hexdigest()
+
+
+def store_tables(fold: Fold) -> tuple[Table, ...]:
+    """Every table a store of `fold` holds, bookkeeping included."""
+    return (*fold.tables, DEAD_LETTERS, RECENT_IDS)

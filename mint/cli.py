@@ -1,0 +1,29 @@
+"""`mint`: the command line. The face of the system (it may import actors/ and replay/)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from mint.commands.catalog import catalog_group
+from mint.commands.events import events_group
+from mint.commands.replay import replay_group
+from mint.commands.up import up
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log actor activity to stderr.")
+def cli(verbose: bool) -> None:
+    """MinT: many LoRA policies over a few resident bases, as an event-sourced actor system."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(up)
+cli.add_command(events_group)
+cli.add_command(replay_group)
+cli.add_command(catalog_group)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,71 @@
+"""`mint catalog`: read the catalog projection (policies, revisions, pointers, dead letters)."""
+
+from __future__ import annotations
+
+import click
+
+from mint.catalog.queries import Catalog, ProjectionMissing
+from mint.commands.common import context, home_option
+from mint.home import Home
+
+
+def _open(home: Home) -> Catalog:
+    try:
+        return Catalog(home.catalog)
+    except ProjectionMissing as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """Query the catalog projection."""
+
+
+@catalog_group.command("search")
+@click.argument("prefix", default="")
+@click.option("--status", type=click.Choice(["active", "retired"]), default=None)
+@click.option("--base", "base_id", default=None, help="Only policies on this base.")
+@click.option("--after", default="", help="Page after this policy name.")
+@click.option("--limit", default=50, show_default=True)
+@home_option
+def search(prefix: str, status: str | None, base_id: str | None, after: str, limit: int, home_dir: str | None) -> None:
+    """Policies whose tenant/name starts with PREFIX."""
+    home, _ = context(home_dir, None)
+    catalog = _open(home)
+    for row in catalog.search(prefix, status, base_id, after, limit):
+        click.echo(f"{row.policy:<40} {row.status:<8} base={row.base_id:<12} serving={row.pointer or '-'}")
+
+
+@catalog_group.command("show")
+@click.argument("policy")
+@home_option
+def show(policy: str, home_dir: str | None) -> None:
+    """One policy: pointer, revisions with evaluations, serving history, refused commands."""
+    home, _ = context(home_dir, None)
+    catalog = _open(home)
+    row = catalog.policy(policy)
+    if row is None:
+        raise click.ClickException(f"unknown policy {policy!r}")
+    click.echo(f"{row.policy}  status={row.status}  base={row.base_id}  promotion={row.promotion}")
+    click.echo(f"serving: {row.pointer or '(nothing)'}   served so far: {' -> '.join(row.served) or '-'}")
+    click.echo("revisions:")
+    for rev in catalog.revisions(policy):
+        verdict = f"{rev.eval_verdict} {rev.eval_suite} score={rev.eval_score}" if rev.eval_verdict else "not evaluated"
+        click.echo(f"  {rev.revision:<10} parent={rev.parent or '-':<8} rank={rev.rank} {verdict}")
+    click.echo("serving history:")
+    for move in catalog.serving_history(policy):
+        click.echo(f"  {move.at} {move.kind:<11} {move.previous or '-'} -> {move.revision}  {move.reason}")
+    rejections = catalog.rejections(policy)
+    if rejections:
+        click.echo("refused commands:")
+        for r in rejections:
+            click.echo(f"  {r.at} {r.command_type}: {r.reason}")
+
+
+@catalog_group.command("dead-letters")
+@home_option
+def dead_letters(home_dir: str | None) -> None:
+    """Records the projector could not fold, with the reason."""
+    home, _ = context(home_dir, None)
+    for letter in _open(home).dead_letters():
+        click.echo(f"{letter.partition}:{letter.offset} {letter.type} {letter.id}: {letter.reason}")

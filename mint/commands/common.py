@@ -1,0 +1,64 @@
+"""What every command shares: the home and log options, running async code, and a progress bar."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from mint.config import LogSpec
+from mint.home import Home
+
+T = TypeVar("T")
+
+home_option = click.option(
+    "--home", "home_dir", envvar="MINT_HOME", default=None, help="Data directory (default $MINT_HOME or ~/.mint)."
+)
+log_option = click.option(
+    "--log",
+    "log_url",
+    envvar="MINT_LOG",
+    default=None,
+    help="sqlite (default), sqlite:///PATH, or kafka://HOST:PORT[/TOPIC][?partitions=N].",
+)
+
+
+def context(home_dir: str | None, log_url: str | None) -> tuple[Home, LogSpec]:
+    home = Home.resolve(home_dir)
+    try:
+        return home, LogSpec.parse(log_url, home)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log") from None
+
+
+def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return anyio.run(fn, *args)
+
+
+class ProgressBar:
+    """A one-line bar on stderr when it is a terminal, else a line every few seconds."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.began = time.perf_counter()
+        self._last = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self._last < (0.1 if self._tty else 5.0) and done < total:
+            return
+        self._last = now
+        rate = done / max(now - self.began, 1e-9)
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        line = f"{self.label} [{bar:<30}] {done:,}/{total:,} {rate:,.0f}/s"
+        click.echo(("\r" + line) if self._tty else line, err=True, nl=not self._tty)
+
+    def close(self) -> None:
+        if self._tty:
+            click.echo("", err=True)

@@ -1,0 +1,216 @@
+"""`mint replay`: rebuild, verify, audit, point-in-time and incident recovery over the log."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from events.codec import UnknownRecord
+from events.envelope import Record
+from mint.catalog.fold import CATALOG_FOLD
+from mint.catalog.queries import Catalog
+from mint.commands.common import ProgressBar, context, home_option, log_option, run
+from mint.config import open_log
+from replay import audit as audit_tool
+from replay import point_in_time, recovery
+from replay.rebuild import rebuild as rebuild_projection
+from replay.verify import verify as verify_projection
+
+
+@click.group("replay")
+def replay_group() -> None:
+    """Rebuild, verify and audit projections from the log; look back in time; recover."""
+
+
+@replay_group.command("rebuild")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write (default: beside the live one).")
+@click.option("--replace", is_flag=True, help="Replace the live catalog projection (stop `mint up` first).")
+@home_option
+@log_option
+def rebuild(out: Path | None, replace: bool, home_dir: str | None, log_url: str | None) -> None:
+    """Fold the whole log from offset 0 into a fresh catalog projection."""
+    home, spec = context(home_dir, log_url)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = out or home.projections / f"catalog.rebuilt-{stamp}.db"
+    bar = ProgressBar("rebuild")
+
+    async def go() -> None:
+        async with open_log(spec) as log:
+            result = await rebuild_projection(log, CATALOG_FOLD, target, on_progress=bar)
+        bar.close()
+        click.echo(
+            f"rebuilt {result.records:,} records in {result.seconds:.2f}s "
+            f"({result.records_per_s:,.0f}/s) into {result.path}"
+        )
+        if result.dead_letters:
+            click.echo(f"{result.dead_letters} records went to the dead-letter table")
+        if replace:
+            for suffix in ("-wal", "-shm"):
+                Path(f"{home.catalog}{suffix}").unlink(missing_ok=True)
+            shutil.move(result.path, home.catalog)
+            click.echo(f"replaced {home.catalog}")
+
+    run(go)
+
+
+@replay_group.command("verify")
+@home_option
+@log_option
+def verify(home_dir: str | None, log_url: str | None) -> None:
+    """Rebuild up to the live projection's checkpoint and compare digests; exit 1 with a diff if they differ."""
+    home, spec = context(home_dir, log_url)
+    bar = ProgressBar("verify")
+
+    async def go() -> bool:
+        async with open_log(spec) as log:
+            verdict = await verify_projection(log, CATALOG_FOLD, home.catalog, on_progress=bar)
+        bar.close()
+        if verdict.equal:
+            click.echo(f"OK: replay equals live over {verdict.records:,} records (digest {verdict.live_digest[:16]})")
+            return True
+        click.echo(f"MISMATCH: live {verdict.live_digest[:16]} != rebuilt {verdict.rebuilt_digest[:16]}")
+        for diff in verdict.diffs:
+            click.echo(f"  table {diff.table}:")
+            for row in diff.live_only:
+                click.echo(f"    - live only:    {row}")
+            for row in diff.rebuilt_only:
+                click.echo(f"    + rebuilt only: {row}")
+        return False
+
+    try:
+        equal = run(go)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(0 if equal else 1)
+
+
+def _why(record: Record | UnknownRecord | None) -> str:
+    if record is None or isinstance(record, UnknownRecord):
+        return ""
+    for name in ("reason", "revision", "verdict"):
+        value = getattr(record, name, None)
+        if value:
+            return f"{name}={value}"
+    return ""
+
+
+@replay_group.command("audit")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@home_option
+@log_option
+def audit(key: str, as_json: bool, home_dir: str | None, log_url: str | None) -> None:
+    """The full history of KEY (tenant/name, a run or an engine): who, what, when, why, caused by what."""
+    _, spec = context(home_dir, log_url)
+
+    async def go() -> list[audit_tool.Entry]:
+        async with open_log(spec) as log:
+            return await audit_tool.history(log, key)
+
+    entries = run(go)
+    if not entries:
+        raise click.ClickException(f"no records with key {key!r} on the log")
+    for e in entries:
+        record = e.record
+        when = datetime.fromtimestamp(e.stored.at_ms / 1000, UTC).isoformat(timespec="milliseconds")
+        who = f"{record.source or '-'} ({record.tenant})" if isinstance(record, Record) else "-"
+        cause = f"<- {e.cause.type} {e.cause.id}" if e.cause else ""
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "at": when,
+                        "place": f"{e.stored.partition}:{e.stored.offset}",
+                        "type": e.stored.type,
+                        "id": e.stored.id,
+                        "who": who,
+                        "why": _why(record),
+                        "caused_by": e.cause.id if e.cause else None,
+                        "error": e.error,
+                    }
+                )
+            )
+        else:
+            what = e.error or _why(record)
+            click.echo(f"{when} {e.stored.type:<20} {who:<28} {what} {cause}".rstrip())
+
+
+@replay_group.command("at")
+@click.argument("until")
+@click.option("--policy", default=None, help="Say what this policy served then, and why.")
+@home_option
+@log_option
+def at(until: str, policy: str | None, home_dir: str | None, log_url: str | None) -> None:
+    """The catalog as of UNTIL: a time (ISO-8601, or HH:MM today UTC) or a position P:O[,P:O...]."""
+    _, spec = context(home_dir, log_url)
+
+    async def go() -> None:
+        async with open_log(spec) as log:
+            position = await point_in_time.resolve_until(log, until)
+            with tempfile.TemporaryDirectory(prefix="mint-at-") as tmp:
+                built = await point_in_time.projection_at(log, position, Path(tmp) / "at.db")
+                click.echo(f"as of {until}: {built.records:,} records (position {built.position})")
+                if policy:
+                    then = point_in_time.served_then(built.path, policy)
+                    if then.revision is None:
+                        click.echo(f"{policy} served nothing then")
+                    else:
+                        click.echo(f"{policy} served {then.revision}")
+                    if then.because is not None:
+                        m = then.because
+                        click.echo(
+                            f"  because {m.kind} at {m.at} (fact {m.id}, caused by {m.causation}): "
+                            f"{m.reason or 'no reason given'}"
+                        )
+                else:
+                    catalog = Catalog(built.path)
+                    for name, count in catalog.counts().items():
+                        click.echo(f"  {name}: {count:,}")
+                    catalog.close()
+
+    try:
+        run(go)
+    except point_in_time.UntilError as exc:
+        raise click.BadParameter(str(exc), param_hint="UNTIL") from None
+
+
+@replay_group.command("rollback-to")
+@click.argument("until")
+@click.option("--apply", "apply_", is_flag=True, help="Append the commands (default: a dry run that prints them).")
+@click.option("--reason", default=None, help="Reason recorded on every command (default names the time).")
+@home_option
+@log_option
+def rollback_to(until: str, apply_: bool, reason: str | None, home_dir: str | None, log_url: str | None) -> None:
+    """Incident recovery: put every serving pointer that moved since UNTIL back where it was."""
+    _, spec = context(home_dir, log_url)
+    why = reason or f"incident recovery: restore serving pointers as of {until}"
+
+    async def go() -> None:
+        async with open_log(spec) as log:
+            then_pos = await point_in_time.resolve_until(log, until)
+            with tempfile.TemporaryDirectory(prefix="mint-recovery-") as tmp:
+                then = await point_in_time.projection_at(log, then_pos, Path(tmp) / "then.db")
+                now = await point_in_time.projection_at(log, await log.end_offsets(), Path(tmp) / "now.db")
+                steps = recovery.plan(then.path, now.path, why)
+            if not steps:
+                click.echo(f"no serving pointer moved since {until}")
+                return
+            for step in steps:
+                click.echo(f"{step.policy}: {step.now} -> {step.then or '(nothing)'}  [{step.note}]")
+            commands = [s.command for s in steps if s.command is not None]
+            if not apply_:
+                click.echo(f"dry run: {len(commands)} commands would be appended; add --apply")
+                return
+            await log.append(commands)
+            click.echo(f"appended {len(commands)} commands; the catalog actor decides them (while `mint up` runs)")
+
+    try:
+        run(go)
+    except point_in_time.UntilError as exc:
+        raise click.BadParameter(str(exc), param_hint="UNTIL") from None
