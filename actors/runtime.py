@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 from actors.faults import NO_FAULTS, Faults
 from actors.progress import Progress
 from events.envelope import Record
-from events.log import EventLog
+from events.log import EventLog, Stored
 from events.system import ActorRestarted
 from mint.projection.store import Fold, ProjectionStore
 
@@ -45,6 +45,18 @@ class StoreActor:
         """Facts to append in answer to `record` (already folded). Projectors answer nothing."""
         return []
 
+    def handle(self, batch: list[Stored], store: ProjectionStore) -> list[Record]:
+        """Fold a batch and decide; returns the facts to append before the store may commit."""
+        out: list[Record] = []
+        for stored in batch:
+            record = store.apply(stored)
+            if record is not None:
+                decided = self.on_record(record, store)
+                for fact in decided:
+                    store.apply_own(fact)
+                out.extend(decided)
+        return out
+
     def open_store(self, log: EventLog) -> ProjectionStore:
         # With a log that refuses duplicate ids there is no second copy to skip, and deciders fold
         # their own facts eagerly, which the store tracks separately; so only Kafka needs the window.
@@ -61,14 +73,7 @@ class StoreActor:
                     batch = await mailbox.next_batch(max_records=self.batch_size, timeout=1.0)
                     if not batch:
                         continue
-                    out: list[Record] = []
-                    for stored in batch:
-                        record = store.apply(stored)
-                        if record is not None:
-                            decided = self.on_record(record, store)
-                            for fact in decided:
-                                store.apply_own(fact)
-                            out.extend(decided)
+                    out = self.handle(batch, store)
                     self.faults.point(f"{self.name}: before append")
                     if out:
                         await log.append(out)  # record before effect: durable before we move on

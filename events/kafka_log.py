@@ -164,9 +164,16 @@ class KafkaLog:
         )
         await admin.start()
         try:
-            response = await admin.create_topics(
-                [NewTopic(self.topic, num_partitions=want, replication_factor=self.replication_factor)]
+            # CreateTime (Kafka's default, stated here): a message's timestamp is the record's own time,
+            # which `Stored.at_ms` and `offsets_for_time` rely on. With LogAppendTime it would be the
+            # broker's clock.
+            topic = NewTopic(
+                self.topic,
+                num_partitions=want,
+                replication_factor=self.replication_factor,
+                topic_configs={"message.timestamp.type": "CreateTime"},
             )
+            response = await admin.create_topics([topic])
             for _name, code, *rest in response.topic_errors:
                 if code not in (0, TopicAlreadyExistsError.errno):
                     detail = rest[0] if rest and rest[0] else for_code(code).__name__
@@ -210,6 +217,8 @@ class KafkaLog:
         await self.aclose()
 
     def _tp(self, partition: int) -> Any:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"topic {self.topic!r} has no partition {partition} (it has {self.partitions})")
         return TopicPartition(self.topic, partition)
 
     def _started(self) -> tuple[Any, Any]:
@@ -230,21 +239,19 @@ class KafkaLog:
         producer, _ = self._started()
         batches: dict[int, list[tuple[Any, list[int]]]] = {}
         for i, r in enumerate(records):
-            p = partition_for(r.key, self.partitions)
-            open_batches = batches.setdefault(p, [])
+            open_batches = batches.setdefault(partition_for(r.key, self.partitions), [])
+            key = r.key.encode()
             headers = [("id", r.id.encode()), ("type", r.type.encode()), ("v", _v_bytes(r.v))]
-            for _ in range(2):
-                if not open_batches or open_batches[-1][0].closed():
-                    open_batches.append((producer.create_batch(), []))
-                builder, members = open_batches[-1]
-                if (
-                    builder.append(timestamp=r.at_ms, key=r.key.encode(), value=r.raw, headers=headers)
-                    is not None
-                ):
-                    members.append(i)
-                    break
-            else:  # a fresh batch always takes its first record, however large
-                raise KafkaLogError(f"record {r.id!r} does not fit a produce batch")
+            placed = bool(open_batches) and (
+                open_batches[-1][0].append(timestamp=r.at_ms, key=key, value=r.raw, headers=headers)
+                is not None
+            )
+            if not placed:
+                builder = producer.create_batch()
+                open_batches.append((builder, []))
+                # An empty batch takes any one record; the broker refuses one over its size limit.
+                builder.append(timestamp=r.at_ms, key=key, value=r.raw, headers=headers)
+            open_batches[-1][1].append(i)
         sent: list[tuple[int, list[int], asyncio.Future[Any]]] = []
         for p, partition_batches in batches.items():
             for builder, members in partition_batches:

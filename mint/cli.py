@@ -16,7 +16,9 @@ from mint.commands.up import up
 @click.option("-v", "--verbose", is_flag=True, help="Log actor activity to stderr.")
 def cli(verbose: bool) -> None:
     """MinT: many LoRA policies over a few resident bases, as an event-sourced actor system."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 cli.add_command(up)

@@ -58,13 +58,20 @@ def _evaluate(policy: str, revision: str, score: float, baseline: float | None) 
 
 def _training(run: str, policies: list[str], revision: str, parent: str | None) -> list[Record]:
     records: list[Record] = [
-        TrainingStarted.create(source="trainer", run=run, policies=policies, base_id="tiny", algo="grpo", steps=3)
+        TrainingStarted.create(
+            source="trainer", run=run, policies=policies, base_id="tiny", algo="grpo", steps=3
+        )
     ]
     for step in range(1, 4):
         for policy in policies:
             records.append(
                 StepCompleted.create(
-                    source="trainer", run=run, policy=policy, step=step, loss=1.0 / step, reward_mean=0.2 * step
+                    source="trainer",
+                    run=run,
+                    policy=policy,
+                    step=step,
+                    loss=1.0 / step,
+                    reward_mean=0.2 * step,
                 )
             )
     records += [_export(p, revision, parent, run) for p in policies]
@@ -81,13 +88,20 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     await log.append(_training("acme/run-1", ["acme/support", "acme/search"], "r1", None))
     await log.append(_training("globex/run-1", ["globex/triage"], "r1", None))
     await log.append([_evaluate(p, "r1", 0.61, None) for p in POLICIES])
-    await log.append([Promote.create(source=SOURCE, policy=p, revision="r1", reason="first release") for p in POLICIES])
+    await log.append(
+        [Promote.create(source=SOURCE, policy=p, revision="r1", reason="first release") for p in POLICIES]
+    )
 
     say("3. A second run exports r2: support improves, search regresses; we try to promote both")
     await log.append(_training("acme/run-2", ["acme/support", "acme/search"], "r2", "r1"))
-    await log.append([_evaluate("acme/support", "r2", 0.74, 0.61), _evaluate("acme/search", "r2", 0.48, 0.61)])
     await log.append(
-        [Promote.create(source=SOURCE, policy=p, revision="r2", reason="weekly") for p in ("acme/support", "acme/search")]
+        [_evaluate("acme/support", "r2", 0.74, 0.61), _evaluate("acme/search", "r2", 0.48, 0.61)]
+    )
+    await log.append(
+        [
+            Promote.create(source=SOURCE, policy=p, revision="r2", reason="weekly")
+            for p in ("acme/support", "acme/search")
+        ]
     )
 
     say("4. globex tries to promote an acme policy; an upstream producer retries a command")
@@ -100,7 +114,9 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     )
     await log.append([retried])
     (again,) = await log.append([retried])
-    say(f"   the retry was {'refused as a duplicate' if again.duplicate else 'appended again (folds skip it)'}")
+    say(
+        f"   the retry was {'refused as a duplicate' if again.duplicate else 'appended again (folds skip it)'}"
+    )
 
     await system.settle()
     catalog = Catalog(system.home.catalog)

@@ -13,7 +13,7 @@ from mint.catalog.queries import Catalog
 from mint.catalog.rows import ServingMove
 from replay.rebuild import ProgressCallback, Rebuilt, rebuild
 
-_POSITION = re.compile(r"^\d+:\d+(,\d+:\d+)*$")
+_POSITION = re.compile(r"^\d+@\d+(,\d+@\d+)*$")
 _CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2})?$")
 
 
@@ -26,24 +26,26 @@ def parse_time(spec: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     if _CLOCK.match(spec):
         parts = [int(x) for x in spec.split(":")]
-        return now.replace(hour=parts[0], minute=parts[1], second=parts[2] if len(parts) > 2 else 0, microsecond=0)
+        return now.replace(
+            hour=parts[0], minute=parts[1], second=parts[2] if len(parts) > 2 else 0, microsecond=0
+        )
     try:
         moment = datetime.fromisoformat(spec.replace("Z", "+00:00"))
     except ValueError:
         raise UntilError(
-            f"until: {spec!r} is neither a time (ISO-8601 or HH:MM) nor a position (PARTITION:OFFSET,...)"
+            f"until: {spec!r} is neither a time (ISO-8601 or HH:MM) nor a position (PARTITION@OFFSET,...)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 async def resolve_until(log: EventLog, spec: str) -> Position:
-    """`PARTITION:OFFSET[,...]` (the next offset to exclude, per partition; partitions not named are
+    """`PARTITION@OFFSET[,...]` (per partition, the first offset left out; partitions not named are
     read to their end) or a time (every record before it)."""
     ends = await log.end_offsets()
     if _POSITION.match(spec):
         position = dict(ends)
         for part in spec.split(","):
-            p, o = (int(x) for x in part.split(":"))
+            p, o = (int(x) for x in part.split("@"))
             if p not in ends:
                 raise UntilError(f"until: partition {p} does not exist (the log has {log.partitions})")
             position[p] = min(o, ends[p])

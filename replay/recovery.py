@@ -15,7 +15,6 @@ from events.catalog import Promote, Rollback
 from events.envelope import Command, new_record_id
 from mint.catalog.rows import POLICIES, PolicyRow
 
-
 SOURCE = "replay.recovery"
 
 
@@ -43,7 +42,9 @@ def plan(then_path: Path, now_path: Path, reason: str) -> list[Step]:
         if current.pointer == old:
             continue
         if old is None:
-            steps.append(Step(policy, current.pointer, None, None, "served nothing then; retire or promote by hand"))
+            steps.append(
+                Step(policy, current.pointer, None, None, "served nothing then; retire or promote by hand")
+            )
         elif old in current.served[:-1]:
             command: Command = Rollback.create(
                 policy=policy, to_revision=old, reason=reason, source=SOURCE, correlation=correlation

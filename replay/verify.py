@@ -57,11 +57,15 @@ async def verify(
     live = sqlite3.connect(f"file:{live_path}?mode=ro", uri=True, isolation_level=None)
     try:
         live.execute("BEGIN")
-        checkpoint = {int(p): int(o) for p, o in live.execute("SELECT partition, next_offset FROM _checkpoint")}
+        checkpoint = {
+            int(p): int(o) for p, o in live.execute("SELECT partition, next_offset FROM _checkpoint")
+        }
         live_tables = table_digests(live, tables)
         until = {p: checkpoint.get(p, 0) for p in await log.end_offsets()}
         with tempfile.TemporaryDirectory(prefix="mint-verify-") as tmp:
-            rebuilt_info = await rebuild(log, fold, Path(tmp) / "rebuilt.db", until=until, on_progress=on_progress)
+            rebuilt_info = await rebuild(
+                log, fold, Path(tmp) / "rebuilt.db", until=until, on_progress=on_progress
+            )
             rebuilt = sqlite3.connect(rebuilt_info.path)
             try:
                 rebuilt_tables = table_digests(rebuilt, tables)

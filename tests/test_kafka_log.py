@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from events import codec
 from events.kafka_log import KafkaLog, KafkaLogError
 from events.partitioning import partition_for
+from mint.local_services import LocalKafka, LocalServiceError
 from tests.log_contract import LogContract, drain, read_all
 from tests.records import registered
 
@@ -65,3 +66,20 @@ async def test_a_partition_count_mismatch_names_the_topic(kafka_bootstrap: str) 
         assert sum((await adopted.end_offsets()).values()) == 1
     with pytest.raises(KafkaLogError, match=rf"topic '{topic}' has 3 partitions, asked for 5"):
         await KafkaLog(kafka_bootstrap, topic=topic, partitions=5).start()
+
+
+@pytest.mark.anyio
+async def test_an_append_larger_than_a_produce_batch_keeps_offsets_dense(kafka_bootstrap: str) -> None:
+    records = [registered("acme/many") for _ in range(40)]
+    async with KafkaLog(kafka_bootstrap, topic=fresh_topic(), partitions=2, batch_bytes=1024) as log:
+        appended = await log.append(records)
+        p = appended[0].partition
+        assert [a.offset for a in appended] == list(range(40))
+        assert [s.id for s in await log.read(p, 0, limit=100)] == [r.id for r in records]
+        assert (await log.end_offsets())[p] == 40
+
+
+def test_a_broker_that_cannot_start_is_named_with_its_output() -> None:
+    with pytest.raises(LocalServiceError, match=r"the tansu broker \S+ exited with code") as failed:
+        LocalKafka(storage_engine="bogus://nowhere/").start()
+    assert "bogus" in str(failed.value).split("its output ends:", 1)[1]

@@ -28,7 +28,9 @@ def catalog_group() -> None:
 @click.option("--after", default="", help="Page after this policy name.")
 @click.option("--limit", default=50, show_default=True)
 @home_option
-def search(prefix: str, status: str | None, base_id: str | None, after: str, limit: int, home_dir: str | None) -> None:
+def search(
+    prefix: str, status: str | None, base_id: str | None, after: str, limit: int, home_dir: str | None
+) -> None:
     """Policies whose tenant/name starts with PREFIX."""
     home, _ = context(home_dir, None)
     catalog = _open(home)
@@ -50,7 +52,11 @@ def show(policy: str, home_dir: str | None) -> None:
     click.echo(f"serving: {row.pointer or '(nothing)'}   served so far: {' -> '.join(row.served) or '-'}")
     click.echo("revisions:")
     for rev in catalog.revisions(policy):
-        verdict = f"{rev.eval_verdict} {rev.eval_suite} score={rev.eval_score}" if rev.eval_verdict else "not evaluated"
+        verdict = (
+            f"{rev.eval_verdict} {rev.eval_suite} score={rev.eval_score}"
+            if rev.eval_verdict
+            else "not evaluated"
+        )
         click.echo(f"  {rev.revision:<10} parent={rev.parent or '-':<8} rank={rev.rank} {verdict}")
     click.echo("serving history:")
     for move in catalog.serving_history(policy):

@@ -16,7 +16,11 @@ from mint.home import Home
 T = TypeVar("T")
 
 home_option = click.option(
-    "--home", "home_dir", envvar="MINT_HOME", default=None, help="Data directory (default $MINT_HOME or ~/.mint)."
+    "--home",
+    "home_dir",
+    envvar="MINT_HOME",
+    default=None,
+    help="Data directory (default $MINT_HOME or ~/.mint).",
 )
 log_option = click.option(
     "--log",

@@ -83,7 +83,9 @@ def produce(source: IO[bytes], home_dir: str | None, log_url: str | None) -> Non
         return len(placed) - duplicates, duplicates
 
     appended, duplicates = run(append)
-    click.echo(f"{name}: appended {appended} records" + (f", {duplicates} already on the log" if duplicates else ""))
+    click.echo(
+        f"{name}: appended {appended} records" + (f", {duplicates} already on the log" if duplicates else "")
+    )
 
 
 def _line(stored: Stored, as_json: bool) -> str:
@@ -119,7 +121,13 @@ async def _last(log: EventLog, lines: int) -> list[Stored]:
 @home_option
 @log_option
 def tail(
-    lines: int, follow: bool, key: str | None, type_name: str | None, as_json: bool, home_dir: str | None, log_url: str | None
+    lines: int,
+    follow: bool,
+    key: str | None,
+    type_name: str | None,
+    as_json: bool,
+    home_dir: str | None,
+    log_url: str | None,
 ) -> None:
     """Show the latest records, and follow new ones with -f."""
     _, spec = context(home_dir, log_url)

@@ -29,7 +29,12 @@ def replay_group() -> None:
 
 
 @replay_group.command("rebuild")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write (default: beside the live one).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write (default: beside the live one).",
+)
 @click.option("--replace", is_flag=True, help="Replace the live catalog projection (stop `mint up` first).")
 @home_option
 @log_option
@@ -72,7 +77,9 @@ def verify(home_dir: str | None, log_url: str | None) -> None:
             verdict = await verify_projection(log, CATALOG_FOLD, home.catalog, on_progress=bar)
         bar.close()
         if verdict.equal:
-            click.echo(f"OK: replay equals live over {verdict.records:,} records (digest {verdict.live_digest[:16]})")
+            click.echo(
+                f"OK: replay equals live over {verdict.records:,} records (digest {verdict.live_digest[:16]})"
+            )
             return True
         click.echo(f"MISMATCH: live {verdict.live_digest[:16]} != rebuilt {verdict.rebuilt_digest[:16]}")
         for diff in verdict.diffs:
@@ -90,14 +97,14 @@ def verify(home_dir: str | None, log_url: str | None) -> None:
     sys.exit(0 if equal else 1)
 
 
+WHY_FIELDS = ("revision", "to_revision", "previous", "verdict", "score", "reason", "error")
+
+
 def _why(record: Record | UnknownRecord | None) -> str:
     if record is None or isinstance(record, UnknownRecord):
         return ""
-    for name in ("reason", "revision", "verdict"):
-        value = getattr(record, name, None)
-        if value:
-            return f"{name}={value}"
-    return ""
+    said = [f"{name}={getattr(record, name)}" for name in WHY_FIELDS if getattr(record, name, None)]
+    return " ".join(said)
 
 
 @replay_group.command("audit")
@@ -147,7 +154,7 @@ def audit(key: str, as_json: bool, home_dir: str | None, log_url: str | None) ->
 @home_option
 @log_option
 def at(until: str, policy: str | None, home_dir: str | None, log_url: str | None) -> None:
-    """The catalog as of UNTIL: a time (ISO-8601, or HH:MM today UTC) or a position P:O[,P:O...]."""
+    """The catalog as of UNTIL: a time (ISO-8601, or HH:MM today UTC) or a position P@O[,P@O...]."""
     _, spec = context(home_dir, log_url)
 
     async def go() -> None:
@@ -182,11 +189,15 @@ def at(until: str, policy: str | None, home_dir: str | None, log_url: str | None
 
 @replay_group.command("rollback-to")
 @click.argument("until")
-@click.option("--apply", "apply_", is_flag=True, help="Append the commands (default: a dry run that prints them).")
+@click.option(
+    "--apply", "apply_", is_flag=True, help="Append the commands (default: a dry run that prints them)."
+)
 @click.option("--reason", default=None, help="Reason recorded on every command (default names the time).")
 @home_option
 @log_option
-def rollback_to(until: str, apply_: bool, reason: str | None, home_dir: str | None, log_url: str | None) -> None:
+def rollback_to(
+    until: str, apply_: bool, reason: str | None, home_dir: str | None, log_url: str | None
+) -> None:
     """Incident recovery: put every serving pointer that moved since UNTIL back where it was."""
     _, spec = context(home_dir, log_url)
     why = reason or f"incident recovery: restore serving pointers as of {until}"
@@ -208,7 +219,9 @@ def rollback_to(until: str, apply_: bool, reason: str | None, home_dir: str | No
                 click.echo(f"dry run: {len(commands)} commands would be appended; add --apply")
                 return
             await log.append(commands)
-            click.echo(f"appended {len(commands)} commands; the catalog actor decides them (while `mint up` runs)")
+            click.echo(
+                f"appended {len(commands)} commands; the catalog actor decides them (while `mint up` runs)"
+            )
 
     try:
         run(go)

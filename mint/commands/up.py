@@ -14,12 +14,18 @@ from mint.config import open_log
 
 
 @click.command("up")
-@click.option("--chaos", type=float, default=None, help="Crash actors at random points with this probability.")
+@click.option(
+    "--chaos", type=float, default=None, help="Crash actors at random points with this probability."
+)
 @click.option("--seed", type=int, default=None, help="Seed for --chaos.")
-@click.option("--walkthrough", is_flag=True, help="Run the scripted control-plane session, verify replay, exit.")
+@click.option(
+    "--walkthrough", is_flag=True, help="Run the scripted control-plane session, verify replay, exit."
+)
 @home_option
 @log_option
-def up(chaos: float | None, seed: int | None, walkthrough: bool, home_dir: str | None, log_url: str | None) -> None:
+def up(
+    chaos: float | None, seed: int | None, walkthrough: bool, home_dir: str | None, log_url: str | None
+) -> None:
     """Start the catalog actor and projector (and, as they land, the other actors)."""
     home, spec = context(home_dir, log_url)
     try:

@@ -1,0 +1,75 @@
+"""The vocabulary: upcasting stored old versions, validation errors that name the field, the schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from events import codec
+from events.catalog import PolicyRegistered, Promote
+from events.codec import RecordError, UnknownRecord
+from events.schema import BY_NAME, CURRENT_VERSION, json_schema
+
+V1_BYTES = (Path(__file__).parent / "data" / "policy_registered_v1.json").read_bytes().strip()
+
+
+def test_v1_bytes_decode_through_their_v2_successor() -> None:
+    record = codec.decode(V1_BYTES)
+    assert isinstance(record, PolicyRegistered)
+    assert record.v == 2 == CURRENT_VERSION["PolicyRegistered"]
+    assert (record.policy, record.base_id, record.promotion) == ("acme/legacy", "smollm2-135m", "manual")
+    assert record.source == "prototype"
+
+
+def test_the_log_header_fast_path_upcasts_too() -> None:
+    record = codec.decode(V1_BYTES, "PolicyRegistered", 1)
+    assert isinstance(record, PolicyRegistered) and record.base_id == "smollm2-135m"
+
+
+def test_a_version_newer_than_this_build_is_refused_by_name() -> None:
+    newer = V1_BYTES.replace(b'"v":1', b'"v":9')
+    with pytest.raises(
+        RecordError, match=r"PolicyRegistered\): v: version 9 .* newer than this build knows \(2\)"
+    ):
+        codec.decode(newer)
+
+
+def test_errors_name_the_record_and_the_field() -> None:
+    promote = Promote.create(policy="acme/a", revision="r1")
+    bad = codec.encode(promote).replace(b'"revision":"r1"', b'"revision":7')
+    with pytest.raises(RecordError) as info:
+        codec.validate(bad)
+    assert f"record {promote.id!r} (Promote)" in str(info.value)
+    assert "$.revision" in str(info.value)
+
+
+def test_the_key_must_equal_the_key_field() -> None:
+    raw = codec.encode(Promote.create(policy="acme/a", revision="r1")).replace(
+        b'"key":"acme/a"', b'"key":"acme/b"'
+    )
+    with pytest.raises(RecordError, match="key: must equal policy 'acme/a', got 'acme/b'"):
+        codec.validate(raw)
+
+
+def test_policy_names_are_checked() -> None:
+    raw = codec.encode(Promote.create(policy="acme/a", revision="r1")).replace(b"acme/a", b"ACME a")
+    with pytest.raises(RecordError, match=r"\$\.policy"):
+        codec.validate(raw)
+
+
+def test_unknown_types_are_kept_by_decode_and_refused_by_validate() -> None:
+    raw = b'{"type":"Telemetry","v":1,"id":"t1","key":"x"}'
+    decoded = codec.decode(raw)
+    assert isinstance(decoded, UnknownRecord) and decoded.id == "t1"
+    with pytest.raises(RecordError, match="type: unknown record type 'Telemetry'"):
+        codec.validate(raw)
+
+
+def test_every_record_round_trips_and_is_published() -> None:
+    schema = json_schema()
+    assert set(schema["$defs"]) >= set(BY_NAME)
+    for name in BY_NAME:
+        assert f"v{CURRENT_VERSION[name]}" in schema["$defs"][name]["description"]
+    json.dumps(schema)  # it is plain JSON
