@@ -114,9 +114,8 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     )
     await log.append([retried])
     (again,) = await log.append([retried])
-    say(
-        f"   the retry was {'refused as a duplicate' if again.duplicate else 'appended again (folds skip it)'}"
-    )
+    outcome = "refused as a duplicate" if again.duplicate else "appended again (folds skip it)"
+    say(f"   the retry was {outcome}")
 
     await system.settle()
     catalog = Catalog(system.home.catalog)

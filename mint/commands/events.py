@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import IO
@@ -148,7 +149,5 @@ def tail(
                         if wanted(stored):
                             click.echo(_line(stored, as_json))
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run(show)
-    except KeyboardInterrupt:
-        pass

@@ -68,7 +68,7 @@ def rebuild(out: Path | None, replace: bool, home_dir: str | None, log_url: str 
 @home_option
 @log_option
 def verify(home_dir: str | None, log_url: str | None) -> None:
-    """Rebuild up to the live projection's checkpoint and compare digests; exit 1 with a diff if they differ."""
+    """Rebuild up to the live projection's checkpoint and compare digests; exit 1 and diff if unequal."""
     home, spec = context(home_dir, log_url)
     bar = ProgressBar("verify")
 
