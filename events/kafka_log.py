@@ -28,11 +28,10 @@ from aiokafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError, for_
 
 from events.codec import RecordError, read_header
 from events.envelope import Record
-from events.log import Appended, Encoded, Position, Stored
+from events.log import DEFAULT_PARTITIONS, Appended, Encoded, Position, Stored
 from events.partitioning import partition_for
 
 DEFAULT_TOPIC = "mint.records"
-DEFAULT_PARTITIONS = 8
 # Produce batches stay under a broker's default message.max.bytes (about 1 MB).
 DEFAULT_BATCH_BYTES = 512 * 1024
 # The reader consumer only fetches what it knows is there, so the broker need not hold a fetch open.

@@ -18,6 +18,7 @@ from events.codec import UnknownRecord
 from events.envelope import Record
 
 Position = dict[int, int]
+DEFAULT_PARTITIONS = 8
 
 
 class Stored(msgspec.Struct, frozen=True):
@@ -120,6 +121,12 @@ class EventLog(Protocol):
     async def committed(self, group: str) -> Position: ...
 
     async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 def caught_up(position: Position, end: Position) -> bool:

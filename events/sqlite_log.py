@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 
 from events.envelope import Record
-from events.log import Appended, Encoded, Position, Stored
+from events.log import DEFAULT_PARTITIONS, Appended, Encoded, Position, Stored
 from events.partitioning import partition_for
 
 _SCHEMA = """
@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 _COLUMNS = "partition, offset, id, key, type, v, at_ms, raw"
-DEFAULT_PARTITIONS = 8
 
 
 class LogFileError(RuntimeError):
@@ -75,7 +74,7 @@ class SqliteLog:
     def __init__(
         self,
         path: str | Path,
-        partitions: int = DEFAULT_PARTITIONS,
+        partitions: int | None = None,
         synchronous: str = "FULL",
         poll_interval: float = 0.05,
     ) -> None:
@@ -88,13 +87,15 @@ class SqliteLog:
         self._lock = threading.Lock()
         self._appended = anyio.Event()
 
-    def _settle_partitions(self, requested: int) -> int:
+    def _settle_partitions(self, requested: int | None) -> int:
+        """None adopts the file's count (DEFAULT_PARTITIONS for a new file); a number must match it."""
         row = self._writer.execute("SELECT value FROM meta WHERE name = 'partitions'").fetchone()
         if row is None:
-            self._writer.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(requested),))
-            return requested
+            count = requested or DEFAULT_PARTITIONS
+            self._writer.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(count),))
+            return count
         stored = int(row[0])
-        if stored != requested and requested != DEFAULT_PARTITIONS:
+        if requested is not None and stored != requested:
             raise LogFileError(f"{self.path}: log has {stored} partitions, asked for {requested}")
         return stored
 

@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from events.log import EventLog
-from events.sqlite_log import DEFAULT_PARTITIONS, SqliteLog
+from events.sqlite_log import SqliteLog
 from mint.home import Home
 
 DEFAULT_TOPIC = "mint.records"
@@ -30,7 +28,7 @@ class LogSpec:
     path: Path | None = None
     bootstrap: str = ""
     topic: str = DEFAULT_TOPIC
-    partitions: int = DEFAULT_PARTITIONS
+    partitions: int | None = None  # None: the existing log's count, or the backend's default
 
     @classmethod
     def parse(cls, spec: str | None, home: Home) -> LogSpec:
@@ -40,7 +38,7 @@ class LogSpec:
         url = urlsplit(spec)
         query = parse_qs(url.query)
         try:
-            partitions = int(query.get("partitions", [str(DEFAULT_PARTITIONS)])[0])
+            partitions = int(query["partitions"][0]) if "partitions" in query else None
         except ValueError:
             raise ConfigError(f"log: partitions must be an integer in {spec!r}") from None
         if url.scheme == "sqlite":
@@ -53,18 +51,11 @@ class LogSpec:
         raise ConfigError(f"log: {spec!r} is not sqlite, sqlite:///PATH or kafka://HOST:PORT[/TOPIC]")
 
 
-@asynccontextmanager
-async def open_log(spec: LogSpec) -> AsyncIterator[EventLog]:
+def open_log(spec: LogSpec) -> EventLog:
+    """The log `spec` names, to be entered with `async with` (that connects and, on exit, closes)."""
     if spec.kind == "sqlite":
         assert spec.path is not None
-        async with SqliteLog(spec.path, partitions=spec.partitions) as log:
-            yield log
-        return
+        return SqliteLog(spec.path, partitions=spec.partitions)
     from events.kafka_log import KafkaLog  # only Kafka deployments pay for aiokafka's import
 
-    kafka = KafkaLog(spec.bootstrap, topic=spec.topic, partitions=spec.partitions)
-    await kafka.start()
-    try:
-        yield kafka
-    finally:
-        await kafka.aclose()
+    return KafkaLog(spec.bootstrap, topic=spec.topic, partitions=spec.partitions)

@@ -80,7 +80,7 @@ def policy_registered(fact: PolicyRegistered, rows: Rows) -> None:
     at = _at(fact)
     rows.put(
         POLICIES,
-        PolicyRow(fact.policy, tenant, name, fact.base_id, fact.promotion, "active", None, (), 0, at, at),
+        PolicyRow(fact.policy, tenant, name, fact.base_id, fact.promotion, "active", None, (), at, at),
     )
 
 
@@ -90,6 +90,8 @@ def policy_retired(fact: PolicyRetired, rows: Rows) -> None:
 
 
 def revision_exported(fact: RevisionExported, rows: Rows) -> None:
+    # Only the revision row: a trainer's export may land before or after the catalog actor's
+    # PolicyRegistered in the key's order, so nothing derived from both may live in one row.
     _check_tenant(fact, fact.policy)
     if rows.get(REVISIONS, fact.policy, fact.revision) is not None:
         return  # revisions are immutable: a re-export under the same id changes nothing
@@ -110,9 +112,6 @@ def revision_exported(fact: RevisionExported, rows: Rows) -> None:
             _at(fact),
         ),
     )
-    policy: PolicyRow | None = rows.get(POLICIES, fact.policy)
-    if policy is not None:
-        rows.put(POLICIES, replace(policy, revisions=policy.revisions + 1, updated_at=_at(fact)))
 
 
 def evaluation_completed(fact: EvaluationCompleted, rows: Rows) -> None:

@@ -16,7 +16,6 @@ class PolicyRow(msgspec.Struct, frozen=True):
     status: str  # active | retired
     pointer: str | None  # the revision served; always served[-1]
     served: tuple[str, ...]  # revisions served in order; a rollback returns to an earlier one
-    revisions: int
     registered_at: str
     updated_at: str
 

@@ -1,0 +1,188 @@
+"""Hypothesis drives commands, actor crashes (before the append, before and after the checkpoint
+commit) and redeliveries against the real SQLite log, then checks the invariants: the live
+projection equals a fresh fold of the log, every command was decided exactly once, and the catalog
+actor's own decision state agrees with the projector's."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+from actors.catalog import CatalogActor
+from actors.projector import CatalogProjector
+from actors.runtime import StoreActor
+from events.catalog import RegisterPolicy, RetirePolicy, Rollback
+from events.envelope import Command, Record
+from events.log import Stored, Subscription
+from events.sqlite_log import SqliteLog
+from mint.catalog.fold import CATALOG_FOLD
+from mint.home import Home
+from mint.projection.store import ProjectionStore
+from replay.rebuild import rebuild
+from tests.log_contract import read_all
+from tests.records import evaluated, exported, promote
+
+POLICIES = ("acme/a", "acme/b", "beta/c")
+REVISIONS = ("r1", "r2", "r3")
+CRASHES = (None, "before append", "before commit", "after commit")
+
+
+async def _open_log(path: Path) -> SqliteLog:
+    return SqliteLog(path, partitions=3, synchronous="OFF")
+
+
+class CatalogUnderFaults(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="mint-sm-"))
+        self.home = Home(self.dir)
+        self._portal_cm = start_blocking_portal()
+        self.portal: BlockingPortal = self._portal_cm.__enter__()
+        self.log = self.portal.call(_open_log, self.home.log)
+        self.actors: dict[str, StoreActor] = {
+            "catalog": CatalogActor(self.home),
+            "projector": CatalogProjector(self.home),
+        }
+        self.stores: dict[str, ProjectionStore] = {}
+        self.mailboxes: dict[str, Subscription] = {}
+        for name in self.actors:
+            self._start(name)
+        self.appended: list[Record] = []
+
+    # -- the actor loop, one batch at a time, with a crash wherever hypothesis likes ----------------
+
+    def _start(self, name: str) -> None:
+        actor = self.actors[name]
+        store = actor.open_store(self.log)
+        self.stores[name] = store
+        self.mailboxes[name] = self.log.subscribe(name, start=store.position)
+
+    def _crash(self, name: str) -> None:
+        self.stores[name].close()  # whatever was not committed is lost, as in a killed process
+        self.portal.call(self.mailboxes[name].aclose)
+        self._start(name)
+
+    def _step(self, name: str, max_records: int, crash: str | None) -> int:
+        batch: list[Stored] = self.portal.call(self.mailboxes[name].next_batch, max_records, 0.05)
+        if not batch:
+            return 0
+        out = self.actors[name].handle(batch, self.stores[name])
+        if crash == "before append":
+            self._crash(name)
+            return len(batch)
+        if out:
+            self.portal.call(self.log.append, out)
+        if crash == "before commit":
+            self._crash(name)
+            return len(batch)
+        self.stores[name].commit()
+        if crash == "after commit":
+            self._crash(name)
+        return len(batch)
+
+    # -- rules -------------------------------------------------------------------------------------
+
+    def _append(self, records: list[Any]) -> None:
+        self.portal.call(self.log.append, records)
+        self.appended.extend(records)
+
+    @rule(policy=st.sampled_from(POLICIES))
+    def register(self, policy: str) -> None:
+        self._append([RegisterPolicy.create(policy=policy, base_id="tiny")])
+
+    @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS), passed=st.booleans())
+    def export_and_evaluate(self, policy: str, revision: str, passed: bool) -> None:
+        self._append([exported(policy, revision), evaluated(policy, revision, "pass" if passed else "fail")])
+
+    @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS))
+    def promote(self, policy: str, revision: str) -> None:
+        self._append([promote(policy, revision)])
+
+    @rule(policy=st.sampled_from(POLICIES), to=st.sampled_from((None, *REVISIONS)))
+    def rollback(self, policy: str, to: str | None) -> None:
+        self._append([Rollback.create(policy=policy, to_revision=to)])
+
+    @rule(policy=st.sampled_from(POLICIES))
+    def retire(self, policy: str) -> None:
+        self._append([RetirePolicy.create(policy=policy)])
+
+    @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS))
+    def foreign_tenant_promotes(self, policy: str, revision: str) -> None:
+        self._append([promote(policy, revision, tenant="mallory")])
+
+    @rule()
+    def producer_retries(self) -> None:
+        if self.appended:
+            self.portal.call(self.log.append, [self.appended[-1]])
+
+    @rule(
+        name=st.sampled_from(("catalog", "projector")), size=st.integers(1, 6), crash=st.sampled_from(CRASHES)
+    )
+    def actor_runs_a_batch(self, name: str, size: int, crash: str | None) -> None:
+        self._step(name, size, crash)
+
+    # -- the invariants, once everything has been handled ------------------------------------------
+
+    def _settle(self) -> None:
+        while True:
+            end = self.portal.call(self.log.end_offsets)
+            moved = sum(self._step(name, 50, None) for name in self.actors)
+            if not moved and all(
+                self.stores[n].position.get(p, 0) >= o for n in self.actors for p, o in end.items()
+            ):
+                return
+
+    def teardown(self) -> None:
+        try:
+            self._settle()
+            stored = self.portal.call(read_all, self.log)
+            self._check_each_command_decided_once(stored)
+            self._check_replay_equals_live()
+            self._check_decider_agrees_with_projector()
+        finally:
+            for name in self.actors:
+                self.stores[name].close()
+                self.portal.call(self.mailboxes[name].aclose)
+            self.portal.call(self.log.aclose)
+            self._portal_cm.__exit__(None, None, None)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _check_each_command_decided_once(self, stored: list[Stored]) -> None:
+        commands = {s.id for s in stored if isinstance(s.decode(), Command)}
+        decided = Counter(
+            r.causation
+            for s in stored
+            if (r := s.decode()) and isinstance(r, Record) and r.source == "catalog"
+        )
+        assert set(decided) == commands, "every command is decided"
+        assert all(n == 1 for n in decided.values()), f"a command was decided twice: {decided}"
+        assert len({s.id for s in stored}) == len(stored), "the SQLite log holds each id once"
+
+    def _check_replay_equals_live(self) -> None:
+        target = self.dir / f"rebuilt-{len(list(self.dir.iterdir()))}.db"
+        live = self.stores["projector"]
+        until = {p: live.position.get(p, 0) for p in range(self.log.partitions)}
+        self.portal.call(rebuild, self.log, CATALOG_FOLD, target, until)
+        rebuilt = ProjectionStore(target, CATALOG_FOLD)
+        try:
+            assert rebuilt.table_digests() == live.table_digests()
+        finally:
+            rebuilt.close()
+
+    def _check_decider_agrees_with_projector(self) -> None:
+        sql = "SELECT policy, status, pointer, served FROM policies ORDER BY policy"
+        assert self.stores["catalog"].query(sql) == self.stores["projector"].query(sql)
+
+
+CatalogUnderFaults.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestCatalogUnderFaults = CatalogUnderFaults.TestCase
