@@ -11,7 +11,7 @@ from events.schema import BY_NAME, CURRENT_VERSION, AnyRecord
 from events.upcasting import UpcastError, upcast
 
 
-class UnknownRecord(msgspec.Struct, frozen=True):
+class UnknownRecord(msgspec.Struct, frozen=True, gc=False):
     """A record whose type this build does not know: the log and replay tools keep it, folds skip it."""
 
     type: str

@@ -31,7 +31,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=True):
+class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=True, gc=False):
     """Envelope fields. `key` is the partition key: the policy for catalog and training records, the
     engine for serving records, the run for run-level records. One writer decides per key."""
 

@@ -21,7 +21,7 @@ Position = dict[int, int]
 DEFAULT_PARTITIONS = 8
 
 
-class Stored(msgspec.Struct, frozen=True):
+class Stored(msgspec.Struct, frozen=True, gc=False):
     """A record as the log holds it: its place, the header the backend indexes, and the raw bytes.
     Decoding is left to the reader, so a fold can skip types it ignores without paying for them."""
 
@@ -38,7 +38,7 @@ class Stored(msgspec.Struct, frozen=True):
         return codec.decode(self.raw, self.type, self.v)
 
 
-class Encoded(msgspec.Struct, frozen=True):
+class Encoded(msgspec.Struct, frozen=True, gc=False):
     """A record ready to append: already validated (or of a type this build does not know)."""
 
     id: str
@@ -60,7 +60,7 @@ class Encoded(msgspec.Struct, frozen=True):
         )
 
 
-class Appended(msgspec.Struct, frozen=True):
+class Appended(msgspec.Struct, frozen=True, gc=False):
     """Where an appended record sits. `duplicate` is True when a backend that refuses duplicates
     already held this id: the place is then the first copy's."""
 

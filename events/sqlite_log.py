@@ -125,20 +125,34 @@ class SqliteLog:
             return result
 
     def _insert(self, con: sqlite3.Connection, records: Sequence[Encoded]) -> list[Appended]:
+        """Place and insert; a second copy of an id (in the log or in this batch) is not inserted
+        and reports the first copy's place. Duplicates are rare, so the common path inserts at once
+        and only a unique-constraint failure pays for looking ids up."""
+        try:
+            con.execute("SAVEPOINT optimistic")
+            result = self._place(con, records, {})
+            con.execute("RELEASE optimistic")
+            return result
+        except sqlite3.IntegrityError:
+            con.execute("ROLLBACK TO optimistic")
+            con.execute("RELEASE optimistic")
         placed: dict[str, tuple[int, int]] = {}
         for chunk in _chunks([r.id for r in records], 500):
             marks = ",".join("?" * len(chunk))
-            for rid, p, o in con.execute(
-                f"SELECT id, partition, offset FROM records WHERE id IN ({marks})", chunk
-            ):
+            sql = f"SELECT id, partition, offset FROM records WHERE id IN ({marks})"
+            for rid, p, o in con.execute(sql, chunk):
                 placed[rid] = (p, o)
+        return self._place(con, records, placed)
+
+    def _place(
+        self, con: sqlite3.Connection, records: Sequence[Encoded], placed: dict[str, tuple[int, int]]
+    ) -> list[Appended]:
         next_offset: dict[int, int] = {}
         rows = []
         result = []
         for r in records:
             if r.id in placed:
-                p, o = placed[r.id]
-                result.append(Appended(p, o, duplicate=True))
+                result.append(Appended(*placed[r.id], duplicate=True))
                 continue
             p = partition_for(r.key, self.partitions)
             if p not in next_offset:

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
 from mint.commands.events import events_group
 from mint.commands.replay import replay_group
@@ -25,6 +26,7 @@ cli.add_command(up)
 cli.add_command(events_group)
 cli.add_command(replay_group)
 cli.add_command(catalog_group)
+cli.add_command(bench_group)
 
 
 def main() -> None:

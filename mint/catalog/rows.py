@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from mint.projection.table import Table
+from mint.projection.table import Row, Table
 
 
-class PolicyRow(msgspec.Struct, frozen=True):
+class PolicyRow(Row, frozen=True):
     policy: str
     tenant: str
     name: str
@@ -20,7 +18,7 @@ class PolicyRow(msgspec.Struct, frozen=True):
     updated_at: str
 
 
-class RevisionRow(msgspec.Struct, frozen=True):
+class RevisionRow(Row, frozen=True):
     policy: str
     revision: str
     base_id: str
@@ -42,7 +40,7 @@ class RevisionRow(msgspec.Struct, frozen=True):
     evaluated_at: str | None = None
 
 
-class ServingMove(msgspec.Struct, frozen=True):
+class ServingMove(Row, frozen=True):
     """One move of a serving pointer, with who caused it and why."""
 
     id: str
@@ -56,7 +54,7 @@ class ServingMove(msgspec.Struct, frozen=True):
     causation: str | None
 
 
-class EvaluationRow(msgspec.Struct, frozen=True):
+class EvaluationRow(Row, frozen=True):
     id: str
     policy: str
     revision: str
@@ -70,7 +68,7 @@ class EvaluationRow(msgspec.Struct, frozen=True):
     at: str
 
 
-class RunRow(msgspec.Struct, frozen=True):
+class RunRow(Row, frozen=True):
     run: str
     tenant: str
     base_id: str
@@ -83,7 +81,7 @@ class RunRow(msgspec.Struct, frozen=True):
     reason: str | None
 
 
-class StepRow(msgspec.Struct, frozen=True):
+class StepRow(Row, frozen=True):
     run: str
     policy: str
     step: int
@@ -95,7 +93,7 @@ class StepRow(msgspec.Struct, frozen=True):
     at: str
 
 
-class EngineRow(msgspec.Struct, frozen=True):
+class EngineRow(Row, frozen=True):
     engine: str
     base_id: str
     kind: str
@@ -107,7 +105,7 @@ class EngineRow(msgspec.Struct, frozen=True):
     lost_reason: str | None
 
 
-class ResidencyRow(msgspec.Struct, frozen=True):
+class ResidencyRow(Row, frozen=True):
     engine: str
     policy: str
     revision: str
@@ -116,7 +114,7 @@ class ResidencyRow(msgspec.Struct, frozen=True):
     loaded_at: str
 
 
-class WaveRow(msgspec.Struct, frozen=True):
+class WaveRow(Row, frozen=True):
     engine: str
     wave: int
     load: tuple[str, ...]
@@ -125,7 +123,7 @@ class WaveRow(msgspec.Struct, frozen=True):
     at: str
 
 
-class LoadFailureRow(msgspec.Struct, frozen=True):
+class LoadFailureRow(Row, frozen=True):
     id: str
     engine: str
     policy: str
@@ -134,7 +132,7 @@ class LoadFailureRow(msgspec.Struct, frozen=True):
     at: str
 
 
-class RejectionRow(msgspec.Struct, frozen=True):
+class RejectionRow(Row, frozen=True):
     id: str
     key: str
     tenant: str
@@ -145,7 +143,7 @@ class RejectionRow(msgspec.Struct, frozen=True):
     at: str
 
 
-class RestartRow(msgspec.Struct, frozen=True):
+class RestartRow(Row, frozen=True):
     id: str
     actor: str
     attempt: int

@@ -26,7 +26,7 @@ from events.codec import RecordError, UnknownRecord
 from events.dedupe import remember
 from events.envelope import Record
 from events.log import Position, Stored
-from mint.projection.table import Table
+from mint.projection.table import Row, Table
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ class Poison(ValueError):
     dead-letter table with this message, and the fold goes on."""
 
 
-class RecentIdsRow(msgspec.Struct, frozen=True):
+class RecentIdsRow(Row, frozen=True):
     key: str
     ids: tuple[str, ...]
 
 
-class DeadLetter(msgspec.Struct, frozen=True):
+class DeadLetter(Row, frozen=True):
     partition: int
     offset: int
     id: str
@@ -77,7 +77,8 @@ class Rows:
         self._dirty: dict[str, set[tuple[Any, ...]]] = {t.name: set() for t in tables}
         self._appended: dict[str, list[Any]] = {t.name: [] for t in tables}
         self._complete = complete
-        self._undo: list[Callable[[], None]] | None = None
+        # (cache or appended list, dirty set, key, value before, was dirty) per change of this record
+        self._undo: list[tuple[Any, Any, Any, Any, bool]] = []
         self._select: dict[str, str] = {}
 
     def get(self, table: Table, *key: Any) -> Any:
@@ -96,44 +97,39 @@ class Rows:
         return row
 
     def put(self, table: Table, row: Any) -> None:
-        self._set(table, table.key_of(row), row)
+        self._set(table.name, table.key_of(row), row)
 
     def delete(self, table: Table, *key: Any) -> None:
-        self._set(table, key, None)
+        self._set(table.name, key, None)
 
     def add(self, table: Table, row: Any) -> None:
         """Insert into an append-only table (idempotent: its key is a fact id or a sequence)."""
         rows = self._appended[table.name]
         rows.append(row)
-        if self._undo is not None:
-            self._undo.append(rows.pop)
+        self._undo.append((rows, None, None, None, False))
 
-    def _set(self, table: Table, key: tuple[Any, ...], row: Any) -> None:
-        cache, dirty = self._cache[table.name], self._dirty[table.name]
-        if self._undo is not None:
-            before, was_dirty = cache.get(key, _ABSENT), key in dirty
-
-            def undo() -> None:
-                if before is _ABSENT:
-                    cache.pop(key, None)
-                else:
-                    cache[key] = before
-                if not was_dirty:
-                    dirty.discard(key)
-
-            self._undo.append(undo)
+    def _set(self, name: str, key: tuple[Any, ...], row: Any) -> None:
+        cache, dirty = self._cache[name], self._dirty[name]
+        self._undo.append((cache, dirty, key, cache.get(key, _ABSENT), key in dirty))
         cache[key] = row
         dirty.add(key)
 
     def begin_record(self) -> None:
-        self._undo = []
+        self._undo.clear()
 
-    def end_record(self, keep: bool) -> None:
-        assert self._undo is not None
-        if not keep:
-            for undo in reversed(self._undo):
-                undo()
-        self._undo = None
+    def undo_record(self) -> None:
+        """Forget every change since begin_record (the record was poison)."""
+        for target, dirty, key, before, was_dirty in reversed(self._undo):
+            if dirty is None:
+                target.pop()  # an appended row
+                continue
+            if before is _ABSENT:
+                target.pop(key, None)
+            else:
+                target[key] = before
+            if not was_dirty:
+                dirty.discard(key)
+        self._undo.clear()
 
     def flush(self, tables: Iterable[Table]) -> None:
         """Write dirty rows; the caller holds the transaction."""
@@ -178,7 +174,7 @@ class ProjectionStore:
         fold: Fold,
         *,
         dedupe: bool = True,
-        defer_indexes: bool = False,
+        bulk: bool = False,
         cache_limit: int = 500_000,
         decode_types: Iterable[str] = (),
     ) -> None:
@@ -190,8 +186,16 @@ class ProjectionStore:
         self.tables = store_tables(fold)
         self._decode = set(fold.handlers) | set(decode_types)
         self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute("PRAGMA cache_size=-65536")
+        self.bulk = bulk
+        if bulk:
+            # A rebuild writes a fresh file that nobody reads until it is finished; if it dies, the
+            # file is thrown away. So no WAL and no syncs until `finish`.
+            self._con.execute("PRAGMA journal_mode=MEMORY")
+            self._con.execute("PRAGMA synchronous=OFF")
+        else:
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(
             "CREATE TABLE IF NOT EXISTS _checkpoint (partition INTEGER PRIMARY KEY, next_offset INTEGER)"
         )
@@ -201,7 +205,7 @@ class ProjectionStore:
             self._con.execute(table.create_sql())
             if self._con.execute(f"SELECT 1 FROM {table.name} LIMIT 1").fetchone() is None:
                 complete.add(table.name)
-        if not defer_indexes:
+        if not bulk:
             self.create_indexes()
         self.position: Position = dict(self._con.execute("SELECT partition, next_offset FROM _checkpoint"))
         self._committed: Position = dict(self.position)
@@ -214,6 +218,13 @@ class ProjectionStore:
         for table in self.tables:
             for sql in table.index_sql():
                 self._con.execute(sql)
+
+    def finish_bulk(self) -> None:
+        """End a bulk load: build the indexes it deferred and make the file an ordinary projection."""
+        self.create_indexes()
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self.bulk = False
 
     # -- folding ---------------------------------------------------------------------------------
 
@@ -259,12 +270,11 @@ class ProjectionStore:
         try:
             handler(record, self.rows)
         except (Poison, ValueError) as exc:
-            self.rows.end_record(keep=False)
+            self.rows.undo_record()
             if stored is None:
                 raise
             self._dead_letter(stored, f"{type(record).__name__} {record.id!r}: {exc}")
             return False
-        self.rows.end_record(keep=True)
         return True
 
     def _first_time(self, key: str, record_id: str) -> bool:

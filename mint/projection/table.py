@@ -13,6 +13,12 @@ from typing import Any
 
 import msgspec
 
+
+class Row(msgspec.Struct, frozen=True, gc=False):
+    """Base of projection rows. Rows hold scalars, tuples and flat dicts, never cycles, so the
+    garbage collector need not track them (a large share of a rebuild's time otherwise)."""
+
+
 _SQL_TYPES: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
 
 
@@ -30,7 +36,7 @@ def _scalar(hint: Any) -> Any:
 @dataclass(frozen=True)
 class Table:
     name: str
-    row: type[msgspec.Struct]
+    row: type[Row]
     key: tuple[str, ...]
     indexes: tuple[tuple[str, ...], ...] = ()
     # Rows are only ever inserted (keyed by a fact id or a sequence), so writes need no read first.
@@ -40,7 +46,6 @@ class Table:
     columns: tuple[str, ...] = field(init=False)
     sql_types: tuple[str, ...] = field(init=False)
     json_columns: frozenset[int] = field(init=False)
-    key_positions: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(self.row)
@@ -49,7 +54,6 @@ class Table:
         object.__setattr__(self, "columns", names)
         object.__setattr__(self, "sql_types", tuple(_SQL_TYPES[s] if s else "TEXT" for s in scalars))
         object.__setattr__(self, "json_columns", frozenset(i for i, s in enumerate(scalars) if s is None))
-        object.__setattr__(self, "key_positions", tuple(names.index(k) for k in self.key))
 
     def create_sql(self) -> str:
         cols = ", ".join(f"{c} {t}" for c, t in zip(self.columns, self.sql_types, strict=True))
@@ -61,11 +65,10 @@ class Table:
             for cols in self.indexes
         ]
 
-    def key_of(self, row: msgspec.Struct) -> tuple[Any, ...]:
-        values = msgspec.structs.astuple(row)
-        return tuple(values[i] for i in self.key_positions)
+    def key_of(self, row: Row) -> tuple[Any, ...]:
+        return tuple([getattr(row, k) for k in self.key])
 
-    def to_db(self, row: msgspec.Struct) -> tuple[Any, ...]:
+    def to_db(self, row: Row) -> tuple[Any, ...]:
         values = msgspec.structs.astuple(row)
         if not self.json_columns:
             return values

@@ -1,0 +1,84 @@
+"""`mint bench`: benchmarks with JSON output. Each compares side by side within one run."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from mint.commands.common import run
+
+
+def _report(name: str, results: dict[str, float], as_json: bool) -> None:
+    report: dict[str, Any] = {
+        "bench": name,
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} ({_cores()} cores), Python {platform.python_version()}",
+        **{k: round(v, 4) for k, v in results.items()},
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:>36}: {value:,}" if isinstance(value, float) else f"{key:>36}: {value}")
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _say(as_json: bool) -> Any:
+    return lambda line: click.echo(line, err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+@click.group("bench")
+def bench_group() -> None:
+    """Benchmarks (progress goes to stderr, results to stdout)."""
+
+
+@bench_group.command("replay")
+@click.option("--facts", default=1_000_000, show_default=True, help="Facts on the log.")
+@click.option("--commits", default=2_000, show_default=True, help="Facts appended one per commit.")
+@json_option
+def replay(facts: int, commits: int, as_json: bool) -> None:
+    """SQLite log append rates and catalog rebuild rate (vs a plain decode loop)."""
+    from mint.bench.replay_bench import bench_replay
+
+    _report("replay", run(bench_replay, facts, commits, _say(as_json)), as_json)
+
+
+@bench_group.command("catalog")
+@click.option("--policies", default=1_000_000, show_default=True)
+@click.option("--lookups", default=20_000, show_default=True)
+@json_option
+def catalog(policies: int, lookups: int, as_json: bool) -> None:
+    """Resolve latency (tenant/name -> serving revision) and projection size at N policies."""
+    from mint.bench.catalog_bench import bench_catalog
+
+    _report("catalog", bench_catalog(policies, lookups, _say(as_json)), as_json)
+
+
+@bench_group.command("kafka")
+@click.option("--records", default=50_000, show_default=True)
+@click.option("--bootstrap", default=None, help="A running broker (default: start the bundled tansu).")
+@json_option
+def kafka(records: int, bootstrap: str | None, as_json: bool) -> None:
+    """Produce and consume rates of the Kafka log against a real Kafka-protocol broker."""
+    from mint.bench.kafka_bench import bench_kafka
+
+    if bootstrap:
+        results = run(bench_kafka, bootstrap, records)
+    else:
+        from mint.local_services import LocalKafka
+
+        with LocalKafka() as broker:
+            results = run(bench_kafka, broker.bootstrap, records)
+    _report("kafka", results, as_json)
