@@ -14,16 +14,31 @@ from actors.runtime import DEFAULT_BACKOFF, Backoff, StoreActor, Supervisor
 from events.log import EventLog
 from mint.home import Home
 
+ACTOR_NAMES = ("catalog", "projector")
+
 
 class System:
+    """`only` runs a subset (one process per actor, on Kafka); by default every actor runs here."""
+
     def __init__(
-        self, home: Home, log: EventLog, faults: Faults = NO_FAULTS, backoff: Backoff = DEFAULT_BACKOFF
+        self,
+        home: Home,
+        log: EventLog,
+        faults: Faults = NO_FAULTS,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        only: frozenset[str] | None = None,
     ) -> None:
+        unknown = (only or frozenset()) - set(ACTOR_NAMES)
+        if unknown:
+            raise ValueError(
+                f"only: no actor named {', '.join(sorted(unknown))} (actors: {', '.join(ACTOR_NAMES)})"
+            )
         self.home = home
         self.log = log
         self.catalog = CatalogActor(home, faults)
         self.projector = CatalogProjector(home, faults)
-        self.actors: list[StoreActor] = [self.catalog, self.projector]
+        everyone: list[StoreActor] = [self.catalog, self.projector]
+        self.actors = [a for a in everyone if only is None or a.name in only]
         self.supervisor = Supervisor(log, self.actors, backoff)
 
     async def settle(self) -> None:
@@ -39,10 +54,14 @@ class System:
 
 @asynccontextmanager
 async def running(
-    home: Home, log: EventLog, faults: Faults = NO_FAULTS, backoff: Backoff = DEFAULT_BACKOFF
+    home: Home,
+    log: EventLog,
+    faults: Faults = NO_FAULTS,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    only: frozenset[str] | None = None,
 ) -> AsyncIterator[System]:
-    """Start every actor (returns once all are ready); cancel them all on exit."""
-    system = System(home, log, faults, backoff)
+    """Start the actors (returns once all are ready); cancel them all on exit."""
+    system = System(home, log, faults, backoff, only)
     async with anyio.create_task_group() as tg:
         await tg.start(system.supervisor.run)
         try:

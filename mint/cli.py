@@ -10,6 +10,7 @@ from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
 from mint.commands.events import events_group
 from mint.commands.replay import replay_group
+from mint.commands.services import services_group
 from mint.commands.up import up
 
 
@@ -27,6 +28,7 @@ cli.add_command(events_group)
 cli.add_command(replay_group)
 cli.add_command(catalog_group)
 cli.add_command(bench_group)
+cli.add_command(services_group)
 
 
 def main() -> None:

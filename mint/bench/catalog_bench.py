@@ -27,7 +27,18 @@ def _build(path: Path, count: int) -> None:
     for i in range(count):
         tenant = f"t{i % 1000}"
         served = ("r1",) if i % 2 == 0 else ()
-        row = PolicyRow(f"{tenant}/p{i}", tenant, f"p{i}", "tiny", "manual", "active", served[-1] if served else None, served, at, at)
+        row = PolicyRow(
+            f"{tenant}/p{i}",
+            tenant,
+            f"p{i}",
+            "tiny",
+            "manual",
+            "active",
+            served[-1] if served else None,
+            served,
+            at,
+            at,
+        )
         store.rows.put(POLICIES, row)
         if i % 100_000 == 99_999:
             store.commit()
@@ -36,7 +47,9 @@ def _build(path: Path, count: int) -> None:
     store.close()
 
 
-def bench_catalog(count: int = 1_000_000, lookups: int = 20_000, say: Callable[[str], None] = print) -> dict[str, float]:
+def bench_catalog(
+    count: int = 1_000_000, lookups: int = 20_000, say: Callable[[str], None] = print
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="mint-bench-") as tmp:
         path = Path(tmp) / "catalog.db"
         say(f"building a catalog of {count:,} policies")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,7 +19,7 @@ def _report(name: str, results: dict[str, float], as_json: bool) -> None:
     report: dict[str, Any] = {
         "bench": name,
         "date": datetime.now(UTC).date().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} ({_cores()} cores), Python {platform.python_version()}",
+        "machine": machine(),
         **{k: round(v, 4) for k, v in results.items()},
     }
     if as_json:
@@ -26,14 +29,19 @@ def _report(name: str, results: dict[str, float], as_json: bool) -> None:
             click.echo(f"{key:>36}: {value:,}" if isinstance(value, float) else f"{key:>36}: {value}")
 
 
-def _cores() -> int:
-    import os
+def machine() -> str:
+    """CPU model and cores, so a quoted number says where it was measured."""
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
-    return os.cpu_count() or 1
 
-
-def _say(as_json: bool) -> Any:
-    return lambda line: click.echo(line, err=True)
+def _say(line: str) -> None:
+    click.echo(line, err=True)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -52,7 +60,7 @@ def replay(facts: int, commits: int, as_json: bool) -> None:
     """SQLite log append rates and catalog rebuild rate (vs a plain decode loop)."""
     from mint.bench.replay_bench import bench_replay
 
-    _report("replay", run(bench_replay, facts, commits, _say(as_json)), as_json)
+    _report("replay", run(bench_replay, facts, commits, _say), as_json)
 
 
 @bench_group.command("catalog")
@@ -63,7 +71,7 @@ def catalog(policies: int, lookups: int, as_json: bool) -> None:
     """Resolve latency (tenant/name -> serving revision) and projection size at N policies."""
     from mint.bench.catalog_bench import bench_catalog
 
-    _report("catalog", bench_catalog(policies, lookups, _say(as_json)), as_json)
+    _report("catalog", bench_catalog(policies, lookups, _say), as_json)
 
 
 @bench_group.command("kafka")

@@ -8,7 +8,7 @@ import anyio
 import click
 
 from actors.faults import Faults
-from actors.system import running
+from actors.system import ACTOR_NAMES, running
 from mint.commands.common import context, home_option, log_option, run
 from mint.config import open_log
 
@@ -21,20 +21,36 @@ from mint.config import open_log
 @click.option(
     "--walkthrough", is_flag=True, help="Run the scripted control-plane session, verify replay, exit."
 )
+@click.option(
+    "--only",
+    default=None,
+    help=f"Comma-separated actors to run here ({', '.join(ACTOR_NAMES)}); one process per actor on Kafka.",
+)
 @home_option
 @log_option
 def up(
-    chaos: float | None, seed: int | None, walkthrough: bool, home_dir: str | None, log_url: str | None
+    chaos: float | None,
+    seed: int | None,
+    walkthrough: bool,
+    only: str | None,
+    home_dir: str | None,
+    log_url: str | None,
 ) -> None:
-    """Start the catalog actor and projector (and, as they land, the other actors)."""
+    """Start the actors: all in this process by default."""
     home, spec = context(home_dir, log_url)
+    chosen = frozenset(n.strip() for n in only.split(",") if n.strip()) if only else None
+    if chosen is not None and not chosen <= set(ACTOR_NAMES):
+        unknown = ", ".join(sorted(chosen - set(ACTOR_NAMES)))
+        raise click.BadParameter(
+            f"no actor named {unknown} (actors: {', '.join(ACTOR_NAMES)})", param_hint="--only"
+        )
     try:
         faults = Faults(rate=chaos if chaos is not None else (0.1 if walkthrough else 0.0), seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--chaos") from None
 
     async def go() -> bool:
-        async with open_log(spec) as log, running(home, log, faults) as system:
+        async with open_log(spec) as log, running(home, log, faults, only=chosen) as system:
             where = spec.path if spec.kind == "sqlite" else f"kafka://{spec.bootstrap}/{spec.topic}"
             click.echo(f"MinT up: home {home.root}, log {where}")
             click.echo(f"actors ready: {', '.join(a.name for a in system.actors)}")

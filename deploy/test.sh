@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: install (idempotent), lint, type-check, then every test that is not marked slow.
+# The default run exercises both log backends (SQLite and a real Kafka-protocol broker) and every
+# actor. `deploy/test.sh -m slow` runs the slow ones; extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/install.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
+exec .venv/bin/pytest "$@"
