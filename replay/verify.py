@@ -12,14 +12,15 @@ from pathlib import Path
 
 from events.log import EventLog, Position
 from mint.projection.store import Fold, combined_digest, store_tables, table_digests
+from mint.projection.table import Row, Table
 from replay.rebuild import ProgressCallback, rebuild
 
 
 @dataclass(frozen=True)
 class TableDiff:
     table: str
-    live_only: list[tuple[object, ...]]
-    rebuilt_only: list[tuple[object, ...]]
+    live_only: list[Row]
+    rebuilt_only: list[Row]
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,12 @@ def _rows(con: sqlite3.Connection, table: str) -> set[tuple[object, ...]]:
     return set(con.execute(f"SELECT * FROM {table}"))
 
 
-def _diff(live: sqlite3.Connection, rebuilt: sqlite3.Connection, table: str, sample: int) -> TableDiff:
-    live_rows, rebuilt_rows = _rows(live, table), _rows(rebuilt, table)
+def _diff(live: sqlite3.Connection, rebuilt: sqlite3.Connection, table: Table, sample: int) -> TableDiff:
+    live_rows, rebuilt_rows = _rows(live, table.name), _rows(rebuilt, table.name)
     return TableDiff(
-        table,
-        sorted(live_rows - rebuilt_rows, key=repr)[:sample],
-        sorted(rebuilt_rows - live_rows, key=repr)[:sample],
+        table.name,
+        [table.from_db(r) for r in sorted(live_rows - rebuilt_rows, key=repr)[:sample]],
+        [table.from_db(r) for r in sorted(rebuilt_rows - live_rows, key=repr)[:sample]],
     )
 
 
@@ -70,9 +71,9 @@ async def verify(
             try:
                 rebuilt_tables = table_digests(rebuilt, tables)
                 diffs = [
-                    _diff(live, rebuilt, name, sample)
-                    for name in live_tables
-                    if live_tables[name] != rebuilt_tables.get(name)
+                    _diff(live, rebuilt, table, sample)
+                    for table in tables
+                    if table.name in live_tables and live_tables[table.name] != rebuilt_tables.get(table.name)
                 ]
             finally:
                 rebuilt.close()

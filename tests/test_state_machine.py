@@ -24,6 +24,7 @@ from events.envelope import Command, Record
 from events.log import Stored, Subscription
 from events.sqlite_log import SqliteLog
 from mint.catalog.fold import CATALOG_FOLD
+from mint.catalog.rows import POLICIES as POLICY_TABLE
 from mint.home import Home
 from mint.projection.store import ProjectionStore
 from replay.rebuild import rebuild
@@ -178,8 +179,11 @@ class CatalogUnderFaults(RuleBasedStateMachine):
             rebuilt.close()
 
     def _check_decider_agrees_with_projector(self) -> None:
-        sql = "SELECT policy, status, pointer, served FROM policies ORDER BY policy"
-        assert self.stores["catalog"].query(sql) == self.stores["projector"].query(sql)
+        def pointers(store: ProjectionStore) -> list[tuple[str, str, str | None, tuple[str, ...]]]:
+            rows = [POLICY_TABLE.from_db(r) for r in store.query("SELECT * FROM policies ORDER BY policy")]
+            return [(r.policy, r.status, r.pointer, r.served) for r in rows]
+
+        assert pointers(self.stores["catalog"]) == pointers(self.stores["projector"])
 
 
 CatalogUnderFaults.TestCase.settings = settings(

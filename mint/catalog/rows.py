@@ -153,23 +153,46 @@ class RestartRow(Row, frozen=True):
 
 
 POLICIES = Table(
-    "policies", PolicyRow, key=("policy",), indexes=(("tenant", "name"), ("status",), ("base_id",))
+    "policies",
+    PolicyRow,
+    key=("policy",),
+    columns=("tenant", "name", "base_id", "status", "pointer"),
+    indexes=(("tenant", "name"), ("status",), ("base_id",)),
 )
-REVISIONS = Table("revisions", RevisionRow, key=("policy", "revision"))
+REVISIONS = Table("revisions", RevisionRow, key=("policy", "revision"), columns=("exported_at",))
 SERVING_MOVES = Table(
-    "serving_moves", ServingMove, key=("id",), indexes=(("policy", "at"),), append_only=True
+    "serving_moves",
+    ServingMove,
+    key=("id",),
+    columns=("policy", "at"),
+    indexes=(("policy", "at"),),
+    append_only=True,
 )
 EVALUATIONS = Table(
-    "evaluations", EvaluationRow, key=("id",), indexes=(("policy", "revision"),), append_only=True
+    "evaluations",
+    EvaluationRow,
+    key=("id",),
+    columns=("policy", "revision", "at"),
+    indexes=(("policy", "revision"),),
+    append_only=True,
 )
-RUNS = Table("runs", RunRow, key=("run",), indexes=(("tenant",),))
+RUNS = Table("runs", RunRow, key=("run",), columns=("tenant", "status"), indexes=(("tenant",),))
 STEPS = Table("steps", StepRow, key=("run", "policy", "step"), append_only=True)
-ENGINES = Table("engines", EngineRow, key=("engine",))
-RESIDENCY = Table("residency", ResidencyRow, key=("engine", "policy", "revision"))
+ENGINES = Table("engines", EngineRow, key=("engine",), columns=("status",))
+RESIDENCY = Table("residency", ResidencyRow, key=("engine", "policy", "revision"), columns=("tier",))
 WAVES = Table("waves", WaveRow, key=("engine", "wave"), append_only=True)
-LOAD_FAILURES = Table("load_failures", LoadFailureRow, key=("id",), append_only=True)
-REJECTIONS = Table("rejections", RejectionRow, key=("id",), indexes=(("key",),), append_only=True)
-RESTARTS = Table("actor_restarts", RestartRow, key=("id",), append_only=True)
+LOAD_FAILURES = Table(
+    "load_failures",
+    LoadFailureRow,
+    key=("id",),
+    columns=("engine", "at"),
+    indexes=(("engine",),),
+    append_only=True,
+)
+REJECTIONS = Table(
+    "rejections", RejectionRow, key=("id",), columns=("key", "at"), indexes=(("key",),), append_only=True
+)
+RESTARTS = Table("actor_restarts", RestartRow, key=("id",), columns=("actor", "at"), append_only=True)
 
 CATALOG_TABLES = (
     POLICIES,

@@ -132,26 +132,24 @@ class Rows:
         self._undo.clear()
 
     def flush(self, tables: Iterable[Table]) -> None:
-        """Write dirty rows; the caller holds the transaction."""
+        """Write dirty rows in key order (sequential B-tree inserts); the caller holds the transaction."""
         for table in tables:
             dirty = self._dirty[table.name]
+            appended = self._appended[table.name]
             if dirty:
                 cache = self._cache[table.name]
-                upserts = [table.to_db(cache[k]) for k in dirty if cache[k] is not None]
-                deletes = [k for k in dirty if cache[k] is None]
+                keys = sorted(dirty)
+                upserts = [table.to_db(cache[k]) for k in keys if cache[k] is not None]
+                deletes = [k for k in keys if cache[k] is None]
                 if upserts:
-                    marks = ",".join("?" * len(table.columns))
-                    self._con.executemany(f"INSERT OR REPLACE INTO {table.name} VALUES ({marks})", upserts)
+                    self._con.executemany(table.insert_sql, upserts)
                 if deletes:
                     where = " AND ".join(f"{k} = ?" for k in table.key)
                     self._con.executemany(f"DELETE FROM {table.name} WHERE {where}", deletes)
                 dirty.clear()
-            appended = self._appended[table.name]
             if appended:
-                marks = ",".join("?" * len(table.columns))
-                self._con.executemany(
-                    f"INSERT OR IGNORE INTO {table.name} VALUES ({marks})", [table.to_db(r) for r in appended]
-                )
+                rows = sorted(appended, key=table.key_of)
+                self._con.executemany(table.insert_sql, [table.to_db(r) for r in rows])
                 appended.clear()
 
     def cached(self) -> int:
@@ -202,11 +200,9 @@ class ProjectionStore:
         self._con.execute("CREATE TABLE IF NOT EXISTS _own_pending (id TEXT PRIMARY KEY)")
         complete = set()
         for table in self.tables:
-            self._con.execute(table.create_sql())
+            table.create(self._con, indexes=not bulk)
             if self._con.execute(f"SELECT 1 FROM {table.name} LIMIT 1").fetchone() is None:
                 complete.add(table.name)
-        if not bulk:
-            self.create_indexes()
         self.position: Position = dict(self._con.execute("SELECT partition, next_offset FROM _checkpoint"))
         self._committed: Position = dict(self.position)
         self._own: set[str] = {r for (r,) in self._con.execute("SELECT id FROM _own_pending")}
@@ -214,14 +210,10 @@ class ProjectionStore:
         self.rows = Rows(self._con, self.tables, complete)
         self.dead_letters = 0
 
-    def create_indexes(self) -> None:
-        for table in self.tables:
-            for sql in table.index_sql():
-                self._con.execute(sql)
-
     def finish_bulk(self) -> None:
         """End a bulk load: build the indexes it deferred and make the file an ordinary projection."""
-        self.create_indexes()
+        for table in self.tables:
+            table.create_indexes(self._con)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self.bulk = False
