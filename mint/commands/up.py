@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import anyio
@@ -59,13 +60,13 @@ def up(
 
                 verdict = await session(system, click.echo)
                 return verdict.equal
-            click.echo("Ctrl-C to stop")
-            await anyio.sleep_forever()
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                click.echo("Ctrl-C (or SIGTERM) to stop")
+                async for signum in signals:
+                    click.echo(
+                        f"stopping on {signal.Signals(signum).name}: actors resume from their checkpoints"
+                    )
+                    break
         return True
 
-    try:
-        ok = run(go)
-    except KeyboardInterrupt:
-        click.echo("stopped")
-        return
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if run(go) else 1)
