@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError, for_code
+from anyio.abc import AsyncResource
 
 from events.codec import RecordError, read_header
 from events.envelope import Record
@@ -89,7 +89,7 @@ def _stored(message: Any) -> Stored:
     )
 
 
-class KafkaLog:
+class KafkaLog(AsyncResource):
     """`partitions=None` adopts an existing topic's count (creating it with DEFAULT_PARTITIONS when
     missing); a number that differs from an existing topic's count is an error. Use `async with`, or
     `await start()` and `await aclose()`."""
@@ -209,11 +209,6 @@ class KafkaLog:
 
     async def __aenter__(self) -> Self:
         return await self.start()
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def _tp(self, partition: int) -> Any:
         if not 0 <= partition < self.partitions:
@@ -395,7 +390,7 @@ async def _committed(consumer: Any, tps: Iterable[Any], fallback: dict[Any, int]
     return out
 
 
-class KafkaSubscription:
+class KafkaSubscription(AsyncResource):
     """All partitions of the topic, assigned by hand (no group rebalancing): the group id is used for
     commits only. Starts at the explicit position, or at the group's committed offsets (the oldest
     kept record where none is committed)."""
@@ -471,8 +466,3 @@ class KafkaSubscription:
     async def __aenter__(self) -> Self:
         await self._ensure_started()
         return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()

@@ -11,11 +11,10 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
 import anyio.to_thread
+from anyio.abc import AsyncResource
 
 from events.envelope import Record
 from events.log import DEFAULT_PARTITIONS, Appended, Encoded, Position, Stored
@@ -65,7 +64,7 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield items[i : i + size]
 
 
-class SqliteLog:
+class SqliteLog(AsyncResource):
     """`synchronous` is FULL by default: a fact is durable on disk before anything acts on it
     (record before effect), power loss included. NORMAL survives process crashes only."""
 
@@ -229,16 +228,8 @@ class SqliteLog:
         with self._lock:
             self._writer.close()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class SqliteSubscription:
+class SqliteSubscription(AsyncResource):
     """Reads in commit order (`pos`) on its own connection, so it never waits behind the writer."""
 
     def __init__(self, log: SqliteLog, group: str, start: Position | None) -> None:
@@ -306,11 +297,3 @@ class SqliteSubscription:
     async def aclose(self) -> None:
         with self._lock:
             self._con.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()

@@ -8,6 +8,7 @@ yields the same ids, and the log (or the folds' dedupe) keeps only the first cop
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from events.catalog import (
     CommandRejected,
@@ -26,6 +27,7 @@ from mint.catalog.rows import POLICIES, REVISIONS, PolicyRow, RevisionRow
 from mint.projection.store import Rows
 
 SOURCE = "catalog"
+F = TypeVar("F", bound=Fact)
 
 
 class Refusal(Exception):
@@ -35,8 +37,10 @@ class Refusal(Exception):
         self.field = field
 
 
-def _fact_id(command: Command, n: int = 0) -> str:
-    return f"{command.id}/{n}"
+def _answer(command: Command, fact: type[F], **fields: Any) -> F:
+    """The fact deciding `command`. Its id derives from the command's, so deciding the same command
+    again (after a crash) yields the same id."""
+    return fact.create(id=f"{command.id}/0", cause=command, source=SOURCE, **fields)
 
 
 def _policy(command: Promote | Rollback | RetirePolicy, rows: Rows) -> PolicyRow:
@@ -61,10 +65,9 @@ def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
         state = "retired; register a new name" if existing.status == "retired" else "already registered"
         raise Refusal(f"policy {command.policy!r} is {state}", "policy")
     return [
-        PolicyRegistered.create(
-            id=_fact_id(command),
-            cause=command,
-            source=SOURCE,
+        _answer(
+            command,
+            PolicyRegistered,
             policy=command.policy,
             base_id=command.base_id,
             promotion=command.promotion,
@@ -98,10 +101,9 @@ def promote(command: Promote, rows: Rows) -> list[Fact]:
             "revision",
         )
     return [
-        RevisionPromoted.create(
-            id=_fact_id(command),
-            cause=command,
-            source=SOURCE,
+        _answer(
+            command,
+            RevisionPromoted,
             policy=command.policy,
             revision=command.revision,
             previous=policy.pointer,
@@ -134,10 +136,9 @@ def rollback(command: Rollback, rows: Rows) -> list[Fact]:
     else:
         target = command.to_revision
     return [
-        RevisionRolledBack.create(
-            id=_fact_id(command),
-            cause=command,
-            source=SOURCE,
+        _answer(
+            command,
+            RevisionRolledBack,
             policy=command.policy,
             revision=target,
             previous=policy.pointer,
@@ -149,11 +150,7 @@ def rollback(command: Rollback, rows: Rows) -> list[Fact]:
 
 def retire(command: RetirePolicy, rows: Rows) -> list[Fact]:
     _policy(command, rows)
-    return [
-        PolicyRetired.create(
-            id=_fact_id(command), cause=command, source=SOURCE, policy=command.policy, reason=command.reason
-        )
-    ]
+    return [_answer(command, PolicyRetired, policy=command.policy, reason=command.reason)]
 
 
 DECIDERS: dict[str, Callable[..., list[Fact]]] = {
@@ -169,10 +166,9 @@ def decide(command: Command, rows: Rows) -> list[Fact]:
         return DECIDERS[type(command).__name__](command, rows)
     except Refusal as refusal:
         return [
-            CommandRejected.create(
-                id=_fact_id(command),
-                cause=command,
-                source=SOURCE,
+            _answer(
+                command,
+                CommandRejected,
                 tenant=command.tenant,
                 key=command.key,
                 command_id=command.id,
