@@ -1,0 +1,1 @@
+"""LoRA over resident bases: many adapters per model, mixed per batch row."""
