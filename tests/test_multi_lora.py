@@ -59,7 +59,9 @@ def test_a_slot_gives_the_same_logits_as_peft_with_the_same_tensors() -> None:
     multi = MultiLora(tiny(), TARGETS)
     multi.add("a", rank=4, alpha=16.0)
     randomise(multi, "a", seed=3)
-    peft_model = get_peft_model(tiny(), LoraConfig(r=4, lora_alpha=16.0, target_modules=TARGETS, lora_dropout=0.0))
+    peft_model = get_peft_model(
+        tiny(), LoraConfig(r=4, lora_alpha=16.0, target_modules=TARGETS, lora_dropout=0.0)
+    )
     state = {k.replace(".weight", ".default.weight"): v for k, v in multi.state("a").items()}
     missing = peft_model.load_state_dict(state, strict=False)
     assert not [k for k in missing.unexpected_keys]
@@ -82,7 +84,9 @@ def test_gradients_of_a_shared_batch_equal_each_policy_alone() -> None:
     def loss_of(rows: list[int], use: list[str]) -> torch.Tensor:
         with multi.route(use):
             logits = multi.model(input_ids=ids[rows]).logits
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), ids[rows, 1:].reshape(-1), reduction="sum")
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, 128), ids[rows, 1:].reshape(-1), reduction="sum"
+        )
 
     loss_of([0, 1, 2, 3], slots).backward()
     together = {s: [p.grad.clone() for p in multi.parameters(s)] for s in ("a", "b")}

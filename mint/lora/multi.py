@@ -60,7 +60,9 @@ class MultiLoraLinear(nn.Module):
         bound = 1.0 / math.sqrt(self.in_features)
         a.uniform_(-bound, bound, generator=generator)
         self.lora_A[name] = nn.Parameter(a)
-        self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, spec.rank, dtype=weight.dtype, device=weight.device))
+        self.lora_B[name] = nn.Parameter(
+            torch.zeros(self.out_features, spec.rank, dtype=weight.dtype, device=weight.device)
+        )
         self.scales[name] = spec.scale
 
     def remove_slot(self, name: str) -> None:
@@ -77,8 +79,12 @@ class MultiLoraLinear(nn.Module):
         rank = max(self.lora_A[n].shape[0] for n in names)
         # Stack every slot, padded to the largest rank with zeros (which add nothing), plus one
         # all-zero slot at the end for rows that use the base alone.
-        a = torch.stack([_pad_rows(self.lora_A[n], rank) for n in names] + [x.new_zeros(rank, self.in_features)])
-        b = torch.stack([_pad_cols(self.lora_B[n], rank) for n in names] + [x.new_zeros(self.out_features, rank)])
+        a = torch.stack(
+            [_pad_rows(self.lora_A[n], rank) for n in names] + [x.new_zeros(rank, self.in_features)]
+        )
+        b = torch.stack(
+            [_pad_cols(self.lora_B[n], rank) for n in names] + [x.new_zeros(self.out_features, rank)]
+        )
         scale = x.new_tensor([self.scales[n] for n in names] + [0.0])
         index = torch.where(rows < 0, len(names), rows)
         shaped = x.reshape(x.shape[0], -1, self.in_features)  # [batch, tokens, in]

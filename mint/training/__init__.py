@@ -1,0 +1,1 @@
+"""Training many LoRA policies at once over one resident base: SFT and GRPO, exported adapter-only."""
