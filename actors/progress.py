@@ -21,6 +21,10 @@ class Progress:
         self._changed.set()
         self._changed = anyio.Event()
 
+    async def changed(self) -> None:
+        """Wait for the next update."""
+        await self._changed.wait()
+
     async def reached(self, target: Position) -> None:
         while not passed(self.position, target):
             await self._changed.wait()

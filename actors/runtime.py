@@ -45,6 +45,10 @@ class StoreActor:
         """Facts to append in answer to `record` (already folded). Projectors answer nothing."""
         return []
 
+    def committed(self, facts: list[Record], store: ProjectionStore) -> None:
+        """Called once a batch's facts are on the log and its state is committed: the moment an
+        actor may start effects that those facts announce."""
+
     def handle(self, batch: list[Stored], store: ProjectionStore) -> list[Record]:
         """Fold a batch and decide; returns the facts to append before the store may commit."""
         out: list[Record] = []
@@ -79,6 +83,7 @@ class StoreActor:
                         await log.append(out)  # record before effect: durable before we move on
                     self.faults.point(f"{self.name}: before commit")
                     store.commit()
+                    self.committed(out, store)
                     self.faults.point(f"{self.name}: after commit")
                     self.progress.update(store.position)
                     await mailbox.commit(store.position)  # lag metrics only; the store is the truth

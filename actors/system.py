@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 
 from actors.catalog import CatalogActor
 from actors.faults import NO_FAULTS, Faults
+from actors.locks import actor_locks
 from actors.projector import CatalogProjector
 from actors.runtime import DEFAULT_BACKOFF, Backoff, StoreActor, Supervisor
+from actors.trainer import TrainerActor
 from events.log import EventLog
+from mint.artifacts.local import LocalArtifactStore
+from mint.artifacts.store import ArtifactStore
 from mint.home import Home
 
-ACTOR_NAMES = ("catalog", "projector")
+ACTOR_NAMES = ("catalog", "projector", "trainer")
 
 
 class System:
@@ -27,6 +31,7 @@ class System:
         faults: Faults = NO_FAULTS,
         backoff: Backoff = DEFAULT_BACKOFF,
         only: frozenset[str] | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         unknown = (only or frozenset()) - set(ACTOR_NAMES)
         if unknown:
@@ -35,11 +40,19 @@ class System:
             )
         self.home = home
         self.log = log
+        self.artifacts = artifacts or LocalArtifactStore(home.artifacts)
         self.catalog = CatalogActor(home, faults)
         self.projector = CatalogProjector(home, faults)
-        everyone: list[StoreActor] = [self.catalog, self.projector]
+        self.trainer = TrainerActor(home, self.artifacts, faults)
+        everyone: list[StoreActor] = [self.catalog, self.projector, self.trainer]
         self.actors = [a for a in everyone if only is None or a.name in only]
         self.supervisor = Supervisor(log, self.actors, backoff)
+
+    async def until(self, check: Callable[[], bool]) -> None:
+        """Wait until `check` (usually a query of the catalog) holds, re-checking each time the
+        projector commits: for outcomes that arrive later than `settle` can see, like a run's end."""
+        while not check():
+            await self.projector.progress.changed()
 
     async def settle(self) -> None:
         """Wait until every actor has handled everything on the log, including what the others
@@ -62,9 +75,10 @@ async def running(
 ) -> AsyncIterator[System]:
     """Start the actors (returns once all are ready); cancel them all on exit."""
     system = System(home, log, faults, backoff, only)
-    async with anyio.create_task_group() as tg:
-        await tg.start(system.supervisor.run)
-        try:
-            yield system
-        finally:
-            tg.cancel_scope.cancel()
+    with actor_locks(home, [a.name for a in system.actors]):
+        async with anyio.create_task_group() as tg:
+            await tg.start(system.supervisor.run)
+            try:
+                yield system
+            finally:
+                tg.cancel_scope.cancel()

@@ -23,12 +23,16 @@ class StartTraining(Command, kw_only=True, frozen=True):
 
 
 class TrainingStarted(Fact, kw_only=True, frozen=True):
+    """Carries everything needed to resume the run after a crash: task and config included."""
+
     KEY_FIELD: ClassVar[str] = "run"
     run: PolicyName
     policies: list[PolicyName]
     base_id: Name
     algo: Algorithm
+    task: str
     steps: int
+    config: dict[str, Any] = {}
 
 
 class StepCompleted(Fact, kw_only=True, frozen=True):
@@ -67,6 +71,8 @@ class TrainingFinished(Fact, kw_only=True, frozen=True):
 
 
 class TrainingFailed(Fact, kw_only=True, frozen=True):
+    """With `policy`: that policy failed and left the run, which goes on. Without: the run failed."""
+
     KEY_FIELD: ClassVar[str] = "run"
     run: PolicyName
     reason: str

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from mint.commands.base import base_group
 from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
 from mint.commands.events import events_group
@@ -29,6 +30,7 @@ cli.add_command(replay_group)
 cli.add_command(catalog_group)
 cli.add_command(bench_group)
 cli.add_command(services_group)
+cli.add_command(base_group)
 
 
 def main() -> None:

@@ -35,6 +35,17 @@ class Home:
         return self.root / "actors" / f"{actor}.db"
 
     @property
+    def bases(self) -> Path:
+        """Resident bases by id: `bases/<base_id>/` is a Hugging Face causal-LM directory."""
+        return self.root / "bases"
+
+    def base(self, base_id: str) -> Path:
+        return self.bases / base_id
+
+    def run_checkpoints(self, run: str) -> Path:
+        return self.cache / "runs" / run.replace("/", "__")
+
+    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 

@@ -59,7 +59,13 @@ def _evaluate(policy: str, revision: str, score: float, baseline: float | None) 
 def _training(run: str, policies: list[str], revision: str, parent: str | None) -> list[Record]:
     records: list[Record] = [
         TrainingStarted.create(
-            source="trainer", run=run, policies=policies, base_id="tiny", algo="grpo", steps=3
+            source="trainer",
+            run=run,
+            policies=policies,
+            base_id="tiny",
+            algo="grpo",
+            task="token:yes",
+            steps=3,
         )
     ]
     for step in range(1, 4):

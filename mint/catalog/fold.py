@@ -215,6 +215,8 @@ def training_started(fact: TrainingStarted, rows: Rows) -> None:
             fact.tenant,
             fact.base_id,
             fact.algo,
+            fact.task,
+            dict(fact.config),
             tuple(fact.policies),
             fact.steps,
             "running",
@@ -252,7 +254,11 @@ def training_finished(fact: TrainingFinished, rows: Rows) -> None:
 
 def training_failed(fact: TrainingFailed, rows: Rows) -> None:
     run: RunRow | None = rows.get(RUNS, fact.run)
-    if run is not None:
+    if run is None:
+        return
+    if fact.policy is not None:
+        rows.put(RUNS, replace(run, failed_policies={**run.failed_policies, fact.policy: fact.reason}))
+    else:
         rows.put(RUNS, replace(run, status="failed", finished_at=_at(fact), reason=fact.reason))
 
 

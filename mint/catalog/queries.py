@@ -10,11 +10,15 @@ from mint.catalog.rows import (
     POLICIES,
     REJECTIONS,
     REVISIONS,
+    RUNS,
     SERVING_MOVES,
+    STEPS,
     PolicyRow,
     RejectionRow,
     RevisionRow,
+    RunRow,
     ServingMove,
+    StepRow,
 )
 from mint.projection.store import DEAD_LETTERS, DeadLetter
 from mint.projection.table import Table
@@ -56,6 +60,13 @@ class Catalog:
 
     def serving_history(self, policy: str) -> list[ServingMove]:
         return self._rows(SERVING_MOVES, "policy = ?", (policy,), "at, id")
+
+    def run(self, run: str) -> RunRow | None:
+        found = self._rows(RUNS, "run = ?", (run,))
+        return found[0] if found else None
+
+    def steps(self, run: str) -> list[StepRow]:
+        return self._rows(STEPS, "run = ?", (run,), "step, policy")
 
     def rejections(self, key: str) -> list[RejectionRow]:
         return self._rows(REJECTIONS, "key = ?", (key,), "at, id")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mint.projection.table import Row, Table
 
 
@@ -73,12 +75,15 @@ class RunRow(Row, frozen=True):
     tenant: str
     base_id: str
     algo: str
+    task: str
+    config: dict[str, Any]
     policies: tuple[str, ...]
     steps: int
     status: str  # running | finished | failed
     started_at: str
     finished_at: str | None
     reason: str | None
+    failed_policies: dict[str, str] = {}
 
 
 class StepRow(Row, frozen=True):

@@ -1,0 +1,229 @@
+"""The trainer actor: decides StartTraining (the single writer of run keys), then runs each accepted
+run to completion on one resident base, appending a StepCompleted per policy per step and a
+RevisionExported per policy at the end.
+
+Crash safety: a step's facts are appended before its checkpoint is written, and their ids derive from
+(run, policy, step). After a restart the run resumes from its newest checkpoint and recomputes any
+step past it; steps are deterministic for the run's seed, so a recomputed step appends the same ids,
+which the log refuses (SQLite) or every fold skips (Kafka). The log never shows a step twice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from actors.faults import NO_FAULTS, Faults
+from actors.runtime import StoreActor
+from events.catalog import CommandRejected
+from events.envelope import Record
+from events.log import EventLog
+from events.training import (
+    RevisionExported,
+    StartTraining,
+    StepCompleted,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingStarted,
+)
+from mint.adapters.peft_layout import WEIGHTS_FILE
+from mint.artifacts.keys import adapter_key
+from mint.artifacts.store import ArtifactStore
+from mint.catalog.fold import CATALOG_FOLD
+from mint.catalog.rows import POLICIES, RUNS, PolicyRow, RunRow
+from mint.home import Home
+from mint.projection.store import ProjectionStore
+from mint.training.tasks import TaskError, parse_task
+
+log = logging.getLogger(__name__)
+SOURCE = "trainer"
+
+
+class TrainerActor(StoreActor):
+    decode_types = frozenset({"StartTraining"})
+
+    def __init__(self, home: Home, artifacts: ArtifactStore, faults: Faults = NO_FAULTS) -> None:
+        super().__init__("trainer", CATALOG_FOLD, home.actor_state("trainer"), faults)
+        self.home = home
+        self.artifacts = artifacts
+        self._queue: MemoryObjectSendStream[RunRow] | None = None
+        self._store: ProjectionStore | None = None
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
+        if not isinstance(record, StartTraining):
+            return []
+        refusal = self._refusal(record, store)
+        if refusal is not None:
+            reason, field = refusal
+            rejected = CommandRejected.create(
+                id=f"{record.id}/0",
+                cause=record,
+                source=SOURCE,
+                tenant=record.tenant,
+                key=record.key,
+                command_id=record.id,
+                command_type="StartTraining",
+                reason=reason,
+                field=field,
+            )
+            return [rejected]
+        started = TrainingStarted.create(
+            id=f"{record.id}/0",
+            cause=record,
+            source=SOURCE,
+            run=record.run,
+            policies=list(record.policies),
+            base_id=record.base_id,
+            algo=record.algo,
+            task=record.task,
+            steps=record.steps,
+            config=dict(record.config),
+        )
+        return [started]
+
+    def _refusal(self, command: StartTraining, store: ProjectionStore) -> tuple[str, str] | None:
+        if importlib.util.find_spec("torch") is None:
+            return "this MinT has no training installed: pip install 'mint-lora[train]'", "run"
+        from mint.training.multi_policy import TrainConfig  # torch: only once there is a run to train
+
+        tenant = command.run.split("/", 1)[0]
+        if command.tenant != tenant:
+            return f"tenant {command.tenant!r} may not start run {command.run!r}", "tenant"
+        if store.rows.get(RUNS, command.run) is not None:
+            return f"run {command.run!r} already exists", "run"
+        if not command.policies:
+            return "a run trains at least one policy", "policies"
+        if command.steps < 1:
+            return f"steps must be at least 1, got {command.steps}", "steps"
+        if not (self.home.base(command.base_id) / "config.json").is_file():
+            return (
+                f"base {command.base_id!r} is not installed at {self.home.base(command.base_id)}",
+                "base_id",
+            )
+        for policy in command.policies:
+            row: PolicyRow | None = store.rows.get(POLICIES, policy)
+            if row is None or row.status != "active":
+                return f"policy {policy!r} is not registered and active", "policies"
+            if row.tenant != tenant:
+                return f"policy {policy!r} belongs to another tenant", "policies"
+            if row.base_id != command.base_id:
+                return f"policy {policy!r} is on base {row.base_id!r}, not {command.base_id!r}", "base_id"
+        try:
+            task = parse_task(command.task, lambda word: 0)
+            TrainConfig.from_dict(command.config, command.steps)
+        except TaskError as exc:
+            return str(exc), "task"
+        except (TypeError, ValueError) as exc:
+            return str(exc), "config"
+        if task.algo != command.algo:
+            return f"task {command.task!r} is a {task.algo} task, not {command.algo}", "algo"
+        return None
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        send, receive = anyio.create_memory_object_stream[RunRow](1000)
+        self._queue = send
+        async with anyio.create_task_group() as tg, send, receive:
+            tg.start_soon(self._work, log, receive)
+            await super().run(log, task_status=task_status)
+
+    def committed(self, facts: list[Record], store: ProjectionStore) -> None:
+        for fact in facts:
+            if isinstance(fact, TrainingStarted):
+                run: RunRow | None = store.rows.get(RUNS, fact.run)
+                if run is not None:
+                    self._enqueue(run)
+
+    def open_store(self, log: EventLog) -> ProjectionStore:
+        store = super().open_store(log)
+        self._store = store
+        for (data,) in store.query("SELECT data FROM runs WHERE status = 'running'"):
+            self._enqueue(RUNS.from_data(data))  # interrupted by a crash: resume them
+        return store
+
+    def _enqueue(self, run: RunRow) -> None:
+        assert self._queue is not None
+        self._queue.send_nowait(run)
+
+    async def _work(self, log: EventLog, runs: MemoryObjectReceiveStream[RunRow]) -> None:
+        done: set[str] = set()
+        async for run in runs:
+            if run.run in done:
+                continue
+            await self._execute(log, run)
+            done.add(run.run)
+
+    async def _execute(self, log: EventLog, run: RunRow) -> None:
+        from mint.training.session import TrainingSession  # torch loads here, not at control-plane start
+
+        session = await anyio.to_thread.run_sync(TrainingSession.open, self.home, run)
+        for step in range(session.completed + 1, run.steps + 1):
+            metrics = await anyio.to_thread.run_sync(session.trainer.step, step)
+            facts: list[Record] = [
+                StepCompleted.create(
+                    id=f"{run.run}/{policy}/step/{step}",
+                    source=SOURCE,
+                    run=run.run,
+                    policy=policy,
+                    step=step,
+                    loss=m.loss,
+                    reward_mean=m.reward_mean,
+                    reward_std=m.reward_std,
+                    kl=m.kl,
+                    tokens_per_s=m.tokens_per_s,
+                )
+                for policy, m in metrics.items()
+            ]
+            facts += [
+                TrainingFailed.create(
+                    id=f"{run.run}/{policy}/failed", source=SOURCE, run=run.run, policy=policy, reason=reason
+                )
+                for policy, reason in session.newly_failed()
+            ]
+            await log.append(facts)
+            self.faults.point(f"{self.name}: after step {step}")
+            await anyio.to_thread.run_sync(session.checkpoint, step)
+        assert self._store is not None
+        parents = {
+            p: (row.pointer if (row := self._store.rows.get(POLICIES, p)) else None) for p in run.policies
+        }
+        written = await anyio.to_thread.run_sync(session.write_adapters)
+        exported: list[Record] = []
+        for adapter in written:
+            weights = adapter.directory / WEIGHTS_FILE
+            key = adapter_key(adapter.policy, adapter.revision, adapter.sha256)
+            await self.artifacts.put(key, weights)  # write-once: a retried export is a no-op
+            exported.append(
+                RevisionExported.create(
+                    id=f"{run.run}/{adapter.policy}/export",
+                    source=SOURCE,
+                    policy=adapter.policy,
+                    revision=adapter.revision,
+                    base_id=run.base_id,
+                    uri=key,
+                    sha256=adapter.sha256,
+                    bytes=adapter.bytes,
+                    rank=adapter.rank,
+                    alpha=adapter.alpha,
+                    targets=list(adapter.targets),
+                    parent=parents.get(adapter.policy),
+                    run=run.run,
+                )
+            )
+        await log.append(exported)
+        if not session.trainer.live:
+            failed = TrainingFailed.create(
+                id=f"{run.run}/failed", source=SOURCE, run=run.run, reason="every policy failed"
+            )
+            await log.append([failed])
+            return
+        await log.append(
+            [TrainingFinished.create(id=f"{run.run}/finished", source=SOURCE, run=run.run, steps=run.steps)]
+        )

