@@ -12,6 +12,7 @@ from mint.commands.catalog import catalog_group
 from mint.commands.events import events_group
 from mint.commands.replay import replay_group
 from mint.commands.services import services_group
+from mint.commands.train import train
 from mint.commands.up import up
 
 
@@ -30,6 +31,7 @@ cli.add_command(replay_group)
 cli.add_command(catalog_group)
 cli.add_command(bench_group)
 cli.add_command(services_group)
+cli.add_command(train)
 cli.add_command(base_group)
 
 

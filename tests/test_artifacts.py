@@ -128,22 +128,6 @@ class ArtifactStoreContract:
         assert await store.put(key, io.BytesIO(data)) == first
         assert await store.list() == [key]
 
-    async def test_racing_puts_of_one_key_have_one_winner(self, store: ArtifactStore) -> None:
-        outcomes: list[str] = []
-
-        async def put(data: bytes) -> None:
-            try:
-                await store.put("race/key", data)
-                outcomes.append("stored")
-            except ArtifactExists:
-                outcomes.append("refused")
-
-        async with anyio.create_task_group() as tg:
-            for n in range(4):
-                tg.start_soon(put, f"writer {n}".encode())
-        assert sorted(outcomes) == ["refused", "refused", "refused", "stored"]
-        assert (await store.read("race/key")).startswith(b"writer ")
-
     async def test_a_missing_key_is_an_error_naming_it(self, store: ArtifactStore, tmp_path: Path) -> None:
         key = _addressed(b"never stored")
         for call in (store.read(key), store.get(key, tmp_path / "dest")):
@@ -239,6 +223,24 @@ class TestLocalArtifactStore(ArtifactStoreContract):
 
         return overwrite
 
+    async def test_racing_puts_of_one_key_have_one_winner(self, store: ArtifactStore) -> None:
+        """Local only: S3 decides conditional writes atomically, but moto (the test server) checks
+        If-None-Match and then writes without a lock, so it cannot show this."""
+        outcomes: list[str] = []
+
+        async def put(data: bytes) -> None:
+            try:
+                await store.put("race/key", data)
+                outcomes.append("stored")
+            except ArtifactExists:
+                outcomes.append("refused")
+
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(put, f"writer {n}".encode())
+        assert sorted(outcomes) == ["refused", "refused", "refused", "stored"]
+        assert (await store.read("race/key")).startswith(b"writer ")
+
     async def test_leftovers_of_a_crash_stay_out_of_sight(self, store: LocalArtifactStore) -> None:
         await store.put("a/b", b"1")
         (store.root / PARTIAL_DIR / ".b.crashed.partial").write_bytes(b"half")
@@ -287,12 +289,6 @@ class TestS3ArtifactStore(ArtifactStoreContract):
             await store.client.put_object(Bucket=store.bucket, Key=store.prefix + key, Body=data)
 
         return overwrite
-
-    async def test_racing_puts_of_one_key_have_one_winner(self, store: ArtifactStore) -> None:
-        pytest.skip(
-            "moto checks If-None-Match and then writes, without a lock, so racing puts can both pass;"
-            " S3 itself decides conditional writes atomically"
-        )
 
     async def test_a_failed_or_cancelled_multipart_put_leaves_no_parts_behind(
         self, store: S3ArtifactStore

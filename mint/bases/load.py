@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from mint.bases.info import BaseError, read_base_info
 
@@ -19,6 +20,7 @@ def load_base(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     read_base_info(directory)
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise BaseError(f"{directory}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # logs are no terminal
     model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated

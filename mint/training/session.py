@@ -7,12 +7,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from mint.adapters.adapter import Adapter, LoraConfig
+from mint.adapters.adapter import LoraConfig
 from mint.adapters.peft_layout import WEIGHTS_FILE, write_peft
-from mint.bases.safetensors_file import RawTensor
+from mint.adapters.tensors import adapter_from_tensors
+from mint.bases.load import load_base
 from mint.catalog.rows import RunRow
 from mint.home import Home
 from mint.training import checkpoint
@@ -37,11 +35,6 @@ def revision_of(run: str) -> str:
     return run.split("/", 1)[1]
 
 
-def raw(tensor: torch.Tensor) -> RawTensor:
-    t = tensor.detach().to(torch.float32).contiguous()
-    return RawTensor("F32", tuple(t.shape), t.numpy().tobytes())
-
-
 @dataclass
 class TrainingSession:
     home: Home
@@ -52,9 +45,7 @@ class TrainingSession:
 
     @classmethod
     def open(cls, home: Home, run: RunRow) -> TrainingSession:
-        directory = home.base(run.base_id)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model, tokenizer = load_base(home.base(run.base_id))
 
         def token_id(word: str) -> int:
             return int(tokenizer.encode(" " + word, add_special_tokens=False)[0])
@@ -86,7 +77,7 @@ class TrainingSession:
             config = LoraConfig(
                 r=cfg.rank, alpha=cfg.alpha, target_modules=cfg.targets, base_model=self.run.base_id
             )
-            adapter = Adapter(config, {k: raw(v) for k, v in self.trainer.multi.state(policy).items()})
+            adapter = adapter_from_tensors(config, self.trainer.multi.state(policy))
             directory = Path(tempfile.mkdtemp(prefix="mint-export-")) / "adapter"
             sha256 = write_peft(directory, adapter)
             written.append(
