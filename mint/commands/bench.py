@@ -90,3 +90,36 @@ def kafka(records: int, bootstrap: str | None, as_json: bool) -> None:
         with LocalKafka() as broker:
             results = run(bench_kafka, broker.bootstrap, records)
     _report("kafka", results, as_json)
+
+
+@bench_group.command("train")
+@click.option("--steps", default=5, show_default=True, help="RL steps per handoff measurement.")
+@click.option("--policies", default=4, show_default=True, help="K for the multi-policy comparison.")
+@click.option(
+    "--smollm2",
+    "smollm2_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Where the SmolLM2 base is (or goes).",
+)
+@json_option
+def train(steps: int, policies: int, smollm2_dir: Path | None, as_json: bool) -> None:
+    """Adapter-only vs merged handoff per RL step (tiny and SmolLM2-135M); K policies together vs in turn."""
+    import tempfile
+
+    from mint.bases.smollm2 import SmolLM2Unavailable, import_smollm2
+    from mint.bases.tiny import create_tiny_base
+    from mint.bench.train_bench import bench_train
+    from mint.home import Home
+
+    home = Home.resolve()
+    with tempfile.TemporaryDirectory(prefix="mint-bench-") as tmp:
+        bases = {"tiny": Path(tmp) / "tiny"}
+        create_tiny_base(bases["tiny"], seed=0)
+        try:
+            bases["smollm2"] = Path(smollm2_dir or home.base("smollm2-135m"))
+            import_smollm2(bases["smollm2"])
+        except SmolLM2Unavailable as exc:
+            del bases["smollm2"]
+            _say(f"SmolLM2 skipped: {exc}")
+        _report("train", bench_train(bases, steps, policies, _say), as_json)

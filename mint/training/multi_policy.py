@@ -101,9 +101,10 @@ class MultiPolicyTrainer:
     def fail(self, policy: str, reason: str) -> None:
         self.slots[policy].failed = reason
 
-    def step(self, step: int) -> dict[str, StepMetrics]:
-        """One optimisation step of every live policy, in shared batches. Deterministic for a seed."""
-        live = self.live
+    def step(self, step: int, only: list[str] | None = None) -> dict[str, StepMetrics]:
+        """One optimisation step of every live policy (or of `only`), in shared batches. Deterministic
+        for a seed."""
+        live = [p for p in self.live if only is None or p in only]
         if not live:
             return {}
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)

@@ -1,0 +1,54 @@
+"""Benchmarks must keep running: each runs here at a toy size and reports the numbers README quotes.
+(Their speeds are not asserted: performance goals live in the benchmarks, not in timed tests.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mint.cli import cli
+
+
+def _bench(*args: str) -> dict[str, object]:
+    result = CliRunner().invoke(cli, ["bench", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_bench_replay_reports_rates_side_by_side() -> None:
+    report = _bench("replay", "--facts", "3000", "--commits", "20")
+    assert report["facts"] == 3020
+    for key in (
+        "append_facts_per_s",
+        "append_commits_per_s",
+        "rebuild_facts_per_s",
+        "plain_loop_facts_per_s",
+    ):
+        assert isinstance(report[key], float) and report[key] > 0
+
+
+def test_bench_catalog_resolves() -> None:
+    report = _bench("catalog", "--policies", "2000", "--lookups", "200")
+    assert report["policies"] == 2000 and report["resolve_p99_ms"] > 0  # type: ignore[operator]
+
+
+def test_bench_kafka_against_the_bundled_broker() -> None:
+    report = _bench("kafka", "--records", "2000")
+    assert report["kafka_records"] == 2000
+
+
+def test_bench_train_on_the_tiny_base(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    from mint.bases.tiny import create_tiny_base
+    from mint.bench.train_bench import handoff, multi_policy
+
+    base = tmp_path / "tiny"
+    create_tiny_base(base, seed=0)
+    moved = handoff(base, steps=1, say=lambda line: None)
+    assert moved["merged_bytes"] > 10 * moved["adapter_bytes"], "a merged handoff ships the whole base"
+    concurrency = multi_policy(base, policies=2, steps=2, say=lambda line: None)
+    assert concurrency["sequential_s"] > 0 and concurrency["peak_rss_ratio"] > 0
