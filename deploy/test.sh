@@ -4,7 +4,7 @@
 # actor. `deploy/test.sh -m slow` runs the slow ones; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/install.sh
+if [[ " $* " == *" slow"* ]]; then deploy/install.sh --with-smollm2; else deploy/install.sh; fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

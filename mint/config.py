@@ -7,12 +7,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from events.log import EventLog
 from events.sqlite_log import SqliteLog
+from mint.artifacts.local import LocalArtifactStore
+from mint.artifacts.store import ArtifactStore
 from mint.home import Home
 
 DEFAULT_TOPIC = "mint.records"
@@ -59,3 +63,48 @@ def open_log(spec: LogSpec) -> EventLog:
     from events.kafka_log import KafkaLog  # only Kafka deployments pay for aiokafka's import
 
     return KafkaLog(spec.bootstrap, topic=spec.topic, partitions=spec.partitions)
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """`--artifacts` / `$MINT_ARTIFACTS`: `local` (default, `$MINT_HOME/artifacts`), `file:///DIR`, or
+    `s3://BUCKET[/PREFIX]` (credentials from the usual AWS chain; `$AWS_ENDPOINT_URL` for an
+    S3-protocol server such as MinIO)."""
+
+    kind: str  # local | s3
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | None, home: Home) -> ArtifactSpec:
+        spec = spec or os.environ.get("MINT_ARTIFACTS") or "local"
+        if spec == "local":
+            return cls("local", path=home.artifacts)
+        url = urlsplit(spec)
+        if url.scheme == "file":
+            return cls("local", path=Path(url.path))
+        if url.scheme == "s3" and url.netloc:
+            prefix = url.path.strip("/")
+            return cls(
+                "s3",
+                bucket=url.netloc,
+                prefix=f"{prefix}/" if prefix else "",
+                endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+            )
+        raise ConfigError(f"artifacts: {spec!r} is not local, file:///DIR or s3://BUCKET[/PREFIX]")
+
+
+@asynccontextmanager
+async def open_artifacts(spec: ArtifactSpec) -> AsyncIterator[ArtifactStore]:
+    if spec.kind == "local":
+        assert spec.path is not None
+        yield LocalArtifactStore(spec.path)
+        return
+    from mint.artifacts.s3 import S3ArtifactStore  # only S3 deployments import aiobotocore
+
+    async with S3ArtifactStore.connect(
+        spec.bucket, prefix=spec.prefix, endpoint_url=spec.endpoint_url
+    ) as store:
+        yield store

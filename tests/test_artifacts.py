@@ -7,7 +7,7 @@ import hashlib
 import io
 import itertools
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -248,18 +248,6 @@ class TestLocalArtifactStore(ArtifactStoreContract):
 
 
 # --- S3 through a real S3-protocol server ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server_module = pytest.importorskip(
-        "moto.server", reason="the S3 tests need moto[server] (the test extra)"
-    )
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 _buckets = itertools.count()

@@ -136,3 +136,27 @@ async def test_an_exported_revision_reloads_into_a_fresh_base_with_the_same_logi
     with torch.no_grad(), multi.route(["a"]):
         ours = multi.model(input_ids=ids).logits
     torch.testing.assert_close(ours, tuned, rtol=1e-5, atol=1e-5)
+
+
+async def test_revisions_go_to_s3_when_the_store_is_s3(tmp_path: Path, moto_endpoint: str) -> None:
+    from mint.artifacts.s3 import S3ArtifactStore
+
+    home = _home(tmp_path)
+    async with (
+        S3ArtifactStore.connect(
+            "mint-trainer",
+            prefix="prod/",
+            endpoint_url=moto_endpoint,
+            region="us-east-1",
+            access_key="t",
+            secret_key="t",
+        ) as s3,
+        SqliteLog(home.log, partitions=2) as log,
+        running(home, log, backoff=FAST, artifacts=s3) as system,
+    ):
+        await s3.client.create_bucket(Bucket="mint-trainer")
+        await _train(system, "acme/run-s3", steps=2, seed=1)
+        uris = [r.uri for p in POLICIES for r in Catalog(home.catalog).revisions(p)]
+        assert sorted(await s3.list("adapters/")) == sorted(uris)
+        listed = await s3.client.list_objects_v2(Bucket="mint-trainer", Prefix="prod/adapters/acme/a/run-s3/")
+        assert len(listed["Contents"]) == 1

@@ -83,10 +83,15 @@ class Catalog:
         limit: int = 50,
     ) -> list[PolicyRow]:
         """Policies whose `tenant/name` starts with `prefix`, in name order, a page after `after`."""
-        clauses, args = ["policy > ?"], [after]
+        # One lower bound only: given two (`> after` and `>= prefix`), SQLite may range-scan from
+        # the looser one, which walks the index from the start on every page.
+        if after and after >= prefix:
+            clauses, args = ["policy > ?"], [after]
+        else:
+            clauses, args = ["policy >= ?"], [prefix]
         if prefix:
-            clauses.append("policy >= ? AND policy < ?")
-            args += [prefix, prefix + "\U0010ffff"]
+            clauses.append("policy < ?")
+            args.append(prefix + "\U0010ffff")
         if status:
             clauses.append("status = ?")
             args.append(status)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from mint.config import LogSpec
+from mint.config import ArtifactSpec, LogSpec
 from mint.home import Home
 
 T = TypeVar("T")
@@ -29,6 +29,21 @@ log_option = click.option(
     default=None,
     help="sqlite (default), sqlite:///PATH, or kafka://HOST:PORT[/TOPIC][?partitions=N].",
 )
+
+artifacts_option = click.option(
+    "--artifacts",
+    "artifacts_url",
+    envvar="MINT_ARTIFACTS",
+    default=None,
+    help="local (default: $MINT_HOME/artifacts), file:///DIR, or s3://BUCKET[/PREFIX].",
+)
+
+
+def artifacts_spec(home: Home, artifacts_url: str | None) -> ArtifactSpec:
+    try:
+        return ArtifactSpec.parse(artifacts_url, home)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--artifacts") from None
 
 
 def context(home_dir: str | None, log_url: str | None) -> tuple[Home, LogSpec]:

@@ -25,8 +25,16 @@ from events.names import tenant_of
 from events.training import StartTraining
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.catalog.rows import RunRow
-from mint.commands.common import ProgressBar, context, home_option, log_option, run
-from mint.config import open_log
+from mint.commands.common import (
+    ProgressBar,
+    artifacts_option,
+    artifacts_spec,
+    context,
+    home_option,
+    log_option,
+    run,
+)
+from mint.config import ArtifactSpec, open_artifacts, open_log
 from mint.home import Home
 
 POLL_S = 0.2  # how often a client re-reads the projection another process writes
@@ -56,9 +64,9 @@ def resolve_base(home: Home, base: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def actors_unless_running(home: Home, log: EventLog) -> AsyncIterator[None]:
+async def actors_unless_running(home: Home, log: EventLog, artifacts: ArtifactSpec) -> AsyncIterator[None]:
     try:
-        async with running(home, log):
+        async with open_artifacts(artifacts) as store, running(home, log, artifacts=store):
             yield
     except ActorAlreadyRunning as exc:
         click.echo(f"using the running actors ({exc})", err=True)
@@ -102,6 +110,7 @@ async def _wait_for(home: Home, check: str, predicate: object) -> None:
 @click.option("--seed", default=0, show_default=True)
 @home_option
 @log_option
+@artifacts_option
 def train(
     policies: tuple[str, ...],
     base: str,
@@ -114,9 +123,11 @@ def train(
     seed: int,
     home_dir: str | None,
     log_url: str | None,
+    artifacts_url: str | None,
 ) -> None:
     """Train POLICIES together on one resident base and export adapter-only revisions."""
     home, spec = context(home_dir, log_url)
+    artifacts = artifacts_spec(home, artifacts_url)
     tenants = {tenant_of(p) for p in policies}
     if len(tenants) != 1:
         raise click.BadParameter("a run's policies belong to one tenant", param_hint="--policy")
@@ -125,7 +136,7 @@ def train(
     config = {"rank": rank, "lr": lr, "seed": seed}
 
     async def go() -> RunRow | str:
-        async with open_log(spec) as log, actors_unless_running(home, log):
+        async with open_log(spec) as log, actors_unless_running(home, log, artifacts):
             catalog = _catalog(home)
             known = {p for p in policies if catalog and catalog.policy(p)}
             if catalog:

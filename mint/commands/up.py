@@ -10,8 +10,8 @@ import click
 
 from actors.faults import Faults
 from actors.system import ACTOR_NAMES, running
-from mint.commands.common import context, home_option, log_option, run
-from mint.config import open_log
+from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
+from mint.config import open_artifacts, open_log
 
 
 @click.command("up")
@@ -29,6 +29,7 @@ from mint.config import open_log
 )
 @home_option
 @log_option
+@artifacts_option
 def up(
     chaos: float | None,
     seed: int | None,
@@ -36,9 +37,11 @@ def up(
     only: str | None,
     home_dir: str | None,
     log_url: str | None,
+    artifacts_url: str | None,
 ) -> None:
     """Start the actors: all in this process by default."""
     home, spec = context(home_dir, log_url)
+    artifacts = artifacts_spec(home, artifacts_url)
     chosen = frozenset(n.strip() for n in only.split(",") if n.strip()) if only else None
     if chosen is not None and not chosen <= set(ACTOR_NAMES):
         unknown = ", ".join(sorted(chosen - set(ACTOR_NAMES)))
@@ -51,7 +54,11 @@ def up(
         raise click.BadParameter(str(exc), param_hint="--chaos") from None
 
     async def go() -> bool:
-        async with open_log(spec) as log, running(home, log, faults, only=chosen) as system:
+        async with (
+            open_log(spec) as log,
+            open_artifacts(artifacts) as store,
+            running(home, log, faults, only=chosen, artifacts=store) as system,
+        ):
             where = spec.path if spec.kind == "sqlite" else f"kafka://{spec.bootstrap}/{spec.topic}"
             click.echo(f"MinT up: home {home.root}, log {where}")
             click.echo(f"actors ready: {', '.join(a.name for a in system.actors)}")

@@ -1,0 +1,21 @@
+"""Catalog search: prefix + keyset paging returns every match once, in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mint.bench.catalog_bench import _build
+from mint.catalog.queries import Catalog
+
+
+def test_paging_a_prefix_visits_every_match_once(tmp_path: Path) -> None:
+    _build(tmp_path / "c.db", 3000)  # policies t{i % 1000}/p{i}, half of them serving r1
+    catalog = Catalog(tmp_path / "c.db")
+    seen: list[str] = []
+    after = ""
+    while page := catalog.search("t7/", after=after, limit=2):
+        seen += [row.policy for row in page]
+        after = page[-1].policy
+    assert seen == sorted(f"t7/p{i}" for i in (7, 1007, 2007))
+    assert [r.policy for r in catalog.search("t7/p100")] == ["t7/p1007"]
+    assert all(r.status == "active" for r in catalog.search("", status="active", limit=10))
