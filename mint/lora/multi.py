@@ -162,10 +162,13 @@ class MultiLora:
         return out
 
     def load(self, slot: str, tensors: dict[str, torch.Tensor], rank: int, alpha: float) -> None:
-        """Fill a slot from PEFT-named tensors (already validated against the base)."""
+        """Fill a slot from PEFT-named tensors (already validated against the base). Wrapped layers the
+        adapter does not target get zeros, which add nothing."""
         if slot not in self.slots:
             self.add(slot, rank, alpha)
         with torch.no_grad():
             for name, layer in self.layers.items():
-                layer.lora_A[slot].copy_(tensors[f"base_model.model.{name}.lora_A.weight"])
-                layer.lora_B[slot].copy_(tensors[f"base_model.model.{name}.lora_B.weight"])
+                a = tensors.get(f"base_model.model.{name}.lora_A.weight")
+                b = tensors.get(f"base_model.model.{name}.lora_B.weight")
+                layer.lora_A[slot].copy_(a if a is not None else torch.zeros_like(layer.lora_A[slot]))
+                layer.lora_B[slot].copy_(b if b is not None else torch.zeros_like(layer.lora_B[slot]))

@@ -1,0 +1,1 @@
+"""Serving: multi-LoRA engines behind one port, adapter tiers, the wave scheduler's planning, the API."""

@@ -1,0 +1,108 @@
+"""The engine port: one resident base, adapter slots, and generation that mixes adapters per request.
+
+Two engines implement it (mint/serving/torch_engine.py, mint/serving/vllm_engine.py) and one contract
+suite (tests/engine_contract.py) holds both to it. Adapters are named by immutable revision refs
+(`tenant/name@rev`), so a new revision can never be served from a stale cache entry of an old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class AdapterNotLoaded(EngineError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"adapter {ref!r} is not loaded on this engine")
+        self.ref = ref
+
+
+class SlotsFull(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A revision ready to load: a local PEFT-layout directory whose sha256 was checked on fetch."""
+
+    ref: str  # tenant/name@rev
+    directory: Path
+    sha256: str
+    rank: int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a streamed completion: new text and its tokens; `finish` on the last one."""
+
+    text: str
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...] = ()
+    finish: FinishReason | None = None
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: FinishReason = "length"
+    prompt_tokens: int = 0
+
+    def add(self, delta: Delta) -> None:
+        self.text += delta.text
+        self.tokens.extend(delta.tokens)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish is not None:
+            self.finish = delta.finish
+
+
+class Engine(Protocol):
+    base_id: str
+    kind: str
+    slots: int  # adapters resident at once (GPU slots; on CPU, the same bound)
+
+    async def load(self, adapter: AdapterRef) -> float:
+        """Make `adapter` resident (SlotsFull if every slot is taken); returns milliseconds taken."""
+        ...
+
+    async def unload(self, ref: str) -> None:
+        """Free a slot. In-flight requests of `ref` finish first (it drains)."""
+        ...
+
+    def resident(self) -> Sequence[str]: ...
+
+    def generate(self, prompt: str, adapter: str | None, params: SamplingParams) -> AsyncIterator[Delta]:
+        """Stream a completion of `prompt` under `adapter` (None: the base). Requests of different
+        adapters share batches."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def complete(engine: Engine, prompt: str, adapter: str | None, params: SamplingParams) -> Completion:
+    out = Completion(prompt_tokens=engine.count_tokens(prompt))
+    async for delta in engine.generate(prompt, adapter, params):
+        out.add(delta)
+    return out

@@ -1,0 +1,339 @@
+"""The torch engine: one resident base, adapters as slots of a MultiLora model, continuous batching.
+
+The base is held once; every adapter is a slot of stacked A/B tensors, and one forward pass serves a
+batch that mixes adapters (a gathered LoRA matmul per row). A scheduling loop admits new requests at
+every iteration: it prefills them together, merges their KV caches into the running batch (left-padded
+to a common length, the padding masked out), decodes one token for every running row, streams it, and
+drops finished rows. Model work runs in a worker thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import torch
+from anyio.streams.memory import MemoryObjectSendStream
+from transformers import DynamicCache
+
+from mint.adapters.peft_layout import read_peft
+from mint.adapters.tensors import adapter_tensors
+from mint.bases.info import read_base_info
+from mint.bases.load import load_base
+from mint.lora.multi import MultiLora
+from mint.serving.engine import (
+    AdapterNotLoaded,
+    AdapterRef,
+    Delta,
+    EngineError,
+    FinishReason,
+    SamplingParams,
+    SlotsFull,
+)
+
+
+class Overloaded(EngineError):
+    """The admission queue is full: retry later (HTTP 429)."""
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    adapter: str | None
+    params: SamplingParams
+    out: MemoryObjectSendStream[Delta]
+    generator: torch.Generator
+    tokens: list[int] = field(default_factory=list)
+    logprob: float = 0.0  # of the newest token
+    sent: int = 0  # characters of the decoded text already streamed
+    done: bool = False
+
+
+@dataclass
+class _Batch:
+    rows: list[_Request]
+    cache: DynamicCache
+    mask: torch.Tensor  # [rows, length]: 1 for real tokens, 0 for left padding
+    positions: torch.Tensor  # [rows]: the position of each row's next token
+    last: torch.Tensor  # [rows]: each row's last token, the next step's input
+
+
+class TorchEngine:
+    kind = "torch"
+
+    def __init__(
+        self, base_dir: Path, *, slots: int = 8, max_batch: int = 32, queue: int = 256, max_rank: int = 64
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.info = read_base_info(self.base_dir)
+        self.base_id = self.info.base_id
+        self.slots = slots
+        self.max_batch = max_batch
+        self.max_rank = max_rank
+        model, self.tokenizer = load_base(self.base_dir)
+        targets = sorted({name.rsplit(".", 1)[-1] for name in self.info.linear_shapes})
+        self.multi = MultiLora(model, targets)
+        self._send, self._receive = anyio.create_memory_object_stream[_Request](queue)
+        self._draining: set[str] = set()
+        self._in_flight: dict[str, int] = {}
+        self._idle = anyio.Event()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.eos_id: int | None = self.tokenizer.eos_token_id
+
+    # -- adapters ---------------------------------------------------------------------------------
+
+    async def load(self, adapter: AdapterRef) -> float:
+        began = anyio.current_time()
+        if adapter.ref in self.multi.slots:
+            return 0.0
+        if len(self.multi.slots) >= self.slots:
+            raise SlotsFull(f"all {self.slots} slots hold adapters; evict one before loading {adapter.ref}")
+        if adapter.rank > self.max_rank:
+            raise EngineError(
+                f"{adapter.ref}: rank {adapter.rank} exceeds this engine's max_rank {self.max_rank}"
+            )
+
+        def read() -> tuple[dict[str, torch.Tensor], int, float]:
+            peft = read_peft(adapter.directory, self.info, expected_sha256=adapter.sha256)
+            return adapter_tensors(peft), peft.config.r, peft.config.alpha
+
+        tensors, rank, alpha = await anyio.to_thread.run_sync(read)
+        self.multi.load(adapter.ref, tensors, rank, alpha)
+        return (anyio.current_time() - began) * 1000
+
+    async def unload(self, ref: str) -> None:
+        if ref not in self.multi.slots:
+            raise AdapterNotLoaded(ref)
+        self._draining.add(ref)
+        try:
+            while self._in_flight.get(ref, 0):
+                await self._idle.wait()
+            self.multi.remove(ref)
+        finally:
+            self._draining.discard(ref)
+
+    def resident(self) -> Sequence[str]:
+        return list(self.multi.slots)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def generate(
+        self, prompt: str, adapter: str | None, params: SamplingParams
+    ) -> AsyncIterator[Delta]:
+        if adapter is not None and (adapter not in self.multi.slots or adapter in self._draining):
+            raise AdapterNotLoaded(adapter)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False) or [self.pad_id]
+        send, receive = anyio.create_memory_object_stream[Delta](params.max_tokens + 1)
+        generator = torch.Generator()
+        if params.seed is not None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.seed()
+        request = _Request(ids, adapter, params, send, generator)
+        try:
+            self._send.send_nowait(request)
+        except anyio.WouldBlock:
+            raise Overloaded("the engine's admission queue is full") from None
+        if adapter is not None:
+            self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
+        try:
+            async with receive:
+                async for delta in receive:
+                    yield delta
+        finally:
+            if adapter is not None:
+                self._in_flight[adapter] -= 1
+                self._idle.set()
+                self._idle = anyio.Event()
+
+    # -- the scheduling loop ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the batching loop until cancelled."""
+        task_status.started()
+        batch: _Batch | None = None
+        while True:
+            if batch is None:
+                first = await self._receive.receive()
+                fresh = [first, *self._admit(self.max_batch - 1)]
+            else:
+                fresh = self._admit(self.max_batch - len(batch.rows))
+            if fresh:
+                prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
+                batch = prefilled if batch is None else _merge(batch, prefilled)
+                await self._emit(batch, range(len(batch.rows) - len(fresh), len(batch.rows)))
+            batch = await self._finish_rows(batch)
+            if batch is None:
+                continue
+            batch = await anyio.to_thread.run_sync(self._decode, batch)
+            await self._emit(batch, range(len(batch.rows)))
+            batch = await self._finish_rows(batch)
+
+    def _admit(self, room: int) -> list[_Request]:
+        admitted: list[_Request] = []
+        while len(admitted) < room:
+            try:
+                admitted.append(self._receive.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        return admitted
+
+    def _route(self, rows: list[_Request]) -> list[str | None]:
+        return [r.adapter for r in rows]
+
+    @torch.no_grad()
+    def _prefill(self, rows: list[_Request]) -> _Batch:
+        width = max(len(r.prompt) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
+            mask[i, width - len(r.prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        with self.multi.route(self._route(rows)):
+            out = self.multi.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        last = self._sample(rows, out.logits[:, -1, :])
+        return _Batch(rows, out.past_key_values, mask, mask.sum(-1), last)
+
+    @torch.no_grad()
+    def _decode(self, batch: _Batch) -> _Batch:
+        mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        with self.multi.route(self._route(batch.rows)):
+            out = self.multi.model(
+                input_ids=batch.last[:, None],
+                attention_mask=mask,
+                position_ids=batch.positions[:, None],
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
+        last = self._sample(batch.rows, out.logits[:, -1, :])
+        return _Batch(batch.rows, out.past_key_values, mask, batch.positions + 1, last)
+
+    def _sample(self, rows: list[_Request], logits: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        chosen = []
+        for i, r in enumerate(rows):
+            token = _pick(logprobs[i], r.params, r.generator)
+            r.tokens.append(token)
+            r.logprob = float(logprobs[i, token])
+            chosen.append(token)
+        return torch.tensor(chosen, dtype=torch.long)
+
+    async def _emit(self, batch: _Batch, indices: range) -> None:
+        for i in indices:
+            r = batch.rows[i]
+            token = r.tokens[-1]
+            text = str(self.tokenizer.decode(r.tokens, skip_special_tokens=True))
+            finish: FinishReason | None = None
+            end = _safe_end(text, r.params.stop)
+            if self.eos_id is not None and token == self.eos_id:
+                finish, end = "stop", len(text)
+            elif (hit := _stop_hit(text, r.params.stop)) is not None:
+                finish, end = "stop", hit
+            elif len(r.tokens) >= r.params.max_tokens:
+                finish, end = "length", len(text)
+            delta = Delta(text[r.sent : end], (token,), (r.logprob,) if r.params.logprobs else (), finish)
+            r.sent = max(r.sent, end)
+            try:
+                await r.out.send(delta)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                finish = "stop"  # the client went away: stop generating for it
+            if finish is not None:
+                r.done = True
+                await r.out.aclose()
+
+    async def _finish_rows(self, batch: _Batch | None) -> _Batch | None:
+        if batch is None:
+            return None
+        keep = [i for i, r in enumerate(batch.rows) if not r.done]
+        if not keep:
+            return None
+        if len(keep) == len(batch.rows):
+            return batch
+        index = torch.tensor(keep, dtype=torch.long)
+        batch.cache.batch_select_indices(index)
+        return _Batch(
+            [batch.rows[i] for i in keep],
+            batch.cache,
+            batch.mask[index],
+            batch.positions[index],
+            batch.last[index],
+        )
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+
+
+def _pick(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature <= 0:
+        return int(logprobs.argmax())
+    probs = torch.softmax(logprobs / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        ordered, order = probs.sort(descending=True)
+        keep = ordered.cumsum(-1) - ordered < params.top_p  # the smallest set reaching top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _safe_end(text: str, stops: tuple[str, ...]) -> int:
+    """How much of `text` may be streamed now: hold back a tail that may still grow into a stop
+    string, and a trailing replacement character (half of a multi-byte character)."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for stop in stops:
+        for size in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:size]):
+                end -= size
+                break
+    return end
+
+
+def _stop_hit(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string begins in `text`, if one occurs."""
+    found = [text.find(s) for s in stops if s and s in text]
+    return min(found) if found else None
+
+
+def _merge(batch: _Batch, fresh: _Batch) -> _Batch:
+    """One batch from two: left-pad the shorter KV cache and mask to a common length."""
+    width = max(batch.mask.shape[1], fresh.mask.shape[1])
+    cache = DynamicCache()
+    for layer, (old, new) in enumerate(zip(batch.cache.layers, fresh.cache.layers, strict=True)):
+        old_kv: Any = old  # decoder-only attention layers: DynamicLayer, with keys and values
+        new_kv: Any = new
+        keys = torch.cat([_pad_left(old_kv.keys, width), _pad_left(new_kv.keys, width)])
+        values = torch.cat([_pad_left(old_kv.values, width), _pad_left(new_kv.values, width)])
+        cache.update(keys, values, layer)
+    mask = torch.cat([_pad_left_2d(batch.mask, width), _pad_left_2d(fresh.mask, width)])
+    return _Batch(
+        batch.rows + fresh.rows,
+        cache,
+        mask,
+        torch.cat([batch.positions, fresh.positions]),
+        torch.cat([batch.last, fresh.last]),
+    )
+
+
+def _pad_left(t: Any, width: int) -> torch.Tensor:
+    missing = width - t.shape[2]
+    return t if missing == 0 else torch.nn.functional.pad(t, (0, 0, missing, 0))
+
+
+def _pad_left_2d(t: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - t.shape[1]
+    return t if missing == 0 else torch.nn.functional.pad(t, (missing, 0))
