@@ -40,9 +40,17 @@ class StoreActor:
         self.path = path
         self.faults = faults
         self.progress = Progress()
+        self.seen: list[Record] = []
 
     def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
         """Facts to append in answer to `record` (already folded). Projectors answer nothing."""
+        return []
+
+    async def act(self, store: ProjectionStore) -> list[Record]:
+        """Effects of this batch's records (`self.seen`) that need awaiting, like loading an adapter
+        a wave planned; returns the facts that report them. Runs after the records were folded and
+        before the checkpoint moves past them, so a crash repeats an effect rather than losing it:
+        effects must be idempotent, and their facts' ids derived from the records that asked."""
         return []
 
     def committed(self, facts: list[Record], store: ProjectionStore) -> None:
@@ -50,11 +58,14 @@ class StoreActor:
         actor may start effects that those facts announce."""
 
     def handle(self, batch: list[Stored], store: ProjectionStore) -> list[Record]:
-        """Fold a batch and decide; returns the facts to append before the store may commit."""
+        """Fold a batch and decide; returns the facts to append before the store may commit. The
+        decoded records stay in `self.seen` for `act`."""
         out: list[Record] = []
+        self.seen = []
         for stored in batch:
             record = store.apply(stored)
             if record is not None:
+                self.seen.append(record)
                 decided = self.on_record(record, store)
                 for fact in decided:
                     store.apply_own(fact)
@@ -78,6 +89,7 @@ class StoreActor:
                     if not batch:
                         continue
                     out = self.handle(batch, store)
+                    out += await self.act(store)
                     self.faults.point(f"{self.name}: before append")
                     if out:
                         await log.append(out)  # record before effect: durable before we move on

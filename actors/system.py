@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
 
 from actors.catalog import CatalogActor
+from actors.engine_host import EngineHost
 from actors.faults import NO_FAULTS, Faults
 from actors.locks import actor_locks
 from actors.projector import CatalogProjector
@@ -17,8 +18,10 @@ from events.log import EventLog
 from mint.artifacts.local import LocalArtifactStore
 from mint.artifacts.store import ArtifactStore
 from mint.home import Home
+from mint.serving.engine import Engine
+from mint.serving.fetch import AdapterFetcher
 
-ACTOR_NAMES = ("catalog", "projector", "trainer")
+ACTOR_NAMES = ("catalog", "projector", "trainer", "scheduler")
 
 
 class System:
@@ -32,8 +35,9 @@ class System:
         backoff: Backoff = DEFAULT_BACKOFF,
         only: frozenset[str] | None = None,
         artifacts: ArtifactStore | None = None,
+        engines: Mapping[str, Engine] | None = None,
     ) -> None:
-        unknown = (only or frozenset()) - set(ACTOR_NAMES)
+        unknown = {n for n in (only or frozenset()) if n not in ACTOR_NAMES and not n.startswith("engine-")}
         if unknown:
             raise ValueError(
                 f"only: no actor named {', '.join(sorted(unknown))} (actors: {', '.join(ACTOR_NAMES)})"
@@ -44,7 +48,11 @@ class System:
         self.catalog = CatalogActor(home, faults)
         self.projector = CatalogProjector(home, faults)
         self.trainer = TrainerActor(home, self.artifacts, faults)
-        everyone: list[StoreActor] = [self.catalog, self.projector, self.trainer]
+        fetcher = AdapterFetcher(self.artifacts, home.cache / "adapters")
+        self.engines = [
+            EngineHost(home, engine, name, fetcher, faults) for name, engine in (engines or {}).items()
+        ]
+        everyone: list[StoreActor] = [self.catalog, self.projector, self.trainer, *self.engines]
         self.actors = [a for a in everyone if only is None or a.name in only]
         self.supervisor = Supervisor(log, self.actors, backoff)
 
@@ -73,11 +81,14 @@ async def running(
     backoff: Backoff = DEFAULT_BACKOFF,
     only: frozenset[str] | None = None,
     artifacts: ArtifactStore | None = None,
+    engines: Mapping[str, Engine] | None = None,
 ) -> AsyncIterator[System]:
     """Start the actors (returns once all are ready); cancel them all on exit."""
-    system = System(home, log, faults, backoff, only, artifacts)
+    system = System(home, log, faults, backoff, only, artifacts, engines)
     with actor_locks(home, [a.name for a in system.actors]):
         async with anyio.create_task_group() as tg:
+            for host in system.engines:
+                await tg.start(host.engine.serve)
             await tg.start(system.supervisor.run)
             try:
                 yield system

@@ -9,6 +9,8 @@ from events.envelope import Command, Fact
 from events.names import Name, PolicyName, RevisionId
 
 Tier = Literal["gpu", "cpu", "disk"]
+# Where a load found the adapter: the engine's host cache, the local disk cache, or the artifact store.
+Source = Literal["cpu", "disk", "store"]
 
 
 class ReportDemand(Command, kw_only=True, frozen=True):
@@ -45,6 +47,8 @@ class WavePlanned(Fact, kw_only=True, frozen=True):
 
 
 class AdapterLoaded(Fact, kw_only=True, frozen=True):
+    """`tier` is where the adapter now is; `found_in` where the load found it; `ms` how long it took."""
+
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
     engine: Name
@@ -52,6 +56,7 @@ class AdapterLoaded(Fact, kw_only=True, frozen=True):
     revision: RevisionId
     tier: Tier
     ms: float
+    found_in: Source = "disk"
 
 
 class AdapterLoadFailed(Fact, kw_only=True, frozen=True):

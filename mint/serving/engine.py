@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from anyio.abc import TaskStatus
+
 
 class EngineError(RuntimeError):
     pass
@@ -80,6 +82,7 @@ class Engine(Protocol):
     base_id: str
     kind: str
     slots: int  # adapters resident at once (GPU slots; on CPU, the same bound)
+    cpu_slots: int  # adapters kept in host memory after they leave the slots
 
     async def load(self, adapter: AdapterRef) -> float:
         """Make `adapter` resident (SlotsFull if every slot is taken); returns milliseconds taken."""
@@ -91,12 +94,25 @@ class Engine(Protocol):
 
     def resident(self) -> Sequence[str]: ...
 
+    def host_cached(self) -> Sequence[str]:
+        """Adapters off the slots but still in host memory (the CPU tier): loading them is cheap."""
+        ...
+
     def generate(self, prompt: str, adapter: str | None, params: SamplingParams) -> AsyncIterator[Delta]:
         """Stream a completion of `prompt` under `adapter` (None: the base). Requests of different
         adapters share batches."""
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The prompt for a chat, through the base's chat template, ready for the assistant's turn."""
+        ...
+
+    async def serve(self, *, task_status: TaskStatus[None] = ...) -> None:
+        """Run the engine's scheduling loop until cancelled (started once, outside actor restarts, so
+        a crashed actor never strands an in-flight request)."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -9,6 +9,7 @@ drops finished rows. Model work runs in a worker thread so the event loop keeps 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +67,22 @@ class TorchEngine:
     kind = "torch"
 
     def __init__(
-        self, base_dir: Path, *, slots: int = 8, max_batch: int = 32, queue: int = 256, max_rank: int = 64
+        self,
+        base_dir: Path,
+        *,
+        slots: int = 8,
+        cpu_slots: int = 32,
+        max_batch: int = 32,
+        queue: int = 256,
+        max_rank: int = 64,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.info = read_base_info(self.base_dir)
         self.base_id = self.info.base_id
         self.slots = slots
+        self.cpu_slots = cpu_slots
+        # The host tier: tensors of recently unloaded adapters, so reloading one is a copy, not a read.
+        self._host: OrderedDict[str, tuple[dict[str, torch.Tensor], int, float]] = OrderedDict()
         self.max_batch = max_batch
         self.max_rank = max_rank
         model, self.tokenizer = load_base(self.base_dir)
@@ -101,9 +112,14 @@ class TorchEngine:
             peft = read_peft(adapter.directory, self.info, expected_sha256=adapter.sha256)
             return adapter_tensors(peft), peft.config.r, peft.config.alpha
 
-        tensors, rank, alpha = await anyio.to_thread.run_sync(read)
+        held = self._host.pop(adapter.ref, None)
+        tensors, rank, alpha = held if held is not None else await anyio.to_thread.run_sync(read)
         self.multi.load(adapter.ref, tensors, rank, alpha)
         return (anyio.current_time() - began) * 1000
+
+    def host_cached(self) -> Sequence[str]:
+        """Adapters held in host memory, off the slots: the CPU tier, most recently used last."""
+        return list(self._host)
 
     async def unload(self, ref: str) -> None:
         if ref not in self.multi.slots:
@@ -112,6 +128,10 @@ class TorchEngine:
         try:
             while self._in_flight.get(ref, 0):
                 await self._idle.wait()
+            spec = self.multi.slots[ref]
+            self._host[ref] = (self.multi.state(ref), spec.rank, spec.alpha)
+            while len(self._host) > self.cpu_slots:
+                self._host.popitem(last=False)
             self.multi.remove(ref)
         finally:
             self._draining.discard(ref)
@@ -121,6 +141,9 @@ class TorchEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
     # -- requests ---------------------------------------------------------------------------------
 

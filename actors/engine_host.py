@@ -1,0 +1,243 @@
+"""The engine host: one engine's actor. It registers the engine, reconciles the log with what the
+engine really holds after a restart, executes the waves planned for it (fetching revisions through the
+tiers), serves requests, and reports demand aggregated per interval — never one record per request.
+
+Residency changes only as a WavePlanned fact (durable on the log) says; each executed change is then
+reported as AdapterLoaded / AdapterEvicted / AdapterLoadFailed with ids derived from the wave, so a
+wave repeated after a crash reports nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import anyio
+from anyio.abc import TaskStatus
+
+from actors.faults import NO_FAULTS, Faults
+from actors.runtime import StoreActor
+from events.envelope import Record
+from events.log import EventLog
+from events.names import parse_model_ref
+from events.serving import (
+    AdapterEvicted,
+    AdapterLoaded,
+    AdapterLoadFailed,
+    EngineRegistered,
+    ReportDemand,
+    WavePlanned,
+)
+from mint.catalog.fold import CATALOG_FOLD
+from mint.catalog.rows import POLICIES, RESIDENCY, REVISIONS, PolicyRow, RevisionRow
+from mint.home import Home
+from mint.projection.store import ProjectionStore
+from mint.serving.engine import Delta, Engine, EngineError, SamplingParams
+from mint.serving.fetch import AdapterFetcher
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(LookupError):
+    def __init__(self, model: str, why: str) -> None:
+        super().__init__(f"model {model!r}: {why}")
+        self.model = model
+
+
+class ColdLoadTimeout(TimeoutError):
+    def __init__(self, ref: str, seconds: float) -> None:
+        super().__init__(f"{ref} was not loaded within {seconds:g}s; retry later")
+        self.ref = ref
+        self.seconds = seconds
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    policy, _, revision = ref.partition("@")
+    return policy, revision
+
+
+class EngineHost(StoreActor):
+    def __init__(
+        self,
+        home: Home,
+        engine: Engine,
+        engine_id: str,
+        fetcher: AdapterFetcher,
+        faults: Faults = NO_FAULTS,
+        demand_interval_s: float = 1.0,
+        load_deadline_s: float = 30.0,
+    ) -> None:
+        super().__init__(f"engine-{engine_id}", CATALOG_FOLD, home.actor_state(f"engine-{engine_id}"), faults)
+        self.engine = engine
+        self.engine_id = engine_id
+        self.fetcher = fetcher
+        self.demand_interval_s = demand_interval_s
+        self.load_deadline_s = load_deadline_s
+        self._demand: Counter[str] = Counter()
+        self._cold = anyio.Event()  # set when a request waits for a cold adapter: report at once
+        self._residency_changed = anyio.Event()
+        self._store: ProjectionStore | None = None
+        self._reconcile: list[Record] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await log.append(
+            [
+                EngineRegistered.create(
+                    source=self.name,
+                    engine=self.engine_id,
+                    base_id=self.engine.base_id,
+                    kind=self.engine.kind,
+                    gpu_slots=self.engine.slots,
+                    cpu_slots=self.engine.cpu_slots,
+                )
+            ]
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_demand, log)
+            await super().run(log, task_status=task_status)
+
+    def open_store(self, log: EventLog) -> ProjectionStore:
+        self._store = super().open_store(log)
+        self._reconcile = self._reconciliation(self._store)
+        return self._store
+
+    def _reconciliation(self, store: ProjectionStore) -> list[Record]:
+        """After a restart the log may say this engine holds adapters it no longer has (a process
+        restart empties it): report them evicted, so the scheduler plans from the truth."""
+        held = set(self.engine.resident())
+        facts: list[Record] = []
+        for (data,) in store.query("SELECT data FROM residency WHERE engine = ?", (self.engine_id,)):
+            row = RESIDENCY.from_data(data)
+            if f"{row.policy}@{row.revision}" not in held:
+                facts.append(
+                    AdapterEvicted.create(
+                        source=self.name,
+                        engine=self.engine_id,
+                        policy=row.policy,
+                        revision=row.revision,
+                        tier=row.tier,
+                    )
+                )
+        return facts
+
+    async def act(self, store: ProjectionStore) -> list[Record]:
+        out: list[Record] = self._reconcile
+        self._reconcile = []
+        for record in self.seen:
+            if isinstance(record, WavePlanned) and record.engine == self.engine_id:
+                out += await self._execute(record, store)
+        return out
+
+    # -- waves ------------------------------------------------------------------------------------
+
+    async def _execute(self, wave: WavePlanned, store: ProjectionStore) -> list[Record]:
+        out: list[Record] = []
+        for ref in wave.evict:
+            if ref in self.engine.resident():
+                await self.engine.unload(ref)  # drains its in-flight requests first
+                policy, revision = split_ref(ref)
+                out.append(
+                    AdapterEvicted.create(
+                        id=f"{wave.id}/evict/{ref}",
+                        source=self.name,
+                        engine=self.engine_id,
+                        policy=policy,
+                        revision=revision,
+                        tier="gpu",
+                    )
+                )
+        for ref in wave.load:
+            out.append(await self._load(wave, ref, store))
+        return out
+
+    async def _load(self, wave: WavePlanned, ref: str, store: ProjectionStore) -> Record:
+        policy, revision = split_ref(ref)
+        row: RevisionRow | None = store.rows.get(REVISIONS, policy, revision)
+        try:
+            if row is None:
+                raise EngineError(f"{ref} was never exported")
+            source = "cpu" if ref in self.engine.host_cached() else None
+            began = anyio.current_time()
+            fetched = await self.fetcher.fetch(ref, row.uri, row.sha256, row.rank)
+            await self.engine.load(fetched.adapter)
+            ms = (anyio.current_time() - began) * 1000
+        except Exception as exc:  # a bad artifact or a full engine fails this load, not the host
+            log.warning("%s: loading %s failed: %s", self.name, ref, exc)
+            return AdapterLoadFailed.create(
+                id=f"{wave.id}/load/{ref}",
+                source=self.name,
+                engine=self.engine_id,
+                policy=policy,
+                revision=revision,
+                reason=str(exc),
+            )
+        self._residency_changed.set()
+        self._residency_changed = anyio.Event()
+        return AdapterLoaded.create(
+            id=f"{wave.id}/load/{ref}",
+            source=self.name,
+            engine=self.engine_id,
+            policy=policy,
+            revision=revision,
+            tier="gpu",
+            ms=ms,
+            found_in=source or fetched.source,
+        )
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    def resolve(self, model: str) -> str:
+        """`tenant/name` (follows the serving pointer) or `tenant/name@rev` -> the revision ref."""
+        try:
+            policy, revision = parse_model_ref(model)
+        except ValueError as exc:
+            raise ModelNotFound(model, str(exc)) from None
+        assert self._store is not None, "the engine host is not running"
+        row: PolicyRow | None = self._store.rows.get(POLICIES, policy)
+        if row is None or row.status != "active":
+            raise ModelNotFound(model, "no such policy")
+        if revision is None:
+            if row.pointer is None:
+                raise ModelNotFound(model, "the policy serves no revision yet")
+            revision = row.pointer
+        elif self._store.rows.get(REVISIONS, policy, revision) is None:
+            raise ModelNotFound(model, f"no revision {revision!r}")
+        return f"{policy}@{revision}"
+
+    async def generate(self, model: str, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        ref = self.resolve(model)
+        self._demand[ref] += 1
+        if ref not in self.engine.resident():
+            self._cold.set()
+            with anyio.move_on_after(self.load_deadline_s):
+                while ref not in self.engine.resident():
+                    await self._residency_changed.wait()
+            if ref not in self.engine.resident():
+                raise ColdLoadTimeout(ref, self.load_deadline_s)
+        async for delta in self.engine.generate(prompt, ref, params):
+            yield delta
+
+    async def _report_demand(self, log: EventLog) -> None:
+        while True:
+            began = datetime.now(UTC)
+            with anyio.move_on_after(self.demand_interval_s):
+                await self._cold.wait()  # a cold request does not wait for the interval's end
+            self._cold = anyio.Event()
+            counts, self._demand = self._demand, Counter()
+            if counts:
+                interval = (datetime.now(UTC) - began).total_seconds()
+                await log.append(
+                    [
+                        ReportDemand.create(
+                            source=self.name,
+                            engine=self.engine_id,
+                            interval_start=began,
+                            interval_s=interval,
+                            counts=dict(counts),
+                        )
+                    ]
+                )
