@@ -14,7 +14,9 @@ from mint.cli import cli
 
 
 def test_the_walkthrough_ends_with_replay_equal_to_live(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["up", "--walkthrough", "--seed", "3", "--home", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli, ["up", "--walkthrough", "--seed", "3", "--port", "0", "--home", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "acme/support    serves r1  (served so far: r1)" in result.output
     assert "failed evaluation smoke v1: score 0.48 against baseline 0.61" in result.output
@@ -28,7 +30,7 @@ def test_the_walkthrough_ends_with_replay_equal_to_live(tmp_path: Path) -> None:
 def test_mint_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "MINT_HOME": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from mint.cli import main; main()", "up"],
+        [sys.executable, "-c", "from mint.cli import main; main()", "up", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -36,8 +36,9 @@ from mint.serving.engine import Engine
     help=f"Comma-separated actors to run here ({', '.join(ACTOR_NAMES)}); one process per actor on Kafka.",
 )
 @click.option(
-    "--port", type=int, default=8400, show_default=True, help="HTTP API port on --host (0: no API)."
+    "--port", type=int, default=8400, show_default=True, help="HTTP API port on --host (0: any free port)."
 )
+@click.option("--no-api", is_flag=True, help="Run the actors without the HTTP API.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--serve",
@@ -54,6 +55,7 @@ def up(
     walkthrough: bool,
     only: str | None,
     port: int,
+    no_api: bool,
     host: str,
     bases: tuple[str, ...],
     home_dir: str | None,
@@ -86,7 +88,7 @@ def up(
             where = spec.path if spec.kind == "sqlite" else f"kafka://{spec.bootstrap}/{spec.topic}"
             click.echo(f"MinT up: home {home.root}, log {where}")
             click.echo(f"actors ready: {', '.join(a.name for a in system.actors)}")
-            if port:
+            if not no_api:
                 address = await tg.start(_serve_http, system, host, port)
                 click.echo(
                     f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions)"
