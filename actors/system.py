@@ -13,6 +13,7 @@ from actors.faults import NO_FAULTS, Faults
 from actors.locks import actor_locks
 from actors.projector import CatalogProjector
 from actors.runtime import DEFAULT_BACKOFF, Backoff, StoreActor, Supervisor
+from actors.scheduler import WaveScheduler
 from actors.trainer import TrainerActor
 from events.log import EventLog
 from mint.artifacts.local import LocalArtifactStore
@@ -52,7 +53,14 @@ class System:
         self.engines = [
             EngineHost(home, engine, name, fetcher, faults) for name, engine in (engines or {}).items()
         ]
-        everyone: list[StoreActor] = [self.catalog, self.projector, self.trainer, *self.engines]
+        self.scheduler = WaveScheduler(home, faults)
+        everyone: list[StoreActor] = [
+            self.catalog,
+            self.projector,
+            self.trainer,
+            self.scheduler,
+            *self.engines,
+        ]
         self.actors = [a for a in everyone if only is None or a.name in only]
         self.supervisor = Supervisor(log, self.actors, backoff)
 

@@ -28,6 +28,7 @@ from mint.bases.tiny import create_tiny_base
 from mint.catalog.queries import Catalog
 from mint.home import Home
 from mint.serving.torch_engine import TorchEngine
+from tests.log_contract import read_all
 from tests.records import evaluated
 
 pytestmark = pytest.mark.anyio
@@ -141,12 +142,60 @@ async def test_errors_name_the_model_or_the_field(system: System, client: httpx.
     assert unpinned.status_code == 404 and "no revision 'r9'" in unpinned.json()["error"]["message"]
 
 
-async def test_a_cold_adapter_waits_for_its_load_then_gives_up_with_retry_after(
+async def test_an_adapter_that_cannot_load_fails_its_requests_with_retry_after(
     system: System, client: httpx.AsyncClient
 ) -> None:
     await _ready(system)
-    r3 = await _publish(system, "acme/a", "r3", seed=3)
+    missing = "adapters/acme/a/r3/" + "0" * 64 + "/adapter_model.safetensors"
+    await system.log.append(
+        [
+            RevisionExported.create(
+                policy="acme/a",
+                revision="r3",
+                base_id="tiny",
+                uri=missing,
+                sha256="0" * 64,
+                bytes=1,
+                rank=4,
+                alpha=8.0,
+                targets=["q_proj"],
+            )
+        ]
+    )
     await system.settle()
-    cold = await client.post("/v1/completions", json={"model": r3, "prompt": "x", "max_tokens": 2})
+    cold = await client.post("/v1/completions", json={"model": "acme/a@r3", "prompt": "x", "max_tokens": 2})
     assert cold.status_code == 503 and cold.headers["retry-after"] == "1"
     assert "was not loaded within 2s" in cold.json()["error"]["message"]
+    await system.settle()
+    stored = [s for s in await read_all(system.log) if s.type == "AdapterLoadFailed"]
+    assert stored and missing in stored[0].raw.decode()
+
+
+async def test_the_scheduler_loads_what_requests_wait_for_and_follows_promotions(
+    system: System, client: httpx.AsyncClient
+) -> None:
+    system.engines[0].load_deadline_s = 30.0
+    await system.log.append([RegisterPolicy.create(policy="acme/b", base_id="tiny")])
+    r1 = await _publish(system, "acme/b", "r1", seed=4)
+    r2 = await _publish(system, "acme/b", "r2", seed=5)
+    await system.log.append([Promote.create(policy="acme/b", revision="r1")])
+    await system.settle()
+    assert system.engines[0].engine.resident() == []
+    # Nothing is resident: the request waits while the engine host reports the demand at once and
+    # the scheduler plans a wave that loads r1.
+    with anyio.fail_after(60):
+        answer = await client.post(
+            "/v1/completions", json={"model": "acme/b", "prompt": "x", "max_tokens": 2}
+        )
+    assert answer.status_code == 200, answer.text
+    assert list(system.engines[0].engine.resident()) == [r1]
+    # A promotion moves the pointer: r1 is no longer served, so the next wave evicts it.
+    await system.log.append([Promote.create(policy="acme/b", revision="r2")])
+    with anyio.fail_after(60):
+        await system.until(lambda: r1 not in system.engines[0].engine.resident())
+        answer = await client.post(
+            "/v1/completions", json={"model": "acme/b", "prompt": "x", "max_tokens": 2}
+        )
+    assert answer.status_code == 200 and list(system.engines[0].engine.resident()) == [r2]
+    waves = Catalog(system.home.catalog).counts()
+    assert waves["engines"] == 1
