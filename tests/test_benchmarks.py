@@ -52,3 +52,16 @@ def test_bench_train_on_the_tiny_base(tmp_path: Path) -> None:
     assert moved["merged_bytes"] > 10 * moved["adapter_bytes"], "a merged handoff ships the whole base"
     concurrency = multi_policy(base, policies=2, steps=2, say=lambda line: None)
     assert concurrency["sequential_s"] > 0 and concurrency["peak_rss_ratio"] > 0
+
+
+def test_bench_serve_on_the_tiny_base(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    from mint.bases.tiny import create_tiny_base
+    from mint.bench.serve_bench import mixed_batching, packed_loads
+
+    base = tmp_path / "tiny"
+    create_tiny_base(base, seed=0)
+    mixed = mixed_batching(base, adapters=2, requests=4, tokens=3, say=lambda line: None)
+    assert mixed["mixed_tokens_per_s"] > 0 and mixed["swap_tokens_per_s"] > 0
+    loads = packed_loads(base, rank=4, repeats=2, say=lambda line: None)
+    assert loads["per_tensor_load_ms"] > 0 and loads["packed_load_ms"] > 0

@@ -123,3 +123,33 @@ def train(steps: int, policies: int, smollm2_dir: Path | None, as_json: bool) ->
             del bases["smollm2"]
             _say(f"SmolLM2 skipped: {exc}")
         _report("train", bench_train(bases, steps, policies, _say), as_json)
+
+
+@bench_group.command("serve")
+@click.option(
+    "--base",
+    "base_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="A base directory (default: a fresh tiny base).",
+)
+@click.option("--requests", default=64, show_default=True)
+@click.option("--tokens", default=16, show_default=True)
+@json_option
+def serve(base_dir: Path | None, requests: int, tokens: int, as_json: bool) -> None:
+    """Mixed-adapter batching vs adapter swapping (8 and 64 adapters); packed vs per-tensor loads."""
+    import tempfile
+
+    from mint.bases.tiny import create_tiny_base
+    from mint.bench.serve_bench import bench_serve
+    from mint.home import Home
+
+    smollm2 = Home.resolve().base(
+        "smollm2-135m"
+    )  # bigger adapters show the layouts apart; `mint bench train` imports it
+    with tempfile.TemporaryDirectory(prefix="mint-bench-") as tmp:
+        base = base_dir or Path(tmp) / "tiny"
+        if base_dir is None:
+            create_tiny_base(base, seed=0)
+        packed_base = smollm2 if (smollm2 / "config.json").is_file() else base
+        _report("serve", bench_serve(base, packed_base, _say, requests, tokens), as_json)

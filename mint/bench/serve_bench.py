@@ -1,0 +1,137 @@
+"""`mint bench serve`: mixed-adapter batching vs swapping adapters, and packed vs per-tensor loads.
+
+mixed: the torch engine serves requests for N adapters together, each row on its own slot.
+swap:  peft with the same N adapters loaded, `set_adapter` per adapter, one generate per request group
+       (how a single-adapter server serves many adapters).
+Both generate the same number of greedy tokens for the same prompts; tokens/s side by side.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import torch
+from peft import PeftModel
+
+from mint.adapters.packed import write_packed
+from mint.adapters.peft_layout import read_peft, write_peft
+from mint.adapters.synthetic import random_adapter
+from mint.adapters.tensors import adapter_tensors, load_packed_tensors
+from mint.bases.info import read_base_info
+from mint.bases.load import load_base
+from mint.serving.engine import AdapterRef, SamplingParams, complete
+from mint.serving.torch_engine import TorchEngine
+
+Say = Callable[[str], None]
+TARGETS = ("q_proj", "v_proj")
+PROMPT = "The answer is"
+
+
+def _adapters(base: Path, count: int, root: Path) -> list[AdapterRef]:
+    info = read_base_info(base)
+    refs = []
+    for i in range(count):
+        adapter = random_adapter(info, r=8, alpha=16.0, targets=TARGETS, seed=i, b_std=0.1)
+        directory = root / f"a{i}"
+        refs.append(AdapterRef(f"bench/a{i}@r1", directory, write_peft(directory, adapter), 8))
+    return refs
+
+
+async def _mixed(base: Path, refs: list[AdapterRef], requests: int, tokens: int) -> float:
+    engine = TorchEngine(base, slots=len(refs), max_batch=requests)
+    for ref in refs:
+        await engine.load(ref)
+    params = SamplingParams(max_tokens=tokens, temperature=0.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.serve)
+        began = time.perf_counter()
+        async with anyio.create_task_group() as batch:
+            for i in range(requests):
+                batch.start_soon(complete, engine, PROMPT, refs[i % len(refs)].ref, params)
+        elapsed = time.perf_counter() - began
+        tg.cancel_scope.cancel()
+    return requests * tokens / elapsed
+
+
+def _swap(base: Path, refs: list[AdapterRef], requests: int, tokens: int) -> float:
+    model, tokenizer = load_base(base)
+    peft = PeftModel.from_pretrained(model, str(refs[0].directory), adapter_name="a0")
+    for i, ref in enumerate(refs[1:], start=1):
+        peft.load_adapter(str(ref.directory), adapter_name=f"a{i}")
+    ids = torch.tensor([tokenizer.encode(PROMPT, add_special_tokens=False)])
+    groups: dict[int, int] = {}
+    for i in range(requests):
+        groups[i % len(refs)] = groups.get(i % len(refs), 0) + 1
+    began = time.perf_counter()
+    with torch.no_grad():
+        for adapter, size in groups.items():
+            peft.set_adapter(f"a{adapter}")
+            peft.generate(  # type: ignore[no-untyped-call]
+                input_ids=ids.repeat(size, 1),
+                attention_mask=torch.ones_like(ids).repeat(size, 1),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or 0,
+            )
+    return requests * tokens / (time.perf_counter() - began)
+
+
+def mixed_batching(base: Path, adapters: int, requests: int, tokens: int, say: Say) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="mint-serve-") as tmp:
+        refs = _adapters(base, adapters, Path(tmp))
+        mixed = anyio.run(_mixed, base, refs, requests, tokens)
+        swap = _swap(base, refs, requests, tokens)
+    say(f"  {adapters} adapters: mixed {mixed:,.0f} tok/s, swapping {swap:,.0f} tok/s")
+    return {"mixed_tokens_per_s": mixed, "swap_tokens_per_s": swap, "mixed_batch_speedup": mixed / swap}
+
+
+def packed_loads(base: Path, rank: int, repeats: int, say: Say) -> dict[str, float]:
+    """Cold-load time of one adapter from each layout, read and made into tensors (page cache warm
+    for both: the difference is the layout, not the disk)."""
+    info = read_base_info(base)
+    adapter = random_adapter(
+        info,
+        r=rank,
+        alpha=2.0 * rank,
+        targets=tuple(sorted({m.rsplit(".", 1)[-1] for m in info.linear_shapes} - {"lm_head"})),
+    )
+    with tempfile.TemporaryDirectory(prefix="mint-packed-") as tmp:
+        peft_dir, packed_dir = Path(tmp) / "peft", Path(tmp) / "packed"
+        write_peft(peft_dir, adapter)
+        write_packed(packed_dir, adapter)
+        per_tensor, packed = [], []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            adapter_tensors(read_peft(peft_dir, info))
+            per_tensor.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            load_packed_tensors(packed_dir, info)
+            packed.append((time.perf_counter() - began) * 1000)
+        size = sum(f.stat().st_size for f in packed_dir.iterdir())
+    peft_ms, packed_ms = statistics.median(per_tensor), statistics.median(packed)
+    say(f"  rank {rank}, {size / 1e6:.1f} MB: per-tensor {peft_ms:.1f} ms, packed {packed_ms:.1f} ms")
+    return {
+        "adapter_mb": size / 1e6,
+        "per_tensor_load_ms": peft_ms,
+        "packed_load_ms": packed_ms,
+        "packed_load_speedup": peft_ms / packed_ms,
+    }
+
+
+def bench_serve(
+    base: Path, packed_base: Path, say: Say, requests: int = 64, tokens: int = 16
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for adapters in (8, 64):
+        say(f"mixed-adapter batching vs swapping, {requests} requests x {tokens} tokens")
+        for key, value in mixed_batching(base, adapters, requests, tokens, say).items():
+            out[f"a{adapters}_{key}"] = value
+    say(f"packed vs per-tensor PEFT loads, on {packed_base.name}")
+    out.update(packed_loads(packed_base, rank=64, repeats=9, say=say))
+    return out
