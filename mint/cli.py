@@ -12,6 +12,7 @@ from mint.commands.catalog import catalog_group
 from mint.commands.events import events_group
 from mint.commands.replay import replay_group
 from mint.commands.services import services_group
+from mint.commands.sim import sim
 from mint.commands.train import train
 from mint.commands.up import up
 
@@ -33,6 +34,7 @@ cli.add_command(bench_group)
 cli.add_command(services_group)
 cli.add_command(train)
 cli.add_command(base_group)
+cli.add_command(sim)
 
 
 def main() -> None:

@@ -153,3 +153,14 @@ def serve(base_dir: Path | None, requests: int, tokens: int, as_json: bool) -> N
             create_tiny_base(base, seed=0)
         packed_base = smollm2 if (smollm2 / "config.json").is_file() else base
         _report("serve", bench_serve(base, packed_base, _say, requests, tokens), as_json)
+
+
+@bench_group.command("sim")
+@click.option("--policies", default=1_000_000, show_default=True, help="Catalog size (ranks drawn lazily).")
+@click.option("--requests", default=200_000, show_default=True)
+@json_option
+def sim(policies: int, requests: int, as_json: bool) -> None:
+    """The wave scheduler vs vLLM's LRU on one synthetic trace in virtual time: sim_stall_ratio."""
+    from mint.bench.sim_bench import bench_sim
+
+    _report("sim", bench_sim(policies, requests, _say), as_json)

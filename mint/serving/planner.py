@@ -4,7 +4,8 @@ The wave policy (cost-aware, after Chameleon, MICRO'25):
 - An adapter's *value* is its request rate * the milliseconds of a cold load of its size (Chameleon's
   frequency * size): what keeping it saves. The GPU tier ranks by max(steady, burst) rate, so it follows
   bursts; the host (CPU) cache ranks by the steady rate only, so a flood of one-off requests from the long
-  tail cannot flush it (LRU's weakness on a Zipf catalog).
+  tail cannot flush it (LRU's weakness on a Zipf catalog), but keeps a small window of free slots for
+  recent GPU victims, which the next rebalance keeps only if they earned it (after W-TinyLFU).
 - Hysteresis: a resident adapter's value counts (1 + hysteresis) against a challenger's, so a wobble in
   popularity smaller than that never swaps adapters; loads nobody waits for are capped per wave.
 - Pins: operator pins, and adapters whose load is in flight or that requests wait on, are never evicted.
@@ -18,8 +19,10 @@ The wave policy (cost-aware, after Chameleon, MICRO'25):
 - A revision no longer servable (its policy's pointer moved: promotion, rollback, retirement) leaves both
   tiers and is never loaded, pinned or not.
 
-`plan_lru` is the baseline with the same interface: vLLM's `max_loras` GPU LRU over a `max_cpu_loras` LRU,
-loading whatever a request waits for at once.
+Two kinds of wave: a *rebalance* (on each demand report or pointer move) ranks both tiers against the
+whole demand table; an *admission* wave (`rebalance=False`, when requests wait between reports) only
+places waiting requests, cheaply. `plan_lru` is the baseline with the same interface: vLLM's `max_loras`
+GPU LRU over a `max_cpu_loras` LRU, loading whatever a request waits for at once.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from itertools import chain
-from typing import Literal
+from itertools import chain, islice
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -44,8 +47,10 @@ class Capacity(msgspec.Struct, frozen=True):
 
 
 class Residency(msgspec.Struct, frozen=True):
-    """Adapter refs (`tenant/name@rev`) in each tier of one engine. Loads and prefetches already planned
-    count as resident: they hold their slot."""
+    """Adapter refs (`tenant/name@rev`) in each tier of one engine (the tiers are exclusive). Loads and
+    prefetches already planned count as resident: they hold their slot. Each tier iterates least recently
+    used first where the caller keeps that order (an engine host's ordered dicts do); only the LRU
+    baseline reads it."""
 
     gpu: AbstractSet[str] = frozenset()
     cpu: AbstractSet[str] = frozenset()
@@ -85,6 +90,7 @@ class PlannerConfig(msgspec.Struct, frozen=True, kw_only=True):
     hysteresis: float = 0.25
     deadline_s: float = 0.25  # the starvation bound
     transient_share: float = 0.25  # GPU slots not protected for the hottest adapters
+    host_window_share: float = 0.05  # host slots a rebalance keeps free for admission waves' victims
     max_proactive_loads: int = 8  # loads per wave that no waiting request asked for
     max_prefetches: int = 32  # store -> host cache fetches per wave
     cost: CostModel = CostModel()
@@ -104,7 +110,6 @@ class EngineView(msgspec.Struct, frozen=True, kw_only=True):
     loading: AbstractSet[str] = frozenset()  # GPU loads in flight: never evicted mid-load
     pinned: AbstractSet[str] = frozenset()
     sizes_mib: Mapping[str, float] = {}
-    last_used: Mapping[str, float] = {}  # when each resident ref last served a request (LRU only)
 
 
 class Load(msgspec.Struct, frozen=True):
@@ -135,7 +140,7 @@ DEFAULT_PLANNER = PlannerConfig()
 
 
 class DemandConfig(msgspec.Struct, frozen=True, kw_only=True):
-    steady_s: float = 120.0  # time constant of `Demand.rate`
+    steady_s: float = 600.0  # time constant of `Demand.rate`
     burst_s: float = 5.0  # time constant of `Demand.burst`
     tracked: int = 10_000  # entries kept, highest rates first: a million-ref catalog is mostly forgotten
     floor: float = 1e-4  # requests/s under which an entry is forgotten
@@ -151,23 +156,27 @@ def fold_demand(
     config: DemandConfig = DEFAULT_DEMAND,
 ) -> dict[str, Demand]:
     """Fold one interval's request counts (an aggregated demand report) into the demand table: two
-    exponentially weighted rates per ref, forgetting refs whose demand faded."""
+    exponentially weighted rates per ref. Refs whose demand faded under the floor are forgotten, and past
+    `tracked` entries the least demanded go."""
     steady_keep = math.exp(-interval_s / config.steady_s)
     burst_keep = math.exp(-interval_s / config.burst_s)
     folded: dict[str, Demand] = {}
-    for ref in chain(table, (ref for ref in counts if ref not in table)):
+    for ref, before in table.items():
         observed = counts.get(ref, 0) / interval_s
-        before = table.get(ref, _NO_DEMAND)
         rate = observed + (before.rate - observed) * steady_keep
         burst = observed + (before.burst - observed) * burst_keep
-        if max(rate, burst) >= config.floor:
+        if rate >= config.floor or burst >= config.floor:
             folded[ref] = Demand(rate, burst)
-    if len(folded) <= config.tracked:
-        return folded
-    kept = heapq.nlargest(
-        config.tracked, folded, key=lambda ref: (max(folded[ref].rate, folded[ref].burst), ref)
-    )
-    return {ref: folded[ref] for ref in kept}
+    for ref, count in counts.items():
+        if ref not in table:
+            observed = count / interval_s
+            folded[ref] = Demand(observed * (1.0 - steady_keep), observed * (1.0 - burst_keep))
+    excess = len(folded) - config.tracked
+    if excess > 0:
+        ranked = ((max(entry.rate, entry.burst), ref) for ref, entry in folded.items())
+        for _, ref in heapq.nsmallest(excess, ranked):
+            del folded[ref]
+    return folded
 
 
 def follow_pointer(demand: Mapping[str, Demand], old_ref: str, new_ref: str) -> dict[str, Demand]:
@@ -186,66 +195,116 @@ _NO_DEMAND = Demand(0.0, 0.0)
 
 
 class _Values:
-    """Adapter values for one view: rate * ms of a cold load (what keeping the adapter saves per second)."""
+    """Adapter values for one view: rate * ms of a cold load (what keeping the adapter saves per second).
+    `everything` values the whole demand table at once (a rebalance ranks it all); otherwise each ref is
+    valued when first asked."""
 
-    def __init__(self, view: EngineView, cost: CostModel) -> None:
+    def __init__(self, view: EngineView, cost: CostModel, *, everything: bool) -> None:
         self._demand = view.demand
         self._sizes = view.sizes_mib
         self._cost = cost
+        self.gpu_values: dict[str, float] = {}
+        self.cpu_values: dict[str, float] = {}
+        if everything:
+            for ref, demand in view.demand.items():
+                cold_ms = self._cold_ms(ref)
+                self.gpu_values[ref] = max(demand.rate, demand.burst) * cold_ms
+                self.cpu_values[ref] = demand.rate * cold_ms
+
+    def gpu(self, ref: str) -> float:
+        value = self.gpu_values.get(ref)
+        if value is None:
+            demand = self._demand.get(ref, _NO_DEMAND)
+            value = self.gpu_values[ref] = max(demand.rate, demand.burst) * self._cold_ms(ref)
+        return value
+
+    def cpu(self, ref: str) -> float:
+        value = self.cpu_values.get(ref)
+        if value is None:
+            value = self.cpu_values[ref] = self._demand.get(ref, _NO_DEMAND).rate * self._cold_ms(ref)
+        return value
 
     def _cold_ms(self, ref: str) -> float:
         return self._cost.load_ms("store", self._sizes.get(ref, self._cost.default_mib))
 
-    def gpu(self, ref: str) -> float:
-        demand = self._demand.get(ref, _NO_DEMAND)
-        return max(demand.rate, demand.burst) * self._cold_ms(ref)
 
-    def cpu(self, ref: str) -> float:
-        return self._demand.get(ref, _NO_DEMAND).rate * self._cold_ms(ref)
+def _best_servable(
+    scored: Iterable[tuple[float, str]], count: int, servable: Callable[[str], bool]
+) -> list[str]:
+    """The `count` best servable refs of `(value, ref)` pairs. Demand for a retired revision is rare (it
+    follows the pointer), so servability is asked of the best few, not of every candidate."""
+    if count <= 0:
+        return []
+    candidates = list(scored)
+    best = [ref for _, ref in heapq.nlargest(count, candidates) if servable(ref)]
+    if len(best) < min(count, len(candidates)):
+        best = [ref for _, ref in sorted(candidates, reverse=True) if servable(ref)][:count]
+    return best
 
 
-def transient_slots(gpu_slots: int, share: float) -> int:
+class _HostPlan(NamedTuple):
+    demoted: set[str]  # GPU victims that stay in the host cache
+    dropped: list[str]  # host residents that leave the engine
+    prefetch: list[str]
+
+
+def _transient_slots(gpu_slots: int, share: float) -> int:
     """GPU slots open to cold requests: at least one, so a waiting request always gets a turn."""
     return min(gpu_slots, max(1, round(gpu_slots * share)))
 
 
-def plan_wave(view: EngineView, config: PlannerConfig = DEFAULT_PLANNER) -> Wave:
-    """Plan the engine's next wave (see the module docstring for the policy)."""
+def plan_wave(view: EngineView, config: PlannerConfig = DEFAULT_PLANNER, *, rebalance: bool = True) -> Wave:
+    """Plan the engine's next wave (see the module docstring for the policy).
+
+    `rebalance=False` plans an admission wave, for when the engine reports waiting requests between
+    demand reports: it places waiting requests only. No loads nobody asked for, and the host cache is left
+    as it is (GPU victims and deferred prefetches take free host slots; retired host residents leave at the
+    next rebalance), so it costs O(GPU slots + waiting), not O(demand table + host slots)."""
     servable = view.servable
     gpu = {ref for ref in view.residency.gpu if servable(ref)}
-    cpu = {ref for ref in view.residency.cpu if servable(ref) and ref not in gpu}
     waiting = {ref: wait for ref, wait in view.waiting.items() if servable(ref)}
-    values = _Values(view, config.cost)
+    values = _Values(view, config.cost, everything=rebalance)
 
-    gpu_target = _choose_gpu(view, config, gpu, waiting, values)
+    gpu_target = _choose_gpu(
+        view, config, gpu, waiting, values, config.max_proactive_loads if rebalance else 0
+    )
     chosen = set(gpu_target)
     victims = gpu - chosen
     deferred = _by_waiting_priority((ref for ref in waiting if ref not in chosen), waiting, values)
-    on_engine = gpu | cpu | chosen
-    cpu_target, prefetch = _choose_cpu(view, config, values, on_engine, (cpu - chosen) | victims, deferred)
+    if rebalance:
+        plan = _rank_host(
+            view, config, values, gpu | chosen | set(view.residency.cpu), victims, chosen, deferred
+        )
+    else:
+        plan = _fill_host(view, config, values, victims, chosen, deferred)
 
     loads = [ref for ref in gpu_target if ref not in gpu]
     # Requests are waiting on some loads; the engine should start those first.
     loads.sort(key=lambda ref: ref not in waiting)
-    evict = [Eviction(ref, "gpu", "gone") for ref in sorted(set(view.residency.gpu) - gpu)]
-    evict += [
-        Eviction(ref, "cpu", "gone") for ref in sorted(ref for ref in view.residency.cpu if not servable(ref))
-    ]
-    evict += [Eviction(ref, "gpu", "cpu" if ref in cpu_target else "gone") for ref in sorted(victims)]
-    evict += [Eviction(ref, "cpu", "gone") for ref in sorted(cpu - chosen - cpu_target)]
+    retired = sorted(ref for ref in view.residency.gpu if ref not in gpu)
+    evict = [Eviction(ref, "gpu", "gone") for ref in retired]
+    evict += [Eviction(ref, "gpu", "cpu" if ref in plan.demoted else "gone") for ref in sorted(victims)]
+    evict += [Eviction(ref, "cpu", "gone") for ref in plan.dropped]
     return Wave(
         number=view.wave,
-        load=tuple(Load(ref, "cpu" if ref in cpu else "store") for ref in loads),
+        load=tuple(Load(ref, "cpu" if ref in view.residency.cpu else "store") for ref in loads),
         keep=tuple(sorted(gpu & chosen)),
         evict=tuple(evict),
-        prefetch=tuple(prefetch),
+        prefetch=tuple(plan.prefetch),
     )
 
 
 def _choose_gpu(
-    view: EngineView, config: PlannerConfig, gpu: set[str], waiting: Mapping[str, Waiting], values: _Values
+    view: EngineView,
+    config: PlannerConfig,
+    gpu: set[str],
+    waiting: Mapping[str, Waiting],
+    values: _Values,
+    proactive: int,
 ) -> list[str]:
-    """The GPU set of the next wave, in the order it was chosen (most binding reason first)."""
+    """The GPU set of the next wave, most binding reason first: what must stay, pins, overdue requests,
+    the protected hottest adapters, waiting requests, then the best of the rest. At most `proactive`
+    refs are loaded that no request waits for."""
     slots = view.capacity.gpu_slots
     chosen: dict[str, None] = {}  # an ordered set
 
@@ -261,17 +320,24 @@ def _choose_gpu(
     overdue = [ref for ref, wait in waiting.items() if ref not in gpu and wait.oldest_s >= config.deadline_s]
     take(sorted(overdue, key=lambda ref: (-waiting[ref].oldest_s, ref)))
 
-    def score(ref: str) -> float:
-        return values.gpu(ref) * (1.0 + config.hysteresis) if ref in gpu else values.gpu(ref)
+    bonus = 1.0 + config.hysteresis
 
-    # Only the best `max_proactive_loads` refs nobody waits for can be loaded this wave: rank those, the
-    # residents and the waiting refs.
-    unasked = (ref for ref in view.demand if ref not in gpu and ref not in waiting and view.servable(ref))
-    proactive = heapq.nlargest(config.max_proactive_loads, unasked, key=lambda ref: (score(ref), ref))
+    def score(ref: str) -> float:
+        return values.gpu(ref) * bonus if ref in gpu else values.gpu(ref)
+
+    # Only the best `proactive` refs nobody waits for can be loaded: rank those, the residents and the
+    # waiting refs.
+    unasked = (
+        (value, ref) for ref, value in values.gpu_values.items() if ref not in gpu and ref not in waiting
+    )
+    best_unasked = _best_servable(unasked, proactive, view.servable) if proactive else []
     asked = (ref for ref in waiting if ref not in gpu)
-    ranked = sorted(chain(gpu, asked, proactive), key=lambda ref: (-score(ref), ref))
-    protected = slots - transient_slots(slots, config.transient_share)
-    budget = _fill(chosen, ranked, protected, config.max_proactive_loads, gpu, waiting)
+    ranked = sorted(chain(gpu, asked, best_unasked), key=lambda ref: (-score(ref), ref))
+    hot: dict[str, None] = {}
+    budget = _fill(
+        hot, ranked, slots - _transient_slots(slots, config.transient_share), proactive, gpu, waiting
+    )
+    take(hot)
     take(_by_waiting_priority((ref for ref in waiting if ref not in gpu), waiting, values))
     _fill(chosen, ranked, slots, budget, gpu, waiting)
     return list(chosen)
@@ -304,41 +370,66 @@ def _by_waiting_priority(refs: Iterable[str], waiting: Mapping[str, Waiting], va
     return sorted(refs, key=lambda ref: (-values.gpu(ref), -waiting[ref].count, -waiting[ref].oldest_s, ref))
 
 
-def _choose_cpu(
+def _rank_host(
     view: EngineView,
     config: PlannerConfig,
     values: _Values,
     on_engine: AbstractSet[str],
-    incumbents: AbstractSet[str],
+    victims: AbstractSet[str],
+    chosen: AbstractSet[str],
     deferred: list[str],
-) -> tuple[set[str], list[str]]:
-    """The host cache of the next wave and the prefetches that fill it. `on_engine`: refs that are or will
-    be on the engine without a fetch; `incumbents`: refs that are and may stay in the host cache (host
-    residents not going to the GPU, and the GPU's victims)."""
-    # Deferred cold refs go to the GPU in a coming wave: fetch them now, ahead of anything else.
+) -> _HostPlan:
+    """Re-rank the host cache: its residents not going to the GPU and the GPU's victims (both with the
+    hysteresis bonus), deferred cold refs (first: they go to the GPU in a coming wave) and the most
+    valuable refs off the engine (prefetched). A window of slots stays free: admission waves demote their
+    victims into it, and the next rebalance keeps those that earned a place (W-TinyLFU's window)."""
+    retired = sorted(ref for ref in view.residency.cpu if not view.servable(ref))
+    staying = [ref for ref in view.residency.cpu if ref not in chosen and view.servable(ref)]
+    incumbents = set(staying) | victims
+    rank_of_deferred = {ref: rank for rank, ref in enumerate(deferred)}
     fetch_first = [ref for ref in deferred if ref not in on_engine][: config.max_prefetches]
-    wanted = set(fetch_first)
     unasked = (
-        ref
-        for ref in view.demand
-        if ref not in on_engine and ref not in wanted and values.cpu(ref) > 0 and view.servable(ref)
+        (value, ref)
+        for ref, value in values.cpu_values.items()
+        if value > 0 and ref not in on_engine and ref not in rank_of_deferred
     )
-    fetch_next = heapq.nlargest(
-        config.max_prefetches - len(fetch_first), unasked, key=lambda ref: (values.cpu(ref), ref)
-    )
+    fetch_next = _best_servable(unasked, config.max_prefetches - len(fetch_first), view.servable)
+    bonus = 1.0 + config.hysteresis
 
-    def score(ref: str) -> float:
-        if ref in wanted:
-            return math.inf
-        return values.cpu(ref) * (1.0 + config.hysteresis) if ref in incumbents else values.cpu(ref)
+    def score(ref: str) -> tuple[int, float, str]:
+        if ref in rank_of_deferred:
+            return 1, -float(rank_of_deferred[ref]), ref
+        value = values.cpu(ref)
+        return 0, value * bonus if ref in incumbents else value, ref
 
     pool = [*incumbents, *fetch_first, *fetch_next]
-    overflow = len(pool) - view.capacity.cpu_slots
-    dropped = (
-        set(heapq.nsmallest(overflow, pool, key=lambda ref: (score(ref), ref))) if overflow > 0 else set()
+    window = round(view.capacity.cpu_slots * config.host_window_share)
+    overflow = len(pool) - (view.capacity.cpu_slots - window)
+    out = set(heapq.nsmallest(overflow, pool, key=score)) if overflow > 0 else set()
+    return _HostPlan(
+        demoted=set(victims) - out,
+        dropped=retired + sorted(ref for ref in staying if ref in out),
+        prefetch=[ref for ref in chain(fetch_first, fetch_next) if ref not in out],
     )
-    target = {ref for ref in pool if ref not in dropped}
-    return target, [ref for ref in chain(fetch_first, fetch_next) if ref in target]
+
+
+def _fill_host(
+    view: EngineView,
+    config: PlannerConfig,
+    values: _Values,
+    victims: AbstractSet[str],
+    chosen: AbstractSet[str],
+    deferred: list[str],
+) -> _HostPlan:
+    """An admission wave leaves the host cache as it is: deferred cold refs, then the GPU's most valuable
+    victims, take its free slots."""
+    host = view.residency.cpu
+    free = view.capacity.cpu_slots - len(host) + sum(1 for ref in chosen if ref in host)
+    off_engine = [ref for ref in deferred if ref not in host and ref not in view.residency.gpu]
+    prefetch = off_engine[: max(0, min(free, config.max_prefetches))]
+    free -= len(prefetch)
+    demoted = sorted(victims, key=lambda ref: (-values.cpu(ref), ref))[: max(0, free)]
+    return _HostPlan(demoted=set(demoted), dropped=[], prefetch=prefetch)
 
 
 # --- the LRU baseline -----------------------------------------------------------------------------
@@ -346,33 +437,27 @@ def _choose_cpu(
 
 def plan_lru(view: EngineView) -> Wave:
     """vLLM's policy: load every adapter a request waits for, now; the least recently used GPU adapter
-    makes room and drops to the host cache, whose least recently used adapter drops out. Like vLLM it
-    knows nothing of demand, sizes or serving pointers (a stale revision ages out); it honours pins
-    (vLLM's `pin_lora`) and never evicts a load in flight."""
+    makes room and drops to the host cache, whose least recently used adapter drops out. Reads the tiers'
+    order (least recently used first). Like vLLM it knows nothing of demand, sizes or serving pointers (a
+    stale revision ages out); it honours pins (vLLM's `pin_lora`) and never evicts a load in flight."""
     gpu, cpu, waiting = view.residency.gpu, view.residency.cpu, view.waiting
     wanted = sorted((ref for ref in waiting if ref not in gpu), key=lambda ref: (-waiting[ref].oldest_s, ref))
     free = max(0, view.capacity.gpu_slots - len(gpu))
-
-    def recency(ref: str) -> tuple[float, str]:
-        return view.last_used.get(ref, -math.inf), ref
-
-    victims: list[str] = []
-    if len(wanted) > free:
-        evictable = (
-            ref for ref in gpu if ref not in view.loading and ref not in view.pinned and ref not in waiting
-        )
-        victims = heapq.nsmallest(len(wanted) - free, evictable, key=recency)
+    evictable = (
+        ref for ref in gpu if ref not in view.loading and ref not in view.pinned and ref not in waiting
+    )
+    victims = list(islice(evictable, max(0, len(wanted) - free)))
     loads = wanted[: free + len(victims)]
     from_cpu = {ref for ref in loads if ref in cpu}
     overflow = len(cpu) - len(from_cpu) + len(victims) - view.capacity.cpu_slots
-    host = chain((ref for ref in cpu if ref not in from_cpu), victims)
-    dropped = set(heapq.nsmallest(overflow, host, key=recency)) if overflow > 0 else set()
-    leaving = set(victims)
-    evict = [Eviction(ref, "gpu", "gone" if ref in dropped else "cpu") for ref in sorted(victims)]
-    evict += [Eviction(ref, "cpu", "gone") for ref in sorted(dropped - leaving)]
+    host = chain((ref for ref in cpu if ref not in from_cpu), victims)  # least recently used first
+    dropped = list(islice(host, max(0, overflow)))
+    leaving, gone = set(victims), set(dropped)
+    evict = [Eviction(ref, "gpu", "gone" if ref in gone else "cpu") for ref in victims]
+    evict += [Eviction(ref, "cpu", "gone") for ref in dropped if ref not in leaving]
     return Wave(
         number=view.wave,
         load=tuple(Load(ref, "cpu" if ref in from_cpu else "store") for ref in loads),
-        keep=tuple(sorted(ref for ref in gpu if ref not in leaving)),
+        keep=tuple(ref for ref in gpu if ref not in leaving),
         evict=tuple(evict),
     )
