@@ -76,6 +76,7 @@ class EngineHost(StoreActor):
         self.demand_interval_s = demand_interval_s
         self.load_deadline_s = load_deadline_s
         self._demand: Counter[str] = Counter()
+        self._waiting_since: dict[str, float] = {}  # cold ref -> when its oldest request began waiting
         self._cold = anyio.Event()  # set when a request waits for a cold adapter: report at once
         self._residency_changed = anyio.Event()
         self._store: ProjectionStore | None = None
@@ -110,7 +111,8 @@ class EngineHost(StoreActor):
         restart empties it): report them evicted, so the scheduler plans from the truth."""
         held = set(self.engine.resident())
         facts: list[Record] = []
-        for (data,) in store.query("SELECT data FROM residency WHERE engine = ?", (self.engine_id,)):
+        gpu_rows = "SELECT data FROM residency WHERE engine = ? AND tier = 'gpu'"  # the disk cache survives
+        for (data,) in store.query(gpu_rows, (self.engine_id,)):
             row = RESIDENCY.from_data(data)
             if f"{row.policy}@{row.revision}" not in held:
                 facts.append(
@@ -152,7 +154,36 @@ class EngineHost(StoreActor):
                 )
         for ref in wave.load:
             out.append(await self._load(wave, ref, store))
+        for ref in wave.prefetch:
+            out += await self._prefetch(wave, ref, store)
         return out
+
+    async def _prefetch(self, wave: WavePlanned, ref: str, store: ProjectionStore) -> list[Record]:
+        """Store -> this host's disk cache, so the wave that loads `ref` finds it local."""
+        policy, revision = split_ref(ref)
+        row: RevisionRow | None = store.rows.get(REVISIONS, policy, revision)
+        if row is None or ref in self.engine.resident():
+            return []
+        began = anyio.current_time()
+        try:
+            fetched = await self.fetcher.fetch(ref, row.uri, row.sha256, row.rank)
+        except Exception as exc:  # a prefetch is advice: a failure is reported, the wave goes on
+            log.warning("%s: prefetching %s failed: %s", self.name, ref, exc)
+            return []
+        if fetched.source == "disk":
+            return []  # already local: nothing moved
+        return [
+            AdapterLoaded.create(
+                id=f"{wave.id}/prefetch/{ref}",
+                source=self.name,
+                engine=self.engine_id,
+                policy=policy,
+                revision=revision,
+                tier="disk",
+                ms=(anyio.current_time() - began) * 1000,
+                found_in="store",
+            )
+        ]
 
     async def _load(self, wave: WavePlanned, ref: str, store: ProjectionStore) -> Record:
         policy, revision = split_ref(ref)
@@ -212,10 +243,12 @@ class EngineHost(StoreActor):
         ref = self.resolve(model)
         self._demand[ref] += 1
         if ref not in self.engine.resident():
+            self._waiting_since.setdefault(ref, anyio.current_time())
             self._cold.set()
             with anyio.move_on_after(self.load_deadline_s):
                 while ref not in self.engine.resident():
                     await self._residency_changed.wait()
+            self._waiting_since.pop(ref, None)
             if ref not in self.engine.resident():
                 raise ColdLoadTimeout(ref, self.load_deadline_s)
         async for delta in self.engine.generate(prompt, ref, params):
@@ -228,7 +261,9 @@ class EngineHost(StoreActor):
                 await self._cold.wait()  # a cold request does not wait for the interval's end
             self._cold = anyio.Event()
             counts, self._demand = self._demand, Counter()
-            if counts:
+            now = anyio.current_time()
+            waiting = {ref: now - since for ref, since in self._waiting_since.items()}
+            if counts or waiting:
                 interval = (datetime.now(UTC) - began).total_seconds()
                 await log.append(
                     [
@@ -238,6 +273,7 @@ class EngineHost(StoreActor):
                             interval_start=began,
                             interval_s=interval,
                             counts=dict(counts),
+                            waiting=waiting,
                         )
                     ]
                 )

@@ -49,8 +49,8 @@ class WaveScheduler(StoreActor):
                 self.demand[engine], record.counts, max(record.interval_s, 1e-3)
             )
             waiting = {
-                ref: Waiting(n, record.interval_s)
-                for ref, n in record.counts.items()
+                ref: Waiting(record.counts.get(ref, 1), age)
+                for ref, age in record.waiting.items()
                 if ref not in self._resident(store, engine)
             }
             return self._plan(store, engine, f"{record.id}/wave", record, waiting, set(record.counts))
@@ -96,7 +96,7 @@ class WaveScheduler(StoreActor):
             return []
         resident = self._resident(store, engine)
         sizes = {}
-        for ref in set(self.demand[engine]) | resident | set(waiting):
+        for ref in set(self.demand[engine]) | resident | set(waiting) | asked:
             policy, _, revision = ref.partition("@")
             exported: RevisionRow | None = store.rows.get(REVISIONS, policy, revision)
             if exported is not None:
@@ -114,7 +114,8 @@ class WaveScheduler(StoreActor):
         wave = plan_wave(view)
         evict = [e.ref for e in wave.evict if e.source == "gpu"]
         load = [entry.ref for entry in wave.load]
-        if not load and not evict:
+        prefetch = [ref for ref in wave.prefetch if ref in sizes]
+        if not load and not evict and not prefetch:
             return []
         self.loading[engine].update(load)
         return [
@@ -127,5 +128,6 @@ class WaveScheduler(StoreActor):
                 load=load,
                 keep=list(wave.keep),
                 evict=evict,
+                prefetch=prefetch,
             )
         ]

@@ -14,7 +14,8 @@ Source = Literal["cpu", "disk", "store"]
 
 
 class ReportDemand(Command, kw_only=True, frozen=True):
-    """Requests per policy seen by one engine over one interval: aggregated, never one per request."""
+    """Requests per revision ref seen by one engine over one interval: aggregated, never one per
+    request. `waiting` gives, per ref not on the engine, how long its oldest request has waited (s)."""
 
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
@@ -22,6 +23,7 @@ class ReportDemand(Command, kw_only=True, frozen=True):
     interval_start: datetime
     interval_s: float
     counts: dict[str, int]
+    waiting: dict[str, float] = {}
 
 
 class EngineRegistered(Fact, kw_only=True, frozen=True):
@@ -35,7 +37,8 @@ class EngineRegistered(Fact, kw_only=True, frozen=True):
 
 
 class WavePlanned(Fact, kw_only=True, frozen=True):
-    """The next residency change of one engine; adapters are named `tenant/name@rev`."""
+    """The next residency change of one engine; adapters are named `tenant/name@rev`. `prefetch`
+    names adapters to bring from the artifact store to the engine's host while this wave serves."""
 
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
@@ -44,6 +47,7 @@ class WavePlanned(Fact, kw_only=True, frozen=True):
     load: list[str]
     keep: list[str]
     evict: list[str]
+    prefetch: list[str] = []
 
 
 class AdapterLoaded(Fact, kw_only=True, frozen=True):

@@ -199,3 +199,17 @@ async def test_the_scheduler_loads_what_requests_wait_for_and_follows_promotions
     assert answer.status_code == 200 and list(system.engines[0].engine.resident()) == [r2]
     waves = Catalog(system.home.catalog).counts()
     assert waves["engines"] == 1
+
+
+async def test_a_prefetch_brings_the_adapter_local_before_its_wave(system: System) -> None:
+    await system.log.append([RegisterPolicy.create(policy="acme/c", base_id="tiny")])
+    ref = await _publish(system, "acme/c", "r1", seed=6)
+    await system.log.append(
+        [WavePlanned.create(engine="e1", wave=7, load=[], keep=[], evict=[], prefetch=[ref])]
+    )
+    await system.settle()
+    await system.log.append([WavePlanned.create(engine="e1", wave=8, load=[ref], keep=[], evict=[])])
+    await system.settle()
+    moves = [s.decode() for s in await read_all(system.log) if s.type == "AdapterLoaded"]
+    found = [(m.tier, m.found_in) for m in moves if m.policy == "acme/c"]  # type: ignore[union-attr]
+    assert found == [("disk", "store"), ("gpu", "disk")], "the load found what the prefetch fetched"
