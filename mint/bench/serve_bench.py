@@ -8,6 +8,7 @@ Both generate the same number of greedy tokens for the same prompts; tokens/s si
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -24,7 +25,7 @@ from mint.adapters.synthetic import random_adapter
 from mint.adapters.tensors import adapter_tensors, load_packed_tensors
 from mint.bases.info import read_base_info
 from mint.bases.load import load_base
-from mint.serving.engine import AdapterRef, SamplingParams, complete
+from mint.serving.engine import AdapterRef, Engine, SamplingParams, complete
 from mint.serving.torch_engine import TorchEngine
 
 Say = Callable[[str], None]
@@ -42,19 +43,20 @@ def _adapters(base: Path, count: int, root: Path) -> list[AdapterRef]:
     return refs
 
 
-async def _mixed(base: Path, refs: list[AdapterRef], requests: int, tokens: int) -> float:
-    engine = TorchEngine(base, slots=len(refs), max_batch=requests)
-    for ref in refs:
-        await engine.load(ref)
+async def _mixed(engine: Engine, refs: list[AdapterRef], requests: int, tokens: int) -> float:
     params = SamplingParams(max_tokens=tokens, temperature=0.0)
     async with anyio.create_task_group() as tg:
         await tg.start(engine.serve)
+        for ref in refs:
+            await engine.load(ref)
+        await complete(engine, PROMPT, refs[0].ref, params)  # warm-up: first-request costs are not batching
         began = time.perf_counter()
         async with anyio.create_task_group() as batch:
             for i in range(requests):
                 batch.start_soon(complete, engine, PROMPT, refs[i % len(refs)].ref, params)
         elapsed = time.perf_counter() - began
         tg.cancel_scope.cancel()
+    await engine.aclose()
     return requests * tokens / elapsed
 
 
@@ -82,13 +84,24 @@ def _swap(base: Path, refs: list[AdapterRef], requests: int, tokens: int) -> flo
     return requests * tokens / (time.perf_counter() - began)
 
 
-def mixed_batching(base: Path, adapters: int, requests: int, tokens: int, say: Say) -> dict[str, float]:
+def mixed_batching(
+    base: Path, adapters: int, requests: int, tokens: int, say: Say, vllm: bool = False
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="mint-serve-") as tmp:
         refs = _adapters(base, adapters, Path(tmp))
-        mixed = anyio.run(_mixed, base, refs, requests, tokens)
+        mixed = anyio.run(
+            _mixed, TorchEngine(base, slots=adapters, max_batch=requests), refs, requests, tokens
+        )
         swap = _swap(base, refs, requests, tokens)
-    say(f"  {adapters} adapters: mixed {mixed:,.0f} tok/s, swapping {swap:,.0f} tok/s")
-    return {"mixed_tokens_per_s": mixed, "swap_tokens_per_s": swap, "mixed_batch_speedup": mixed / swap}
+        out = {"mixed_tokens_per_s": mixed, "swap_tokens_per_s": swap, "mixed_batch_speedup": mixed / swap}
+        say(f"  {adapters} adapters: torch engine mixed {mixed:,.0f} tok/s, peft swapping {swap:,.0f} tok/s")
+        if vllm:
+            from mint.serving.vllm_engine import VllmEngine
+
+            engine = VllmEngine(base, slots=adapters, max_batch=requests, work_dir=Path(tmp) / "vllm")
+            out["vllm_mixed_tokens_per_s"] = anyio.run(_mixed, engine, refs, requests, tokens)
+            say(f"  {adapters} adapters: vLLM engine mixed {out['vllm_mixed_tokens_per_s']:,.0f} tok/s")
+    return out
 
 
 def packed_loads(base: Path, rank: int, repeats: int, say: Say) -> dict[str, float]:
@@ -128,9 +141,10 @@ def bench_serve(
     base: Path, packed_base: Path, say: Say, requests: int = 64, tokens: int = 16
 ) -> dict[str, float]:
     out: dict[str, float] = {}
+    vllm = importlib.util.find_spec("vllm") is not None
     for adapters in (8, 64):
         say(f"mixed-adapter batching vs swapping, {requests} requests x {tokens} tokens")
-        for key, value in mixed_batching(base, adapters, requests, tokens, say).items():
+        for key, value in mixed_batching(base, adapters, requests, tokens, say, vllm).items():
             out[f"a{adapters}_{key}"] = value
     say(f"packed vs per-tensor PEFT loads, on {packed_base.name}")
     out.update(packed_loads(packed_base, rank=64, repeats=9, say=say))
