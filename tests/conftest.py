@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kafka_broker import kafka_bootstrap as kafka_bootstrap  # session broker for -m kafka
-from tests.s3_server import moto_endpoint as moto_endpoint  # session S3-protocol server
+# Shared fixtures: the session's Kafka-protocol broker (tansu), its S3-protocol server (moto), and the
+# tiny base with adapters that every engine backend's tests use.
+pytest_plugins = ("tests.kafka_broker", "tests.s3_server", "tests.engine_fixtures")
 
 
 @pytest.fixture
