@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from actors.faults import NO_FAULTS, Faults
+from actors.faults import NO_FAULTS, Faults, InjectedCrash
 from actors.runtime import StoreActor
 from events.catalog import CommandRejected
 from events.envelope import Record
@@ -39,7 +39,7 @@ from mint.home import Home
 from mint.projection.store import ProjectionStore
 from mint.training.tasks import TaskError, parse_task
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 SOURCE = "trainer"
 
 
@@ -157,7 +157,18 @@ class TrainerActor(StoreActor):
         async for run in runs:
             if run.run in done:
                 continue
-            await self._execute(log, run)
+            try:
+                await self._execute(log, run)
+            except InjectedCrash:
+                raise  # chaos testing: crash the actor as a real fault would, and resume
+            except (
+                Exception
+            ) as exc:  # a run that cannot go on (its base is gone, ...) fails; the actor goes on
+                logger.exception("run %s failed", run.run)
+                reason = f"{type(exc).__name__}: {exc}"
+                await log.append(
+                    [TrainingFailed.create(id=f"{run.run}/failed", source=SOURCE, run=run.run, reason=reason)]
+                )
             done.add(run.run)
 
     async def _execute(self, log: EventLog, run: RunRow) -> None:

@@ -160,3 +160,22 @@ async def test_revisions_go_to_s3_when_the_store_is_s3(tmp_path: Path, moto_endp
         assert sorted(await s3.list("adapters/")) == sorted(uris)
         listed = await s3.client.list_objects_v2(Bucket="mint-trainer", Prefix="prod/adapters/acme/a/run-s3/")
         assert len(listed["Contents"]) == 1
+
+
+async def test_a_run_that_cannot_go_on_fails_and_the_trainer_goes_on(tmp_path: Path) -> None:
+    from actors.trainer import TrainerActor
+    from mint.artifacts.local import LocalArtifactStore
+    from mint.catalog.rows import RunRow
+
+    home = Home(tmp_path)  # no base installed: the run cannot open it
+    run = RunRow(
+        "acme/run-x", "acme", "tiny", "sft", "sft-repeat:yes", {}, ("acme/a",), 2, "running", "t", None, None
+    )
+    trainer = TrainerActor(home, LocalArtifactStore(home.artifacts))
+    async with SqliteLog(home.log, partitions=1) as log:
+        send, receive = anyio.create_memory_object_stream[RunRow](2)
+        await send.send(run)
+        send.close()
+        await trainer._work(log, receive)
+        (stored,) = await read_all(log)
+    assert stored.type == "TrainingFailed" and "tiny" in stored.raw.decode()
