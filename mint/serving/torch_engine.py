@@ -35,6 +35,7 @@ from mint.serving.engine import (
     SamplingParams,
     SlotsFull,
 )
+from mint.serving.prompts import TokenizerPrompts
 
 
 class Overloaded(EngineError):
@@ -63,7 +64,7 @@ class _Batch:
     last: torch.Tensor  # [rows]: each row's last token, the next step's input
 
 
-class TorchEngine:
+class TorchEngine(TokenizerPrompts):
     kind = "torch"
 
     def __init__(
@@ -138,12 +139,6 @@ class TorchEngine:
 
     def resident(self) -> Sequence[str]:
         return list(self.multi.slots)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
     # -- requests ---------------------------------------------------------------------------------
 

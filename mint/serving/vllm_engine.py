@@ -59,6 +59,7 @@ from mint.serving.engine import (
     SamplingParams,
     SlotsFull,
 )
+from mint.serving.prompts import TokenizerPrompts
 
 # The ranks vLLM can be configured for (LoRAConfig.max_lora_rank); an adapter of lower rank is padded.
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -86,7 +87,7 @@ def vllm_rank(max_rank: int) -> int:
     raise ValueError(f"max_rank {max_rank} exceeds vLLM's largest LoRA rank {VLLM_RANKS[-1]}")
 
 
-class VllmEngine:
+class VllmEngine(TokenizerPrompts):
     kind = "vllm"
 
     def __init__(
@@ -331,12 +332,6 @@ class VllmEngine:
     def host_cached(self) -> Sequence[str]:
         """Adapters registered with vLLM but off the slots (vLLM's CPU LoRA cache), most recent last."""
         return list(self._host)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
     # -- requests ---------------------------------------------------------------------------------
 
