@@ -23,6 +23,16 @@ class Home:
         return self.root / "log.db"
 
     @property
+    def tokens(self) -> Path:
+        """Bearer tokens (sha256 only) that the HTTP API checks; managed with `mint tokens`."""
+        return self.root / "tokens.db"
+
+    @property
+    def admin_token(self) -> Path:
+        """The operator's first admin token, written once by `mint up` on an empty token store."""
+        return self.root / "admin.token"
+
+    @property
     def projections(self) -> Path:
         return self.root / "projections"
 
