@@ -13,6 +13,7 @@ from mint.commands.events import events_group
 from mint.commands.replay import replay_group
 from mint.commands.services import services_group
 from mint.commands.sim import sim
+from mint.commands.tokens import tokens_group
 from mint.commands.train import train
 from mint.commands.up import up
 
@@ -35,6 +36,7 @@ cli.add_command(services_group)
 cli.add_command(train)
 cli.add_command(base_group)
 cli.add_command(sim)
+cli.add_command(tokens_group)
 
 
 def main() -> None:

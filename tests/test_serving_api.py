@@ -23,6 +23,7 @@ from mint.adapters.peft_layout import encode_peft
 from mint.adapters.synthetic import random_adapter
 from mint.api.app import create_app
 from mint.artifacts.keys import adapter_key
+from mint.auth.tokens import TokenStore
 from mint.bases.info import read_base_info
 from mint.bases.tiny import create_tiny_base
 from mint.catalog.queries import Catalog
@@ -77,9 +78,19 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
 
 
 @pytest.fixture
-def client(system: System) -> httpx.AsyncClient:
-    app = create_app(system.engines, lambda: Catalog(system.home.catalog))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mint")
+def tokens(system: System) -> TokenStore:
+    return TokenStore(system.home.tokens)
+
+
+@pytest.fixture
+def client(system: System, tokens: TokenStore) -> httpx.AsyncClient:
+    app = create_app(system, tokens)
+    secret = tokens.issue("acme", "reader").secret
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://mint",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
 
 
 async def _ready(system: System) -> tuple[str, str]:
@@ -140,6 +151,29 @@ async def test_errors_name_the_model_or_the_field(system: System, client: httpx.
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
     unpinned = await client.post("/v1/completions", json={"model": "acme/a@r9", "prompt": "x"})
     assert unpinned.status_code == 404 and "no revision 'r9'" in unpinned.json()["error"]["message"]
+
+
+async def test_tokens_gate_every_route_and_tenants_never_see_each_other(
+    system: System, client: httpx.AsyncClient, tokens: TokenStore
+) -> None:
+    await _ready(system)
+    body = {"model": "acme/a", "prompt": "x", "max_tokens": 2}
+    anonymous = await client.post("/v1/completions", json=body, headers={"Authorization": ""})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "authentication_error"
+    producer = tokens.issue("acme", "producer").secret
+    denied = await client.post(
+        "/v1/completions", json=body, headers={"X-API-Key": producer, "Authorization": ""}
+    )
+    assert denied.status_code == 403 and "'reader'" in denied.json()["error"]["message"]
+    # Another tenant's reader: acme/a is answered like a policy that does not exist.
+    globex = {"Authorization": f"Bearer {tokens.issue('globex', 'reader').secret}"}
+    hidden = await client.post("/v1/completions", json=body, headers=globex)
+    missing = await client.post("/v1/completions", json={**body, "model": "globex/nope"}, headers=globex)
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["error"]["message"] == "model 'acme/a': no such policy"
+    assert (await client.get("/v1/models", headers=globex)).json()["data"] == []
+    operator = {"Authorization": f"Bearer {tokens.issue('_system', 'admin').secret}"}
+    assert (await client.post("/v1/completions", json=body, headers=operator)).status_code == 200
 
 
 async def test_an_adapter_that_cannot_load_fails_its_requests_with_retry_after(

@@ -1,30 +1,26 @@
-"""The ASGI application `mint up --port` serves."""
+"""The ASGI application `mint up --port` serves: every route checks a bearer token (mint/api/auth.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from actors.engine_host import EngineHost
+from actors.system import System
 from mint.api.openai import routes as openai_routes
+from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 
 
-def create_app(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> Starlette:
-    async def health(request: Request) -> Response:
-        engines = [
-            {
-                "engine": h.engine_id,
-                "base": h.engine.base_id,
-                "kind": h.engine.kind,
-                "resident": list(h.engine.resident()),
-            }
-            for h in hosts
-        ]
-        return JSONResponse({"status": "ok", "engines": engines})
+def create_app(system: System, tokens: TokenStore) -> Starlette:
+    def catalog() -> Catalog:
+        return Catalog(system.home.catalog)
 
-    return Starlette(routes=[Route("/healthz", health), *openai_routes(hosts, catalog)])
+    async def health(request: Request) -> Response:
+        # Open to probes (load balancers carry no token), so it says nothing about tenants.
+        return JSONResponse({"status": "ok", "engines": len(system.engines)})
+
+    app = Starlette(routes=[Route("/healthz", health), *openai_routes(system.engines, catalog)])
+    app.state.tokens = tokens
+    return app

@@ -31,7 +31,7 @@ class AuthError(Exception):
 
 def secret_of(conn: HTTPConnection) -> str | None:
     header = conn.headers.get("authorization")
-    if header is not None:
+    if header:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise AuthError(401, "Authorization: expected 'Bearer <token>'")

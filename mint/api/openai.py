@@ -1,6 +1,8 @@
 """OpenAI-compatible inference: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models.
 
-`model` is `tenant/name` (follows the serving pointer) or `tenant/name@rev` (pinned). Errors use
+`model` is `tenant/name` (follows the serving pointer) or `tenant/name@rev` (pinned). Every route
+needs a token with the reader role; a model of a tenant the token does not see is answered exactly like
+a missing one (404), so names do not leak across tenants. Errors use
 OpenAI's shape and say which field or model is at fault: 400 for a bad request, 404 for an unknown
 model, 429 with Retry-After when the engine's queue is full, 503 with Retry-After when a cold adapter
 was not loaded within the deadline.
@@ -19,6 +21,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from actors.engine_host import ColdLoadTimeout, EngineHost, ModelNotFound
+from events.names import tenant_of
+from mint.api.auth import AuthError, require
+from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
 from mint.serving.engine import AdapterNotLoaded, Completion, Delta, SamplingParams
 from mint.serving.torch_engine import Overloaded
@@ -90,7 +95,9 @@ async def _decode(request: Request, kind: type[Any]) -> Any:
         raise ApiError(400, f"the body is not JSON: {exc}") from None
 
 
-def _host_for(hosts: list[EngineHost], model: str) -> EngineHost:
+def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> EngineHost:
+    if not principal.sees(tenant_of(model)):
+        raise ModelNotFound(model, "no such policy")
     errors = []
     for host in hosts:
         try:
@@ -101,8 +108,8 @@ def _host_for(hosts: list[EngineHost], model: str) -> EngineHost:
     raise ApiError(404, str(errors[0]) if errors else f"model {model!r}: no engine serves it", "model")
 
 
-def _errors(exc: Exception) -> ApiError:
-    if isinstance(exc, ApiError):
+def _errors(exc: Exception) -> ApiError | AuthError:
+    if isinstance(exc, ApiError | AuthError):
         return exc
     if isinstance(exc, ModelNotFound):
         return ApiError(404, str(exc), "model")
@@ -121,10 +128,15 @@ async def _first(stream: AsyncIterator[Delta]) -> tuple[Delta, AsyncIterator[Del
 
 def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> list[Route]:
     async def models(request: Request) -> Response:
+        try:
+            principal = require(request, "reader")
+        except AuthError as exc:
+            return exc.response()
+        prefix = "" if principal.operator else f"{principal.tenant}/"
         view = catalog()
         try:
             after = request.query_params.get("after", "")
-            rows = [r for r in view.search(after=after, status="active", limit=1000) if r.pointer]
+            rows = [r for r in view.search(prefix, after=after, status="active", limit=1000) if r.pointer]
         finally:
             view.close()
         data = [
@@ -135,9 +147,10 @@ def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> list[Rout
 
     async def serve(request: Request, chat: bool) -> Response:
         try:
+            principal = require(request, "reader")
             body = await _decode(request, ChatRequest if chat else CompletionRequest)
             params = body.params(bool(body.logprobs))
-            host = _host_for(hosts, body.model)
+            host = _host_for(hosts, body.model, principal)
             prompt = (
                 host.engine.render_chat([msgspec.to_builtins(m) for m in body.messages])
                 if chat

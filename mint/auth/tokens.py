@@ -8,6 +8,7 @@ not. Every verify reads the file, so `mint tokens revoke` in another process tak
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
@@ -169,3 +170,16 @@ class TokenStore:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def issue_first_admin(store: TokenStore, path: Path) -> IssuedToken | None:
+    """On an empty store, issue the operator's admin token and write its secret to `path` (mode 0600);
+    None when tokens already exist. A fresh install gets in with this token and issues the rest."""
+    if not store.empty():
+        return None
+    issued = store.issue(SYSTEM_TENANT, ["admin"], label="first admin (mint up)")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(issued.secret + "\n")
+    os.chmod(path, 0o600)  # O_CREAT's mode only applies to a new file
+    return issued

@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 
 from actors.faults import Faults
 from actors.system import ACTOR_NAMES, System, running
-from mint.catalog.queries import Catalog
+from mint.auth.tokens import TokenStore, issue_first_admin
 from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
 from mint.config import open_artifacts, open_log
 from mint.home import Home
@@ -165,7 +165,10 @@ async def _serve_http(system: System, host: str, port: int, *, task_status: Task
         def capture_signals(self) -> Iterator[None]:
             yield  # `mint up` owns SIGINT and SIGTERM: it stops the actors and this server together
 
-    app = create_app(system.engines, lambda: Catalog(system.home.catalog))
+    tokens = TokenStore(system.home.tokens)
+    if issue_first_admin(tokens, system.home.admin_token):
+        click.echo(f"no tokens yet: wrote an operator admin token to {system.home.admin_token} (mode 0600)")
+    app = create_app(system, tokens)
     server = Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     # Bound here, so the address is known and connections queue before uvicorn starts accepting.
     listener = socket.create_server((host, port))
