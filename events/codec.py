@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -28,6 +29,25 @@ class RecordError(ValueError):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
+
+    @property
+    def field(self) -> str | None:
+        return field_of(self.message)
+
+
+_AT_PATH = re.compile(r"at `\$\.([^`]+)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
+
+
+def field_of(message: str) -> str | None:
+    """The field a validation message names: msgspec's `at `$.path`` or `missing required field`,
+    or our own `field: why` prefix; None when it names none (the record as a whole is wrong)."""
+    path, missing = _AT_PATH.search(message), _MISSING.search(message)
+    if path or missing:
+        return ".".join(m.group(1) for m in (path, missing) if m)
+    named = _NAMED.search(message)
+    return named.group(1) if named else None
 
 
 class _Header(msgspec.Struct):

@@ -8,12 +8,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from actors.system import System
+from mint.api.ingest import routes as ingest_routes
 from mint.api.openai import routes as openai_routes
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
+from mint.ingest import IngestLimits
 
 
-def create_app(system: System, tokens: TokenStore) -> Starlette:
+def create_app(system: System, tokens: TokenStore, limits: IngestLimits | None = None) -> Starlette:
     def catalog() -> Catalog:
         return Catalog(system.home.catalog)
 
@@ -21,6 +23,12 @@ def create_app(system: System, tokens: TokenStore) -> Starlette:
         # Open to probes (load balancers carry no token), so it says nothing about tenants.
         return JSONResponse({"status": "ok", "engines": len(system.engines)})
 
-    app = Starlette(routes=[Route("/healthz", health), *openai_routes(system.engines, catalog)])
+    app = Starlette(
+        routes=[
+            Route("/healthz", health),
+            *openai_routes(system.engines, catalog),
+            *ingest_routes(system.log, limits or IngestLimits()),
+        ]
+    )
     app.state.tokens = tokens
     return app

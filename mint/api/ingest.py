@@ -1,0 +1,75 @@
+"""`POST /v1/events` (facts) and `POST /v1/commands` (commands) for upstream producers.
+
+Needs a token with the producer role. 200: every record is on the log (`duplicates` counts ids it
+already held). 400: nothing was appended; `error.records` names each bad record (index in the batch,
+id, type, field, message). 413: over the size limits. 429 with Retry-After: over the token's rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from events.log import EventLog
+from mint.api.auth import AuthError, require
+from mint.ingest import BatchRefused, IngestLimits, Kind, RateLimited, RateLimiter, TooLarge, validate_batch
+
+
+def _error(status: int, message: str, **extra: object) -> JSONResponse:
+    kind = "invalid_request_error" if status != 429 else "rate_limit_error"
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status, **extra}}, status_code=status
+    )
+
+
+def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
+    limiter = RateLimiter(limits)
+
+    async def ingest(request: Request, kind: Kind) -> Response:
+        try:
+            principal = require(request, "producer")
+        except AuthError as exc:
+            return exc.response()
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limits.max_bytes:
+            return _error(413, f"body: {declared:,} bytes is over the limit of {limits.max_bytes:,}")
+        try:
+            records = validate_batch(await request.body(), kind, principal, limits)
+            limiter.take(principal.token_id, len(records))
+        except TooLarge as exc:
+            return _error(413, str(exc))
+        except BatchRefused as exc:
+            problems = [
+                {"index": p.index, "id": p.id, "type": p.type, "field": p.field, "message": p.message}
+                for p in exc.problems
+            ]
+            return _error(400, str(exc), param=exc.problems[0].field, records=problems)
+        except RateLimited as exc:
+            response = _error(429, str(exc))
+            response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+            return response
+        placed = await log.append(records)
+        return JSONResponse(
+            {
+                "appended": sum(1 for p in placed if not p.duplicate),
+                "duplicates": sum(1 for p in placed if p.duplicate),
+                "records": [
+                    {"id": r.id, "partition": p.partition, "offset": p.offset, "duplicate": p.duplicate}
+                    for r, p in zip(records, placed, strict=True)
+                ],
+            }
+        )
+
+    async def events(request: Request) -> Response:
+        return await ingest(request, "fact")
+
+    async def commands(request: Request) -> Response:
+        return await ingest(request, "command")
+
+    return [
+        Route("/v1/events", events, methods=["POST"]),
+        Route("/v1/commands", commands, methods=["POST"]),
+    ]

@@ -1,0 +1,104 @@
+"""POST /v1/events and /v1/commands: validated whole, per-record errors, idempotent, limited, walled."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from actors.system import System
+from events import codec
+from events.catalog import Promote
+from events.envelope import Record
+from events.serving import EngineRegistered
+from mint.auth.tokens import TokenStore
+from mint.catalog.queries import Catalog
+from tests.api_system import client_for
+from tests.log_contract import read_all
+from tests.records import evaluated, exported, register
+
+pytestmark = pytest.mark.anyio
+
+
+def _ndjson(records: list[Record]) -> bytes:
+    return b"".join(codec.encode(r) + b"\n" for r in records)
+
+
+def _array(records: list[Record]) -> bytes:
+    return b"[" + b",".join(codec.encode(r) for r in records) + b"]"
+
+
+async def test_commands_and_facts_land_once_and_are_decided(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    producer = client_for(api_app, token_store, "acme", "producer")
+    commands = [register("acme/a")]
+    first = await producer.post("/v1/commands", content=_ndjson(commands))
+    assert first.status_code == 200, first.text
+    assert first.json()["appended"] == 1
+    facts = [exported("acme/a", "r1"), evaluated("acme/a", "r1")]
+    assert (await producer.post("/v1/events", content=_array(facts))).json()["appended"] == 2
+    # A producer's retry of the same batch appends nothing new.
+    again = (await producer.post("/v1/events", content=_array(facts))).json()
+    assert (again["appended"], again["duplicates"]) == (0, 2)
+    promote = Promote.create(policy="acme/a", revision="r1")
+    assert (await producer.post("/v1/commands", content=_ndjson([promote]))).status_code == 200
+    with anyio.fail_after(30):
+        await bare_system.until(lambda: Catalog(bare_system.home.catalog).resolve("acme/a") == "r1")
+    types = [s.type for s in await read_all(bare_system.log)]
+    assert types.count("RevisionExported") == 1 and "RevisionPromoted" in types
+
+
+async def test_one_bad_record_refuses_the_batch_naming_record_and_field(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    producer = client_for(api_app, token_store, "acme", "producer")
+    good = codec.encode(register("acme/a"))
+    bad_type = json.loads(codec.encode(register("acme/b")))
+    bad_type["base_id"] = 7
+    missing = json.loads(codec.encode(register("acme/c")))
+    del missing["policy"]
+    body = b"\n".join([good, json.dumps(bad_type).encode(), json.dumps(missing).encode(), b"{nope"])
+    refused = await producer.post("/v1/commands", content=body)
+    assert refused.status_code == 400
+    problems = refused.json()["error"]["records"]
+    assert [(p["index"], p["field"]) for p in problems] == [(1, "base_id"), (2, "policy"), (3, None)]
+    assert problems[0]["id"] == bad_type["id"] and problems[0]["type"] == "RegisterPolicy"
+    assert "nothing was appended" in refused.json()["error"]["message"]
+    # A fact on the command route, and a command on the fact route, are refused by `type`.
+    wrong = await producer.post("/v1/commands", content=_ndjson([exported("acme/a", "r1")]))
+    assert wrong.json()["error"]["records"][0]["field"] == "type"
+    assert "/v1/events" in wrong.json()["error"]["records"][0]["message"]
+    assert (await producer.post("/v1/events", content=_ndjson([register("acme/a")]))).status_code == 400
+    assert sum((await bare_system.log.end_offsets()).values()) == 0
+
+
+async def test_tenants_roles_and_limits(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    acme = client_for(api_app, token_store, "acme", "producer")
+    foreign = await acme.post("/v1/commands", content=_ndjson([register("globex/a")]))
+    assert foreign.status_code == 400 and foreign.json()["error"]["records"][0]["field"] == "tenant"
+    spoofed = register("globex/a", tenant="acme")
+    assert (await acme.post("/v1/commands", content=_ndjson([spoofed]))).json()["error"]["param"] == "key"
+    engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=1, cpu_slots=1)
+    infra = await acme.post("/v1/events", content=_ndjson([engine]))
+    assert infra.json()["error"]["records"][0]["field"] == "type"
+    operator = client_for(api_app, token_store, "_system", "admin")
+    assert (await operator.post("/v1/events", content=_ndjson([engine]))).status_code == 200
+    reader = client_for(api_app, token_store, "acme", "reader")
+    assert (await reader.post("/v1/commands", content=_ndjson([register("acme/a")]))).status_code == 403
+    anonymous = httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://mint")
+    assert (await anonymous.post("/v1/events", content=b"[]")).status_code == 401
+    # Limits of this app: 100 records per request, 64 KiB, and a bucket of 100 records at 50/s.
+    many = [register(f"acme/p{i}") for i in range(160)]
+    assert (await acme.post("/v1/commands", content=_ndjson(many[:101]))).status_code == 413
+    assert (await acme.post("/v1/commands", content=b" " * (65 * 1024))).status_code == 413
+    assert (await acme.post("/v1/commands", content=_ndjson(many[:90]))).status_code == 200
+    # 10 records left in the bucket (plus 50/s since): 70 more must wait about a second.
+    limited = await acme.post("/v1/commands", content=_ndjson(many[90:160]))
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert sum((await bare_system.log.end_offsets()).values()) >= 91
