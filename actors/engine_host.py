@@ -10,7 +10,7 @@ wave repeated after a crash reports nothing twice.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -28,13 +28,16 @@ from events.serving import (
     AdapterLoadFailed,
     EngineRegistered,
     ReportDemand,
+    RevisionTraffic,
+    TrafficObserved,
     WavePlanned,
 )
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.rows import POLICIES, RESIDENCY, REVISIONS, PolicyRow, RevisionRow
+from mint.evaluation.live import LiveScorers, Tally
 from mint.home import Home
 from mint.projection.store import ProjectionStore
-from mint.serving.engine import Delta, Engine, EngineError, SamplingParams
+from mint.serving.engine import Completion, Delta, Engine, EngineError, SamplingParams
 from mint.serving.fetch import AdapterFetcher
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ class EngineHost(StoreActor):
         self.demand_interval_s = demand_interval_s
         self.load_deadline_s = load_deadline_s
         self._demand: Counter[str] = Counter()
+        self._traffic: defaultdict[str, Tally] = defaultdict(Tally)
+        self.live = LiveScorers(home.suites, engine.word_token)
         self._waiting_since: dict[str, float] = {}  # cold ref -> when its oldest request began waiting
         self._cold = anyio.Event()  # set when a request waits for a cold adapter: report at once
         self._residency_changed = anyio.Event()
@@ -240,8 +245,32 @@ class EngineHost(StoreActor):
         return f"{policy}@{revision}"
 
     async def generate(self, model: str, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        """Stream the completion; count the request, its failure, and (on a sample) its live score,
+        for the TrafficObserved reports the evaluator's watch reads."""
         ref = self.resolve(model)
         self._demand[ref] += 1
+        self._traffic[ref].requests += 1
+        policy = self._policy(ref)
+        scorer = self.live.sample(policy.gate, policy.watch) if policy else None
+        completion = Completion()
+        try:
+            async for delta in self._generate(ref, prompt, params):
+                completion.add(delta)
+                yield delta
+        except Exception:
+            self._traffic[ref].errors += 1
+            raise
+        if scorer is not None:
+            tally = self._traffic[ref]
+            tally.scored += 1
+            tally.score_sum += scorer(prompt, completion.text, completion.tokens)
+
+    def _policy(self, ref: str) -> PolicyRow | None:
+        assert self._store is not None, "the engine host is not running"
+        row: PolicyRow | None = self._store.rows.get(POLICIES, split_ref(ref)[0])
+        return row
+
+    async def _generate(self, ref: str, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
         if ref not in self.engine.resident():
             self._waiting_since.setdefault(ref, anyio.current_time())
             self._cold.set()
@@ -261,19 +290,36 @@ class EngineHost(StoreActor):
                 await self._cold.wait()  # a cold request does not wait for the interval's end
             self._cold = anyio.Event()
             counts, self._demand = self._demand, Counter()
+            traffic, self._traffic = self._traffic, defaultdict(Tally)
             now = anyio.current_time()
             waiting = {ref: now - since for ref, since in self._waiting_since.items()}
+            interval = (datetime.now(UTC) - began).total_seconds()
+            reports: list[Record] = []
             if counts or waiting:
-                interval = (datetime.now(UTC) - began).total_seconds()
-                await log.append(
-                    [
-                        ReportDemand.create(
-                            source=self.name,
-                            engine=self.engine_id,
-                            interval_start=began,
-                            interval_s=interval,
-                            counts=dict(counts),
-                            waiting=waiting,
-                        )
-                    ]
+                reports.append(
+                    ReportDemand.create(
+                        source=self.name,
+                        engine=self.engine_id,
+                        interval_start=began,
+                        interval_s=interval,
+                        counts=dict(counts),
+                        waiting=waiting,
+                    )
                 )
+            if traffic:
+                reports.append(
+                    TrafficObserved.create(
+                        source=self.name,
+                        engine=self.engine_id,
+                        interval_start=began,
+                        interval_s=interval,
+                        traffic={
+                            ref: RevisionTraffic(
+                                requests=t.requests, errors=t.errors, scored=t.scored, score_sum=t.score_sum
+                            )
+                            for ref, t in traffic.items()
+                        },
+                    )
+                )
+            if reports:
+                await log.append(reports)

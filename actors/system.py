@@ -9,6 +9,7 @@ import anyio
 
 from actors.catalog import CatalogActor
 from actors.engine_host import EngineHost
+from actors.evaluator import EngineFactory, EvaluatorActor
 from actors.faults import NO_FAULTS, Faults
 from actors.locks import actor_locks
 from actors.projector import CatalogProjector
@@ -22,11 +23,12 @@ from mint.home import Home
 from mint.serving.engine import Engine
 from mint.serving.fetch import AdapterFetcher
 
-ACTOR_NAMES = ("catalog", "projector", "trainer", "scheduler")
+ACTOR_NAMES = ("catalog", "projector", "trainer", "evaluator", "scheduler")
 
 
 class System:
-    """`only` runs a subset (one process per actor, on Kafka); by default every actor runs here."""
+    """`only` runs a subset (one process per actor, on Kafka); by default every actor runs here.
+    `evaluation_engines` builds the evaluator's own engine per base (default: a torch engine)."""
 
     def __init__(
         self,
@@ -37,6 +39,7 @@ class System:
         only: frozenset[str] | None = None,
         artifacts: ArtifactStore | None = None,
         engines: Mapping[str, Engine] | None = None,
+        evaluation_engines: EngineFactory | None = None,
     ) -> None:
         unknown = {n for n in (only or frozenset()) if n not in ACTOR_NAMES and not n.startswith("engine-")}
         if unknown:
@@ -50,6 +53,7 @@ class System:
         self.projector = CatalogProjector(home, faults)
         self.trainer = TrainerActor(home, self.artifacts, faults)
         fetcher = AdapterFetcher(self.artifacts, home.cache / "adapters")
+        self.evaluator = EvaluatorActor(home, fetcher, evaluation_engines, faults)
         self.engines = [
             EngineHost(home, engine, name, fetcher, faults) for name, engine in (engines or {}).items()
         ]
@@ -58,6 +62,7 @@ class System:
             self.catalog,
             self.projector,
             self.trainer,
+            self.evaluator,
             self.scheduler,
             *self.engines,
         ]
@@ -90,9 +95,10 @@ async def running(
     only: frozenset[str] | None = None,
     artifacts: ArtifactStore | None = None,
     engines: Mapping[str, Engine] | None = None,
+    evaluation_engines: EngineFactory | None = None,
 ) -> AsyncIterator[System]:
     """Start the actors (returns once all are ready); cancel them all on exit."""
-    system = System(home, log, faults, backoff, only, artifacts, engines)
+    system = System(home, log, faults, backoff, only, artifacts, engines, evaluation_engines)
     with actor_locks(home, [a.name for a in system.actors]):
         async with anyio.create_task_group() as tg:
             for host in system.engines:

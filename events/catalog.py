@@ -2,19 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta
 
 from events.envelope import Command, Fact
 from events.names import Name, PolicyName, RevisionId
 
 PromotionMode = Literal["manual", "auto"]
+Share = Annotated[float, Meta(ge=0.0, le=1.0)]
+Count = Annotated[int, Meta(ge=1)]
+
+
+class Gate(msgspec.Struct, kw_only=True, frozen=True):
+    """What a revision must show on `suite` before it may serve: no worse than the revision served
+    (or the base, when nothing is served yet) by more than `tolerance`, and at least `min_score`."""
+
+    suite: Name
+    tolerance: Annotated[float, Meta(ge=0.0)] = 0.0
+    min_score: float | None = None
+
+
+class Watch(msgspec.Struct, kw_only=True, frozen=True):
+    """Live signals that roll a served revision back on their own: its error rate over at least
+    `min_requests` requests, or its mean score on sampled live traffic (the gate suite's scorer, on
+    `sample_rate` of requests, at least `min_scored` of them) falling more than `max_score_drop`
+    below the score its evaluation gave it. Counted from the moment it started serving."""
+
+    max_error_rate: Share = 0.05
+    min_requests: Count = 20
+    sample_rate: Share = 0.25
+    max_score_drop: Annotated[float, Meta(ge=0.0)] | None = 0.15
+    min_scored: Count = 10
 
 
 class RegisterPolicy(Command, kw_only=True, frozen=True):
+    """`promotion`: "auto" promotes every revision that passes `gate`; "manual" waits for a Promote.
+    Without a gate, exports are evaluated only on request (RequestEvaluation)."""
+
     KEY_FIELD: ClassVar[str] = "policy"
     policy: PolicyName
     base_id: Name
     promotion: PromotionMode = "manual"
+    gate: Gate | None = None
+    watch: Watch | None = None
+
+
+class ConfigurePolicy(Command, kw_only=True, frozen=True):
+    """Change how a policy is promoted and watched; fields left out keep their value."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    promotion: PromotionMode | None = None
+    gate: Gate | None = None
+    watch: Watch | None = None
 
 
 class Promote(Command, kw_only=True, frozen=True):
@@ -51,6 +93,8 @@ class PolicyRegistered(Fact, kw_only=True, frozen=True):
     policy: PolicyName
     base_id: Name
     promotion: PromotionMode = "manual"
+    gate: Gate | None = None
+    watch: Watch | None = None
 
     @staticmethod
     def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +103,16 @@ class PolicyRegistered(Fact, kw_only=True, frozen=True):
         lifted["base_id"] = fields.get("base")
         lifted.setdefault("promotion", "manual")
         return lifted
+
+
+class PolicyConfigured(Fact, kw_only=True, frozen=True):
+    """The policy's promotion mode, gate and watch as they now are (all three, not a difference)."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    promotion: PromotionMode
+    gate: Gate | None = None
+    watch: Watch | None = None
 
 
 class RevisionPromoted(Fact, kw_only=True, frozen=True):

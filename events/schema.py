@@ -8,6 +8,8 @@ import msgspec
 
 from events.catalog import (
     CommandRejected,
+    ConfigurePolicy,
+    PolicyConfigured,
     PolicyRegistered,
     PolicyRetired,
     Promote,
@@ -18,7 +20,7 @@ from events.catalog import (
     Rollback,
 )
 from events.envelope import Command, Fact, Record
-from events.evaluation import EvaluationCompleted, RequestEvaluation
+from events.evaluation import EvaluationCompleted, EvaluationFailed, RequestEvaluation
 from events.serving import (
     AdapterEvicted,
     AdapterLoaded,
@@ -26,9 +28,11 @@ from events.serving import (
     EngineLost,
     EngineRegistered,
     ReportDemand,
+    TrafficObserved,
     WavePlanned,
 )
 from events.system import ActorRestarted
+from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
 from events.training import (
     RevisionExported,
     StartTraining,
@@ -41,6 +45,7 @@ from events.training import (
 RECORD_TYPES: tuple[type[Record], ...] = (
     # commands
     RegisterPolicy,
+    ConfigurePolicy,
     Promote,
     Rollback,
     RetirePolicy,
@@ -49,6 +54,7 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     ReportDemand,
     # facts
     PolicyRegistered,
+    PolicyConfigured,
     RevisionPromoted,
     RevisionRolledBack,
     PolicyRetired,
@@ -59,13 +65,18 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     TrainingFinished,
     TrainingFailed,
     EvaluationCompleted,
+    EvaluationFailed,
     EngineRegistered,
     WavePlanned,
     AdapterLoaded,
     AdapterLoadFailed,
     AdapterEvicted,
     EngineLost,
+    TrafficObserved,
     ActorRestarted,
+    TrainingClientCreated,
+    CheckpointSaved,
+    SamplerCreated,
 )
 
 BY_NAME: dict[str, type[Record]] = {cls.__name__: cls for cls in RECORD_TYPES}

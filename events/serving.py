@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar, Literal
 
+import msgspec
+
 from events.envelope import Command, Fact
 from events.names import Name, PolicyName, RevisionId
 
@@ -86,3 +88,22 @@ class EngineLost(Fact, kw_only=True, frozen=True):
     SYSTEM: ClassVar[bool] = True
     engine: Name
     reason: str
+
+
+class RevisionTraffic(msgspec.Struct, kw_only=True, frozen=True):
+    requests: int = 0
+    errors: int = 0
+    scored: int = 0
+    score_sum: float = 0.0
+
+
+class TrafficObserved(Fact, kw_only=True, frozen=True):
+    """What one engine saw of live traffic over one interval, per revision ref: requests, those that
+    failed, and the scores of the sampled ones. Aggregated, never one record per request."""
+
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    interval_start: datetime
+    interval_s: float
+    traffic: dict[str, RevisionTraffic]

@@ -60,5 +60,10 @@ class Home:
         return self.root / "artifacts"
 
     @property
+    def suites(self) -> Path:
+        """Evaluation suites of your own: `suites/<name>.json` (mint/evaluation/suites.py)."""
+        return self.root / "suites"
+
+    @property
     def cache(self) -> Path:
         return self.root / "cache"

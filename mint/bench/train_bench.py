@@ -27,17 +27,13 @@ from mint.bases.load import load_base
 from mint.lora.multi import MultiLora
 from mint.training.multi_policy import MultiPolicyTrainer, TrainConfig
 from mint.training.sampling import sample
-from mint.training.tasks import parse_task
+from mint.training.tasks import parse_task, word_token
 
 Say = Callable[[str], None]
 
 
 def _trainer(base: Path, policies: list[str], steps: int, seed: int = 0) -> MultiPolicyTrainer:
     model, tokenizer = load_base(base)
-
-    def token_id(word: str) -> int:
-        return int(tokenizer.encode(" " + word, add_special_tokens=False)[0])
-
     # q,v only: the common serving setup, and mergeable on bases whose lm_head is tied to the embeddings.
     config = TrainConfig(
         steps=steps,
@@ -47,7 +43,8 @@ def _trainer(base: Path, policies: list[str], steps: int, seed: int = 0) -> Mult
         prompts_per_step=2,
         max_new_tokens=16,
     )
-    return MultiPolicyTrainer(model, tokenizer, policies, parse_task("token:the", token_id), config)
+    task = parse_task("token:the", word_token(tokenizer))
+    return MultiPolicyTrainer(model, tokenizer, policies, task, config)
 
 
 def _rollouts(engine: MultiLora, tokenizer: Any, slot: str | None, seed: int) -> None:

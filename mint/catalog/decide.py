@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from events.catalog import (
     CommandRejected,
+    ConfigurePolicy,
+    PolicyConfigured,
     PolicyRegistered,
     PolicyRetired,
     Promote,
@@ -21,7 +23,8 @@ from events.catalog import (
     RevisionRolledBack,
     Rollback,
 )
-from events.envelope import Command, Fact
+from events.envelope import Command, Fact, Record
+from events.evaluation import EvaluationCompleted
 from events.names import tenant_of
 from mint.catalog.rows import POLICIES, REVISIONS, PolicyRow, RevisionRow
 from mint.projection.store import Rows
@@ -43,7 +46,7 @@ def _answer(command: Command, fact: type[F], **fields: Any) -> F:
     return fact.create(id=f"{command.id}/0", cause=command, source=SOURCE, **fields)
 
 
-def _policy(command: Promote | Rollback | RetirePolicy, rows: Rows) -> PolicyRow:
+def _policy(command: Promote | Rollback | RetirePolicy | ConfigurePolicy, rows: Rows) -> PolicyRow:
     _owner(command, command.policy)
     row: PolicyRow | None = rows.get(POLICIES, command.policy)
     if row is None:
@@ -64,6 +67,8 @@ def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
     if existing is not None:
         state = "retired; register a new name" if existing.status == "retired" else "already registered"
         raise Refusal(f"policy {command.policy!r} is {state}", "policy")
+    if command.promotion == "auto" and command.gate is None:
+        raise Refusal("automatic promotion needs a gate: give the suite its revisions must pass", "gate")
     return [
         _answer(
             command,
@@ -71,6 +76,26 @@ def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
             policy=command.policy,
             base_id=command.base_id,
             promotion=command.promotion,
+            gate=command.gate,
+            watch=command.watch,
+        )
+    ]
+
+
+def configure(command: ConfigurePolicy, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    promotion = command.promotion or policy.promotion
+    gate = command.gate or policy.gate
+    if promotion == "auto" and gate is None:
+        raise Refusal("automatic promotion needs a gate: give the suite its revisions must pass", "gate")
+    return [
+        _answer(
+            command,
+            PolicyConfigured,
+            policy=command.policy,
+            promotion=promotion,
+            gate=gate,
+            watch=command.watch or policy.watch,
         )
     ]
 
@@ -87,19 +112,7 @@ def promote(command: Promote, rows: Rows) -> list[Fact]:
         )
     if policy.pointer == command.revision:
         raise Refusal(f"{ref} is already serving", "revision")
-    if revision.eval_verdict is None:
-        raise Refusal(
-            f"{ref} has no evaluation; request one (RequestEvaluation) before promoting", "revision"
-        )
-    if revision.eval_verdict != "pass":
-        baseline = (
-            f" against baseline {revision.eval_baseline_score:.4g}" if revision.eval_baseline_score else ""
-        )
-        raise Refusal(
-            f"{ref} failed evaluation {revision.eval_suite} v{revision.eval_suite_version}: "
-            f"score {revision.eval_score:.4g}{baseline}",
-            "revision",
-        )
+    _require_passed(ref, revision)
     return [
         _answer(
             command,
@@ -110,6 +123,48 @@ def promote(command: Promote, rows: Rows) -> list[Fact]:
             reason=command.reason,
         )
     ]
+
+
+def _require_passed(ref: str, revision: RevisionRow) -> None:
+    """A revision serves only after its latest evaluation passed. A person promoting by hand may
+    rely on a verdict against an older pointer; automatic promotion may not (auto_promote)."""
+    if revision.eval_verdict is None:
+        raise Refusal(
+            f"{ref} has no evaluation; request one (RequestEvaluation) before promoting", "revision"
+        )
+    if revision.eval_verdict == "error":
+        raise Refusal(f"{ref} could not be evaluated: {revision.eval_detail}", "revision")
+    if revision.eval_verdict != "pass":
+        raise Refusal(
+            f"{ref} failed evaluation {revision.eval_suite} v{revision.eval_suite_version}: "
+            f"{revision.eval_detail or f'score {revision.eval_score:.4g}'}",
+            "revision",
+        )
+
+
+def auto_promote(fact: EvaluationCompleted, rows: Rows) -> list[Fact]:
+    """An evaluation that passed promotes its revision on its own when the policy says so. The
+    evaluation must have compared against what the policy still serves: a verdict against an older
+    pointer proves nothing about the newer one."""
+    policy: PolicyRow | None = rows.get(POLICIES, fact.policy)
+    revision: RevisionRow | None = rows.get(REVISIONS, fact.policy, fact.revision)
+    if policy is None or revision is None or policy.promotion != "auto" or policy.status != "active":
+        return []
+    if fact.verdict != "pass" or policy.pointer == fact.revision or revision.base_id != policy.base_id:
+        return []
+    if fact.baseline_revision != policy.pointer:
+        return []
+    reason = f"auto: passed {fact.suite} v{fact.suite_version} ({fact.detail})"
+    promoted = RevisionPromoted.create(
+        id=f"{fact.id}/promote",
+        cause=fact,
+        source=SOURCE,
+        policy=fact.policy,
+        revision=fact.revision,
+        previous=policy.pointer,
+        reason=reason,
+    )
+    return [promoted]
 
 
 def rollback(command: Rollback, rows: Rows) -> list[Fact]:
@@ -155,10 +210,19 @@ def retire(command: RetirePolicy, rows: Rows) -> list[Fact]:
 
 DECIDERS: dict[str, Callable[..., list[Fact]]] = {
     "RegisterPolicy": register,
+    "ConfigurePolicy": configure,
     "Promote": promote,
     "Rollback": rollback,
     "RetirePolicy": retire,
 }
+
+
+# Facts the catalog actor answers, too: the ones that move a pointer on the policy's own rules.
+REACTIONS: dict[str, Callable[..., list[Fact]]] = {"EvaluationCompleted": auto_promote}
+
+
+def react(fact: Record, rows: Rows) -> list[Fact]:
+    return REACTIONS[type(fact).__name__](fact, rows)
 
 
 def decide(command: Command, rows: Rows) -> list[Fact]:

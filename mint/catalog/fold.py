@@ -7,13 +7,14 @@ from msgspec.structs import replace
 
 from events.catalog import (
     CommandRejected,
+    PolicyConfigured,
     PolicyRegistered,
     PolicyRetired,
     RevisionPromoted,
     RevisionRolledBack,
 )
 from events.envelope import Record
-from events.evaluation import EvaluationCompleted
+from events.evaluation import EvaluationCompleted, EvaluationFailed
 from events.names import tenant_of
 from events.serving import (
     AdapterEvicted,
@@ -21,6 +22,7 @@ from events.serving import (
     AdapterLoadFailed,
     EngineLost,
     EngineRegistered,
+    TrafficObserved,
     WavePlanned,
 )
 from events.system import ActorRestarted
@@ -38,6 +40,7 @@ from mint.catalog.rows import (
     RUNS,
     SERVING_MOVES,
     STEPS,
+    TRAFFIC,
     WAVES,
     EngineRow,
     EvaluationRow,
@@ -50,6 +53,7 @@ from mint.catalog.rows import (
     RunRow,
     ServingMove,
     StepRow,
+    TrafficRow,
     WaveRow,
 )
 from mint.projection.store import Fold, Poison, Rows
@@ -80,7 +84,28 @@ def policy_registered(fact: PolicyRegistered, rows: Rows) -> None:
     at = _at(fact)
     rows.put(
         POLICIES,
-        PolicyRow(fact.policy, tenant, name, fact.base_id, fact.promotion, "active", None, (), at, at),
+        PolicyRow(
+            fact.policy,
+            tenant,
+            name,
+            fact.base_id,
+            fact.promotion,
+            "active",
+            None,
+            (),
+            at,
+            at,
+            gate=fact.gate,
+            watch=fact.watch,
+        ),
+    )
+
+
+def policy_configured(fact: PolicyConfigured, rows: Rows) -> None:
+    row = _policy(fact, rows, fact.policy)
+    rows.put(
+        POLICIES,
+        replace(row, promotion=fact.promotion, gate=fact.gate, watch=fact.watch, updated_at=_at(fact)),
     )
 
 
@@ -115,7 +140,7 @@ def revision_exported(fact: RevisionExported, rows: Rows) -> None:
 
 
 def evaluation_completed(fact: EvaluationCompleted, rows: Rows) -> None:
-    _check_tenant(fact, fact.policy)
+    revision = _revision(fact, rows, fact.policy, fact.revision)
     at = _at(fact)
     rows.add(
         EVALUATIONS,
@@ -131,11 +156,10 @@ def evaluation_completed(fact: EvaluationCompleted, rows: Rows) -> None:
             fact.baseline_score,
             fact.delta,
             at,
+            fact.samples,
+            fact.detail,
         ),
     )
-    revision: RevisionRow | None = rows.get(REVISIONS, fact.policy, fact.revision)
-    if revision is None:
-        raise Poison(f"revision: {fact.policy}@{fact.revision} was never exported")
     rows.put(
         REVISIONS,
         replace(
@@ -147,8 +171,37 @@ def evaluation_completed(fact: EvaluationCompleted, rows: Rows) -> None:
             eval_delta=fact.delta,
             eval_verdict=fact.verdict,
             evaluated_at=at,
+            eval_baseline_revision=fact.baseline_revision,
+            eval_detail=fact.detail,
         ),
     )
+
+
+def evaluation_failed(fact: EvaluationFailed, rows: Rows) -> None:
+    revision = _revision(fact, rows, fact.policy, fact.revision)
+    rows.put(
+        REVISIONS,
+        replace(
+            revision,
+            eval_suite=fact.suite,
+            eval_suite_version=None,
+            eval_score=None,
+            eval_baseline_score=None,
+            eval_delta=None,
+            eval_verdict="error",
+            evaluated_at=_at(fact),
+            eval_baseline_revision=None,
+            eval_detail=fact.reason,
+        ),
+    )
+
+
+def _revision(fact: Record, rows: Rows, policy: str, revision: str) -> RevisionRow:
+    _check_tenant(fact, policy)
+    row: RevisionRow | None = rows.get(REVISIONS, policy, revision)
+    if row is None:
+        raise Poison(f"revision: {policy}@{revision} was never exported")
+    return row
 
 
 def revision_promoted(fact: RevisionPromoted, rows: Rows) -> None:
@@ -157,6 +210,7 @@ def revision_promoted(fact: RevisionPromoted, rows: Rows) -> None:
     rows.put(
         POLICIES, replace(row, pointer=fact.revision, served=(*row.served, fact.revision), updated_at=at)
     )
+    rows.delete(TRAFFIC, fact.policy, fact.revision)  # the watch counts from the start of this serving
     rows.add(
         SERVING_MOVES,
         ServingMove(
@@ -186,6 +240,25 @@ def revision_rolled_back(fact: RevisionRolledBack, rows: Rows) -> None:
             fact.causation,
         ),
     )
+
+
+def traffic_observed(fact: TrafficObserved, rows: Rows) -> None:
+    at = _at(fact)
+    for ref, seen in fact.traffic.items():
+        policy, _, revision = ref.partition("@")
+        row: TrafficRow | None = rows.get(TRAFFIC, policy, revision)
+        base = row or TrafficRow(policy, revision, 0, 0, 0, 0.0, at)
+        rows.put(
+            TRAFFIC,
+            replace(
+                base,
+                requests=base.requests + seen.requests,
+                errors=base.errors + seen.errors,
+                scored=base.scored + seen.scored,
+                score_sum=base.score_sum + seen.score_sum,
+                updated_at=at,
+            ),
+        )
 
 
 def command_rejected(fact: CommandRejected, rows: Rows) -> None:
@@ -322,9 +395,11 @@ CATALOG_FOLD = Fold(
     tables=CATALOG_TABLES,
     handlers={
         "PolicyRegistered": policy_registered,
+        "PolicyConfigured": policy_configured,
         "PolicyRetired": policy_retired,
         "RevisionExported": revision_exported,
         "EvaluationCompleted": evaluation_completed,
+        "EvaluationFailed": evaluation_failed,
         "RevisionPromoted": revision_promoted,
         "RevisionRolledBack": revision_rolled_back,
         "CommandRejected": command_rejected,
@@ -338,6 +413,7 @@ CATALOG_FOLD = Fold(
         "AdapterLoaded": adapter_loaded,
         "AdapterEvicted": adapter_evicted,
         "AdapterLoadFailed": adapter_load_failed,
+        "TrafficObserved": traffic_observed,
         "ActorRestarted": actor_restarted,
     },
 )

@@ -6,19 +6,30 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TypeVar
 
+from events.log import Position
 from mint.catalog.rows import (
+    ENGINES,
+    EVALUATIONS,
+    LOAD_FAILURES,
     POLICIES,
     REJECTIONS,
+    RESIDENCY,
     REVISIONS,
     RUNS,
     SERVING_MOVES,
     STEPS,
+    WAVES,
+    EngineRow,
+    EvaluationRow,
+    LoadFailureRow,
     PolicyRow,
     RejectionRow,
+    ResidencyRow,
     RevisionRow,
     RunRow,
     ServingMove,
     StepRow,
+    WaveRow,
 )
 from mint.projection.store import DEAD_LETTERS, DeadLetter
 from mint.projection.table import Table
@@ -101,6 +112,44 @@ class Catalog:
         return self._rows(
             POLICIES, " AND ".join(clauses) + f" ORDER BY policy LIMIT {int(limit)}", tuple(args)
         )
+
+    def evaluations(self, policy: str) -> list[EvaluationRow]:
+        return self._rows(EVALUATIONS, "policy = ?", (policy,), "at, id")
+
+    def outcome(self, policy: str, command_id: str) -> ServingMove | RejectionRow | None:
+        """What became of a command on `policy`: the pointer move it caused, its rejection, or None
+        while it is undecided (or not yet projected). Both lookups walk the policy's own index."""
+        moves = [m for m in self.serving_history(policy) if m.causation == command_id]
+        if moves:
+            return moves[0]
+        refused = [r for r in self.rejections(policy) if r.command_id == command_id]
+        return refused[0] if refused else None
+
+    def runs(self, tenant: str | None = None, limit: int = 100) -> list[RunRow]:
+        where, args = ("tenant = ?", (tenant,)) if tenant else ("1", ())
+        return self._rows(RUNS, where, args, f"run LIMIT {int(limit)}")
+
+    def engines(self) -> list[EngineRow]:
+        return self._rows(ENGINES, "1", (), "engine")
+
+    def residency(self, engine: str) -> list[ResidencyRow]:
+        return self._rows(RESIDENCY, "engine = ?", (engine,), "tier, policy, revision")
+
+    def residency_counts(self) -> dict[tuple[str, str], int]:
+        """(engine, tier) -> adapters resident there."""
+        sql = "SELECT engine, tier, count(*) FROM residency GROUP BY engine, tier"
+        return {(e, t): int(n) for e, t, n in self._con.execute(sql)}
+
+    def waves(self, engine: str, limit: int = 20) -> list[WaveRow]:
+        """The engine's latest waves, newest first."""
+        return self._rows(WAVES, "engine = ?", (engine,), f"wave DESC LIMIT {int(limit)}")
+
+    def load_failures(self, engine: str, limit: int = 20) -> list[LoadFailureRow]:
+        return self._rows(LOAD_FAILURES, "engine = ?", (engine,), f"at DESC LIMIT {int(limit)}")
+
+    def position(self) -> Position:
+        """The projection's checkpoint: it moves exactly when facts have been folded in."""
+        return dict(self._con.execute("SELECT partition, next_offset FROM _checkpoint"))
 
     def counts(self) -> dict[str, int]:
         tables = ("policies", "revisions", "serving_moves", "runs", "engines", "residency", "dead_letters")

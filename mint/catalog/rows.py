@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from events.catalog import Gate, Watch
 from mint.projection.table import Row, Table
 
 
@@ -18,6 +19,8 @@ class PolicyRow(Row, frozen=True):
     served: tuple[str, ...]  # revisions served in order; a rollback returns to an earlier one
     registered_at: str
     updated_at: str
+    gate: Gate | None = None
+    watch: Watch | None = None
 
 
 class RevisionRow(Row, frozen=True):
@@ -38,8 +41,10 @@ class RevisionRow(Row, frozen=True):
     eval_score: float | None = None
     eval_baseline_score: float | None = None
     eval_delta: float | None = None
-    eval_verdict: str | None = None
+    eval_verdict: str | None = None  # pass | fail | error (the evaluation could not run)
     evaluated_at: str | None = None
+    eval_baseline_revision: str | None = None
+    eval_detail: str = ""
 
 
 class ServingMove(Row, frozen=True):
@@ -68,6 +73,20 @@ class EvaluationRow(Row, frozen=True):
     baseline_score: float | None
     delta: float | None
     at: str
+    samples: int = 0
+    detail: str = ""
+
+
+class TrafficRow(Row, frozen=True):
+    """Live traffic of one revision since it last started serving (a promotion resets it)."""
+
+    policy: str
+    revision: str
+    requests: int
+    errors: int
+    scored: int
+    score_sum: float
+    updated_at: str
 
 
 class RunRow(Row, frozen=True):
@@ -181,6 +200,7 @@ EVALUATIONS = Table(
     indexes=(("policy", "revision"),),
     append_only=True,
 )
+TRAFFIC = Table("traffic", TrafficRow, key=("policy", "revision"))
 RUNS = Table("runs", RunRow, key=("run",), columns=("tenant", "status"), indexes=(("tenant",),))
 STEPS = Table("steps", StepRow, key=("run", "policy", "step"), append_only=True)
 ENGINES = Table("engines", EngineRow, key=("engine",), columns=("status",))
@@ -204,6 +224,7 @@ CATALOG_TABLES = (
     REVISIONS,
     SERVING_MOVES,
     EVALUATIONS,
+    TRAFFIC,
     RUNS,
     STEPS,
     ENGINES,

@@ -15,7 +15,7 @@ from mint.catalog.rows import RunRow
 from mint.home import Home
 from mint.training import checkpoint
 from mint.training.multi_policy import MultiPolicyTrainer, TrainConfig
-from mint.training.tasks import parse_task
+from mint.training.tasks import parse_task, word_token
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,9 @@ class TrainingSession:
     @classmethod
     def open(cls, home: Home, run: RunRow) -> TrainingSession:
         model, tokenizer = load_base(home.base(run.base_id))
-
-        def token_id(word: str) -> int:
-            return int(tokenizer.encode(" " + word, add_special_tokens=False)[0])
-
         config = TrainConfig.from_dict(run.config, run.steps)
         trainer = MultiPolicyTrainer(
-            model, tokenizer, list(run.policies), parse_task(run.task, token_id), config
+            model, tokenizer, list(run.policies), parse_task(run.task, word_token(tokenizer)), config
         )
         latest = checkpoint.latest(home.run_checkpoints(run.run))
         completed = checkpoint.restore(trainer, latest) if latest else 0

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mint.training.rewards import Reward, RewardSpecError, parse_reward
 
@@ -48,6 +49,11 @@ class Task:
     @property
     def algo(self) -> str:
         return "grpo" if self.reward is not None else "sft"
+
+
+def word_token(tokenizer: Any) -> Callable[[str], int]:
+    """`token:WORD` rewards count the token a word gets after a space, as it appears mid-sentence."""
+    return lambda word: int(tokenizer.encode(" " + word, add_special_tokens=False)[0])
 
 
 def parse_task(spec: str, token_id_of: Callable[[str], int]) -> Task:

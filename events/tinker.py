@@ -1,0 +1,56 @@
+"""Facts of the Tinker-compatible API (mint/tinker/): training clients, checkpoints and samplers.
+
+A Tinker training client trains one policy (`tenant/name`) on a resident base. Its optimizer steps
+are ordinary `StepCompleted` facts and its named sampler weights ordinary `RevisionExported` facts, so
+the catalog, evaluation, promotion and `mint replay audit` treat a Tinker-trained adapter like any
+other. The records here add what only the Tinker path has: the client's ids and its checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from events.envelope import Fact
+from events.names import Name, PolicyName, RevisionId
+
+CheckpointKind = Literal["training", "sampler"]
+
+
+class TrainingClientCreated(Fact, kw_only=True, frozen=True):
+    """`model_id` is the client's id (`<session>:train:<n>`); `run` names its steps and exports."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    model_id: str
+    session_id: str
+    run: PolicyName
+    base_id: Name
+    rank: int
+    alpha: float
+    targets: list[str]
+    loaded_from: str | None = None  # a tinker:// checkpoint the client started from
+
+
+class CheckpointSaved(Fact, kw_only=True, frozen=True):
+    """A `training` checkpoint holds the adapter and the optimizer state (resumable); a `sampler` one
+    the adapter only, and is also exported as `revision`."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    model_id: str
+    path: str  # tinker://<model_id>/<weights|sampler_weights>/<name>
+    kind: CheckpointKind
+    bytes: int
+    revision: RevisionId | None = None
+
+
+class SamplerCreated(Fact, kw_only=True, frozen=True):
+    """A sampling session: over a policy's adapter (`policy` set; keyed by it) or the base alone
+    (keyed by `tenant/<session>`)."""
+
+    KEY_FIELD: ClassVar[str] = "subject"
+    subject: PolicyName
+    sampler_id: str
+    base_id: Name
+    policy: PolicyName | None = None
+    model_path: str | None = None
