@@ -5,7 +5,9 @@ needs a token with the reader role; a model of a tenant the token does not see i
 a missing one (404), so names do not leak across tenants. Errors use
 OpenAI's shape and say which field or model is at fault: 400 for a bad request, 404 for an unknown
 model, 429 with Retry-After when the engine's queue is full, 503 with Retry-After when a cold adapter
-was not loaded within the deadline.
+was not loaded within the deadline, 500 when the engine failed the request. Every answer names the
+revision that produced it in the `x-mint-revision` header (`tenant/name@rev`), so a client (and the
+demo) sees a rollback take effect.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from events.names import tenant_of
 from mint.api.auth import AuthError, require
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
-from mint.serving.engine import AdapterNotLoaded, Completion, Delta, SamplingParams
+from mint.serving.engine import AdapterNotLoaded, Completion, Delta, EngineError, SamplingParams
 from mint.serving.torch_engine import Overloaded
 
 RETRY_AFTER_S = "1"
@@ -117,6 +119,8 @@ def _errors(exc: Exception) -> ApiError | AuthError:
         return ApiError(429, str(exc), headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(exc, ColdLoadTimeout | AdapterNotLoaded):
         return ApiError(503, str(exc), headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, EngineError):
+        return ApiError(500, f"the engine failed this request: {exc}")
     raise exc
 
 
@@ -156,20 +160,26 @@ def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> list[Rout
                 if chat
                 else body.prompt
             )
-            first, stream = await _first(host.generate(body.model, prompt, params))
+            ref = host.resolve(body.model)  # pinned here, so the header names what really answered
+            first, stream = await _first(host.generate(ref, prompt, params))
         except Exception as exc:
             return _errors(exc).response()
+        answered = {"x-mint-revision": ref}
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
             return StreamingResponse(
-                _sse(ident, created, body.model, chat, first, stream), media_type="text/event-stream"
+                _sse(ident, created, body.model, chat, first, stream),
+                media_type="text/event-stream",
+                headers=answered,
             )
         out = Completion(prompt_tokens=host.engine.count_tokens(prompt))
         out.add(first)
         async for delta in stream:
             out.add(delta)
-        return JSONResponse(_whole(ident, created, body.model, chat, out, bool(body.logprobs)))
+        return JSONResponse(
+            _whole(ident, created, body.model, chat, out, bool(body.logprobs)), headers=answered
+        )
 
     async def completions(request: Request) -> Response:
         return await serve(request, chat=False)
