@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from actors.system import System
+from mint.api.console import routes as console_routes
 from mint.api.ingest import routes as ingest_routes
+from mint.api.metrics import Metrics
 from mint.api.openai import routes as openai_routes
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
@@ -23,12 +26,16 @@ def create_app(system: System, tokens: TokenStore, limits: IngestLimits | None =
         # Open to probes (load balancers carry no token), so it says nothing about tenants.
         return JSONResponse({"status": "ok", "engines": len(system.engines)})
 
+    metrics = Metrics(system, catalog)
     app = Starlette(
         routes=[
             Route("/healthz", health),
-            *openai_routes(system.engines, catalog),
+            *openai_routes(system.engines, catalog, metrics.in_flight),
             *ingest_routes(system.log, limits or IngestLimits()),
-        ]
+            *console_routes(catalog, system.log, metrics.in_flight.snapshot),
+            *metrics.routes(),
+        ],
+        middleware=[Middleware(metrics.middleware)],
     )
     app.state.tokens = tokens
     return app

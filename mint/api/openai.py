@@ -23,8 +23,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from actors.engine_host import ColdLoadTimeout, EngineHost, ModelNotFound
+from events.codec import field_of
 from events.names import tenant_of
 from mint.api.auth import AuthError, require
+from mint.api.metrics import InFlight, released
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
 from mint.serving.engine import AdapterNotLoaded, Completion, Delta, EngineError, SamplingParams
@@ -91,8 +93,7 @@ async def _decode(request: Request, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(await request.body(), type=kind)
     except msgspec.ValidationError as exc:
-        field = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else None
-        raise ApiError(400, f"invalid request: {exc}", field) from None
+        raise ApiError(400, f"invalid request: {exc}", field_of(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the body is not JSON: {exc}") from None
 
@@ -130,7 +131,7 @@ async def _first(stream: AsyncIterator[Delta]) -> tuple[Delta, AsyncIterator[Del
     return first, stream
 
 
-def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> list[Route]:
+def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], in_flight: InFlight) -> list[Route]:
     async def models(request: Request) -> Response:
         try:
             principal = require(request, "reader")
@@ -161,7 +162,12 @@ def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> list[Rout
                 else body.prompt
             )
             ref = host.resolve(body.model)  # pinned here, so the header names what really answered
-            first, stream = await _first(host.generate(ref, prompt, params))
+            leave = in_flight.enter(host.engine_id)
+            try:
+                first, stream = await _first(host.generate(ref, prompt, params))
+            except BaseException:
+                leave()
+                raise
         except Exception as exc:
             return _errors(exc).response()
         answered = {"x-mint-revision": ref}
@@ -169,14 +175,17 @@ def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog]) -> list[Rout
         created = int(time.time())
         if body.stream:
             return StreamingResponse(
-                _sse(ident, created, body.model, chat, first, stream),
+                released(_sse(ident, created, body.model, chat, first, stream), leave),
                 media_type="text/event-stream",
                 headers=answered,
             )
-        out = Completion(prompt_tokens=host.engine.count_tokens(prompt))
-        out.add(first)
-        async for delta in stream:
-            out.add(delta)
+        try:
+            out = Completion(prompt_tokens=host.engine.count_tokens(prompt))
+            out.add(first)
+            async for delta in stream:
+                out.add(delta)
+        finally:
+            leave()
         return JSONResponse(
             _whole(ident, created, body.model, chat, out, bool(body.logprobs)), headers=answered
         )

@@ -147,6 +147,10 @@ class Catalog:
     def load_failures(self, engine: str, limit: int = 20) -> list[LoadFailureRow]:
         return self._rows(LOAD_FAILURES, "engine = ?", (engine,), f"at DESC LIMIT {int(limit)}")
 
+    def load_failure_counts(self) -> dict[str, int]:
+        sql = "SELECT engine, count(*) FROM load_failures GROUP BY engine"
+        return {e: int(n) for e, n in self._con.execute(sql)}
+
     def position(self) -> Position:
         """The projection's checkpoint: it moves exactly when facts have been folded in."""
         return dict(self._con.execute("SELECT partition, next_offset FROM _checkpoint"))

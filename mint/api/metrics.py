@@ -1,0 +1,186 @@
+"""`GET /metrics` for Prometheus, and the request accounting behind it.
+
+Scraped values are read when Prometheus asks: log end offsets and each local actor's checkpoint (lag),
+the catalog's residency per engine and tier, waves and load failures; the API itself counts request
+latency per route and requests in flight per engine (the engines' queues as the API sees them). It
+needs a reader token of the operator tenant (`_system`), since it spans every tenant's traffic.
+
+    mint_log_records_total                          records on the log (rate(): records/s)
+    mint_actor_lag_records{actor}                   records on the log the actor has not handled yet
+    mint_adapters_resident{engine,tier}             adapters resident per tier
+    mint_engine_wave{engine}                        waves executed (a counter per engine)
+    mint_adapter_load_failures_total{engine}        loads that failed
+    mint_engine_requests_in_flight{engine}          inference requests queued or running
+    mint_http_request_duration_seconds{route,method,status}   request latency histogram
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actors.system import System
+from events.names import SYSTEM_TENANT
+from mint.api.auth import AuthError, require
+from mint.catalog.queries import Catalog, ProjectionMissing
+
+
+class InFlight:
+    """Inference requests per engine between arrival and their last token."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def enter(self, engine: str) -> Callable[[], None]:
+        """Count one request; the returned callable uncounts it (once, however often it is called)."""
+        self.counts[engine] += 1
+        done = False
+
+        def leave() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.counts[engine] -= 1
+
+        return leave
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+async def released(stream: AsyncIterator[bytes], leave: Callable[[], None]) -> AsyncIterator[bytes]:
+    """A streamed body that uncounts its request when it ends, however it ends."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        leave()
+
+
+class _Scrape(Collector):
+    """Values read at scrape time (set by the endpoint just before it renders the registry)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.values
+        if not v:
+            return
+        records = CounterMetricFamily("mint_log_records", "Records on the log (all partitions).")
+        records.add_metric([], v["records"])
+        yield records
+        lag = GaugeMetricFamily(
+            "mint_actor_lag_records", "Records the actor has not handled.", labels=["actor"]
+        )
+        for actor, n in v["lag"].items():
+            lag.add_metric([actor], n)
+        yield lag
+        resident = GaugeMetricFamily(
+            "mint_adapters_resident", "Adapters resident per engine and tier.", labels=["engine", "tier"]
+        )
+        for (engine, tier), n in v["resident"].items():
+            resident.add_metric([engine, tier], n)
+        yield resident
+        waves = CounterMetricFamily("mint_engine_wave", "Waves executed per engine.", labels=["engine"])
+        failures = CounterMetricFamily(
+            "mint_adapter_load_failures", "Adapter loads that failed.", labels=["engine"]
+        )
+        for engine, (wave, failed) in v["engines"].items():
+            waves.add_metric([engine], wave)
+            failures.add_metric([engine], failed)
+        yield waves
+        yield failures
+        in_flight = GaugeMetricFamily(
+            "mint_engine_requests_in_flight", "Inference requests queued or running.", labels=["engine"]
+        )
+        for engine, n in v["in_flight"].items():
+            in_flight.add_metric([engine], n)
+        yield in_flight
+
+
+class Metrics:
+    def __init__(self, system: System, catalog: Callable[[], Catalog]) -> None:
+        self.system = system
+        self.catalog = catalog
+        self.in_flight = InFlight()
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "mint_http_request_duration_seconds",
+            "HTTP request latency until the response starts.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self._scrape = _Scrape()
+        self.registry.register(self._scrape)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            began = time.perf_counter()
+
+            async def first(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    route = scope.get("route")
+                    self.latency.labels(
+                        getattr(route, "path", "unmatched"), scope["method"], str(message["status"])
+                    ).observe(time.perf_counter() - began)
+                await send(message)
+
+            await app(scope, receive, first)
+
+        return timed
+
+    async def _read(self) -> dict[str, Any]:
+        end = await self.system.log.end_offsets()
+        lag = {
+            a.name: sum(max(0, o - a.progress.position.get(p, 0)) for p, o in end.items())
+            for a in self.system.actors
+        }
+        resident: dict[tuple[str, str], int] = {}
+        engines: dict[str, tuple[int, int]] = {}
+        try:
+            view = self.catalog()
+        except ProjectionMissing:
+            pass
+        else:
+            try:
+                resident = view.residency_counts()
+                failed = view.load_failure_counts()
+                engines = {e.engine: (e.wave, failed.get(e.engine, 0)) for e in view.engines()}
+            finally:
+                view.close()
+        return {
+            "records": sum(end.values()),
+            "lag": lag,
+            "resident": resident,
+            "engines": engines,
+            "in_flight": self.in_flight.snapshot(),
+        }
+
+    def routes(self) -> list[Route]:
+        async def metrics(request: Request) -> Response:
+            try:
+                principal = require(request, "reader")
+                if principal.tenant != SYSTEM_TENANT:
+                    raise AuthError(
+                        403, f"/metrics spans every tenant: use a token of tenant {SYSTEM_TENANT!r}"
+                    )
+            except AuthError as exc:
+                return exc.response()
+            self._scrape.values = await self._read()
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return [Route("/metrics", metrics)]

@@ -1,0 +1,1 @@
+"""The admin console's page and script, served by the API at /admin/ (mint/api/console.py)."""

@@ -1,0 +1,298 @@
+// The MinT admin console: reads the JSON API under /admin/api (projections only) with the token the
+// user signs in with, re-renders the current view whenever the catalog folds new facts (the SSE
+// stream at /admin/api/stream), and appends Promote / Rollback commands from the admin buttons.
+"use strict";
+
+const view = document.getElementById("view");
+let me = null;
+
+function token() { return sessionStorage.getItem("mint-token") || ""; }
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(`/admin/api${path}`, {
+    ...options,
+    headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/json" },
+  });
+  const body = await response.json();
+  if (response.status === 401) { signOut(body.error.message); throw new Error(body.error.message); }
+  if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+  return body;
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("mint-token");
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-error").textContent = message || "";
+}
+
+function table(headers, rows) {
+  const head = headers.map((h) => `<th>${esc(h)}</th>`).join("");
+  const body = rows.map((r) => `<tr>${r.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("");
+  return `<table><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table>`;
+}
+
+function policyLink(policy) { return `<a href="#/policy/${esc(policy)}">${esc(policy)}</a>`; }
+
+// --- policies: paged search by tenant/name prefix, status and base ---
+let searchState = { prefix: "", status: "", base: "", pages: [""] };
+
+async function renderPolicies() {
+  const s = searchState;
+  const after = s.pages[s.pages.length - 1];
+  const q = new URLSearchParams({ prefix: s.prefix, status: s.status, base: s.base, after, limit: "50" });
+  const page = await api(`/policies?${q}`);
+  const rows = page.policies.map((p) => [
+    policyLink(p.policy), esc(p.status), esc(p.base_id), `<span class="pointer">${esc(p.pointer || "-")}</span>`,
+    esc(p.updated_at),
+  ]);
+  view.innerHTML = `
+    <form id="search">
+      <input id="search-prefix" placeholder="tenant/name prefix" value="${esc(s.prefix)}" size="30">
+      <select id="search-status">
+        ${["", "active", "retired"].map((v) => `<option value="${v}" ${v === s.status ? "selected" : ""}>${v || "any status"}</option>`).join("")}
+      </select>
+      <input id="search-base" placeholder="base" value="${esc(s.base)}" size="12">
+      <button type="submit">Search</button>
+    </form>
+    ${table(["policy", "status", "base", "serving", "updated"], rows)}
+    <button id="prev" ${s.pages.length > 1 ? "" : "disabled"}>Previous</button>
+    <button id="next" ${page.next ? "" : "disabled"}>Next</button>`;
+  document.getElementById("search").onsubmit = (e) => {
+    e.preventDefault();
+    searchState = {
+      prefix: document.getElementById("search-prefix").value.trim(),
+      status: document.getElementById("search-status").value,
+      base: document.getElementById("search-base").value.trim(),
+      pages: [""],
+    };
+    render();
+  };
+  document.getElementById("next").onclick = () => { s.pages.push(page.next); render(); };
+  document.getElementById("prev").onclick = () => { s.pages.pop(); render(); };
+}
+
+// --- one policy: pointer, buttons, revisions, lineage, evaluations, serving history, audit ---
+let lastCommand = null;
+
+function lineageSvg(lineage) {
+  const depth = {};
+  const parents = Object.fromEntries(lineage.edges.map((e) => [e.to, e.from]));
+  const depthOf = (id, seen = 0) => (parents[id] && seen < 100 ? 1 + depthOf(parents[id], seen + 1) : 0);
+  const perLevel = {};
+  const pos = {};
+  for (const n of lineage.nodes) {
+    const d = depthOf(n.id);
+    depth[n.id] = d;
+    perLevel[d] = (perLevel[d] || 0) + 1;
+    pos[n.id] = { x: 40 + d * 110, y: 25 + (perLevel[d] - 1) * 36 };
+  }
+  const height = 30 + 36 * Math.max(1, ...Object.values(perLevel));
+  const width = 80 + 110 * (1 + Math.max(0, ...Object.values(depth)));
+  const edges = lineage.edges.filter((e) => pos[e.from]).map((e) =>
+    `<line x1="${pos[e.from].x}" y1="${pos[e.from].y}" x2="${pos[e.to].x}" y2="${pos[e.to].y}" stroke="#8895a7"/>`);
+  const nodes = lineage.nodes.map((n) => {
+    const fill = n.pointer ? "#0a6b2d" : n.served ? "#7fb38f" : "#c9d2dc";
+    return `<g><circle cx="${pos[n.id].x}" cy="${pos[n.id].y}" r="9" fill="${fill}"/>` +
+      `<text x="${pos[n.id].x + 12}" y="${pos[n.id].y + 4}">${esc(n.id)}</text></g>`;
+  });
+  return `<svg id="lineage" width="${width}" height="${height}">${edges.join("")}${nodes.join("")}</svg>`;
+}
+
+async function renderPolicy(policy) {
+  const d = await api(`/policies/${policy}`);
+  const p = d.policy;
+  const admin = me && me.roles.includes("admin");
+  const revisions = d.revisions.map((r) => [
+    esc(r.revision) + (r.revision === p.pointer ? ' <span class="pointer">(serving)</span>' : ""),
+    esc(r.parent || "-"), esc(r.run || "-"), esc(r.eval_score ?? "-"), esc(r.eval_verdict || "-"), esc(r.exported_at),
+    admin ? `<button class="promote" data-revision="${esc(r.revision)}">Promote</button>` : "",
+  ]);
+  const options = d.revisions.map((r) => `<option>${esc(r.revision)}</option>`).join("");
+  view.innerHTML = `
+    <h2>${esc(p.policy)}</h2>
+    <p>status <b>${esc(p.status)}</b> · base ${esc(p.base_id)} · promotion ${esc(p.promotion)} ·
+       serving <span id="pointer" class="pointer">${esc(p.pointer || "-")}</span></p>
+    ${admin ? `<p><button id="rollback">Roll back</button>
+       <select id="rollback-to"><option value="">to the previous revision</option>${options}</select>
+       <input id="reason" placeholder="reason" size="30"></p>` : ""}
+    <p id="outcome" class="muted">${lastCommand && lastCommand.policy === policy ? esc(lastCommand.text) : ""}</p>
+    <h3>Revisions</h3>
+    ${table(["revision", "parent", "run", "eval score", "verdict", "exported", ""], revisions)}
+    <h3>Lineage</h3>
+    ${lineageSvg(d.lineage)}
+    <h3>Evaluations</h3>
+    ${table(["at", "revision", "suite", "score", "baseline", "delta", "verdict"], d.evaluations.map((e) => [
+      esc(e.at), esc(e.revision), esc(`${e.suite} v${e.suite_version}`), esc(e.score), esc(e.baseline_score ?? "-"),
+      esc(e.delta ?? "-"), esc(e.verdict)]))}
+    <h3>Serving history</h3>
+    ${table(["at", "move", "revision", "from", "reason"], d.serving.map((m) => [
+      esc(m.at), esc(m.kind), esc(m.revision), esc(m.previous || "-"), esc(m.reason)]))}
+    <h3>Audit trail</h3>
+    ${table(["at", "what", "revision", "detail", "record", "caused by"], d.audit.map((a) => [
+      esc(a.at), esc(a.what), esc(a.revision || ""), esc(a.detail), `<code>${esc(a.id || "")}</code>`,
+      `<code>${esc(a.causation || "")}</code>`]))}`;
+  if (!admin) return;
+  const reason = () => document.getElementById("reason").value || "from the console";
+  document.getElementById("rollback").onclick = () => {
+    const to = document.getElementById("rollback-to").value || null;
+    command(policy, "rollback", { to_revision: to, reason: reason() });
+  };
+  for (const button of view.querySelectorAll(".promote")) {
+    button.onclick = () => command(policy, "promote", { revision: button.dataset.revision, reason: reason() });
+  }
+}
+
+async function command(policy, action, body) {
+  const outcome = document.getElementById("outcome");
+  try {
+    const sent = await api(`/policies/${policy}/${action}`, { method: "POST", body: JSON.stringify(body) });
+    lastCommand = { policy, id: sent.command, text: `${sent.type} ${sent.command}: pending…` };
+    outcome.textContent = lastCommand.text;
+    await followOutcome(policy, sent);
+  } catch (error) {
+    outcome.textContent = `refused: ${error.message}`;
+    outcome.className = "error";
+  }
+}
+
+async function followOutcome(policy, sent) {
+  // The command's fate arrives as a fact (a pointer move) or a CommandRejected; poll until either.
+  for (let i = 0; i < 200; i++) {
+    const o = await api(`/policies/${policy}/outcomes/${sent.command}`);
+    if (o.status !== "pending") {
+      lastCommand.text = o.status === "applied"
+        ? `${sent.type} applied: ${o.move.kind} to ${o.move.revision} (fact ${o.move.id})`
+        : `${sent.type} rejected: ${o.rejection.reason}`;
+      render();
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+// --- engines, runs, dead letters ---
+async function renderEngines() {
+  const { engines } = await api("/engines");
+  view.innerHTML = engines.length ? engines.map((e) => `
+    <div class="card engine"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${esc(e.status)}</span></h3>
+    <p>${esc(e.gpu_slots)} GPU slots · ${esc(e.cpu_slots)} host slots · wave ${esc(e.wave)} · in flight ${esc(e.in_flight)} ·
+      tiers ${esc(Object.entries(e.tiers).map(([t, n]) => `${t}: ${n}`).join(", ") || "empty")}</p>
+    ${table(["tier", "adapter", "load ms", "loaded"], e.resident.map((r) => [esc(r.tier), esc(`${r.policy}@${r.revision}`), esc(r.load_ms), esc(r.loaded_at)]))}
+    ${table(["wave", "load", "evict", "at"], e.waves.map((w) => [esc(w.wave), esc(w.load.join(", ")), esc(w.evict.join(", ")), esc(w.at)]))}
+    ${e.failures.length ? table(["failed load", "reason", "at"], e.failures.map((f) => [esc(`${f.policy}@${f.revision}`), esc(f.reason), esc(f.at)])) : ""}
+    </div>`).join("") : "<p class='muted'>No engine has registered.</p>";
+}
+
+async function renderRuns() {
+  const { runs } = await api("/runs");
+  view.innerHTML = table(["run", "algo", "task", "policies", "steps", "status", "started"], runs.map((r) => [
+    `<a href="#/run/${esc(r.run)}">${esc(r.run)}</a>`, esc(r.algo), esc(r.task), esc(r.policies.join(", ")),
+    esc(r.steps), esc(r.status), esc(r.started_at)]));
+}
+
+function chart(title, series) {
+  // One SVG line chart: x is the step, one line per policy.
+  const points = Object.values(series).flat();
+  if (!points.length) return `<p class="muted">${esc(title)}: no steps yet</p>`;
+  const [w, h, pad] = [520, 200, 36];
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (w - 2 * pad);
+  const sy = (y) => h - pad - ((y - y0) / (y1 - y0 || 1)) * (h - 2 * pad);
+  const colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+  const lines = Object.entries(series).map(([name, pts], i) =>
+    `<polyline fill="none" stroke="${colors[i % colors.length]}" stroke-width="2" points="${pts.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" ")}"/>` +
+    `<text x="${w - pad - 150}" y="${14 + 14 * i}" fill="${colors[i % colors.length]}">${esc(name)}</text>`);
+  return `<h3>${esc(title)}</h3><svg class="chart" width="${w}" height="${h}">
+    <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#999"/>
+    <line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#999"/>
+    <text x="2" y="${pad}">${esc(y1.toPrecision(3))}</text><text x="2" y="${h - pad}">${esc(y0.toPrecision(3))}</text>
+    <text x="${pad}" y="${h - 8}">step ${esc(x0)}</text><text x="${w - pad - 40}" y="${h - 8}">step ${esc(x1)}</text>
+    ${lines.join("")}</svg>`;
+}
+
+async function renderRun(run) {
+  const { run: r, steps } = await api(`/runs/${run}`);
+  const series = (field) => {
+    const out = {};
+    for (const s of steps) if (s[field] !== null) (out[s.policy] = out[s.policy] || []).push([s.step, s[field]]);
+    return out;
+  };
+  view.innerHTML = `<h2>${esc(r.run)}</h2><p>${esc(r.algo)} on ${esc(r.base_id)} · task ${esc(r.task)} · ${esc(r.status)}
+    ${r.reason ? `· ${esc(r.reason)}` : ""}</p>${chart("reward (mean)", series("reward_mean"))}${chart("loss", series("loss"))}`;
+}
+
+async function renderDeadLetters() {
+  const { dead_letters: rows } = await api("/dead-letters");
+  view.innerHTML = table(["partition:offset", "id", "type", "reason", "record"], rows.map((d) => [
+    esc(`${d.partition}:${d.offset}`), `<code>${esc(d.id)}</code>`, esc(d.type), esc(d.reason), `<code>${esc(d.raw.slice(0, 200))}</code>`]));
+}
+
+// --- routing, live updates, sign-in ---
+async function render() {
+  if (!token()) { signOut(); return; }
+  const [, kind, ...rest] = (location.hash || "#/policies").split("/");
+  const arg = rest.join("/");
+  try {
+    if (!me) {
+      me = await api("/me");
+      document.getElementById("whoami").textContent = `${me.tenant} (${me.roles.join(", ")})`;
+      follow();
+    }
+    if (kind === "policy") await renderPolicy(arg);
+    else if (kind === "engines") await renderEngines();
+    else if (kind === "runs") await renderRuns();
+    else if (kind === "run") await renderRun(arg);
+    else if (kind === "dead-letters") await renderDeadLetters();
+    else await renderPolicies();
+  } catch (error) {
+    view.innerHTML = `<p class="error">${esc(error.message)}</p>`;
+  }
+}
+
+async function follow() {
+  // SSE over fetch (EventSource cannot send the Authorization header). Each `position` event means
+  // new facts were folded into the catalog: re-render what is on screen.
+  const live = document.getElementById("live");
+  for (;;) {
+    try {
+      const response = await fetch("/admin/api/stream", { headers: { Authorization: `Bearer ${token()}` } });
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      let first = true;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const data = buffer.slice(0, cut).split("\n").find((l) => l.startsWith("data: "));
+          buffer = buffer.slice(cut + 2);
+          if (!data) continue;
+          live.textContent = `live · ${JSON.parse(data.slice(6)).facts} facts`;
+          if (!first && !document.querySelector("form#search input:focus")) render();
+          first = false;
+        }
+      }
+    } catch (error) {
+      live.textContent = "reconnecting…";
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+document.getElementById("login").onsubmit = (e) => {
+  e.preventDefault();
+  sessionStorage.setItem("mint-token", document.getElementById("token").value.trim());
+  document.getElementById("login").hidden = true;
+  me = null;
+  render();
+};
+window.addEventListener("hashchange", render);
+render();

@@ -1,0 +1,127 @@
+"""The console's JSON API and /metrics over a real system: tenant walls on every route, the audit trail
+with causation, admin commands followed to their outcome."""
+
+from __future__ import annotations
+
+import re
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from actors.system import System
+from events.catalog import Promote
+from mint.auth.tokens import TokenStore
+from mint.catalog.queries import Catalog
+from tests.api_system import client_for
+from tests.records import evaluated, exported, register
+
+pytestmark = pytest.mark.anyio
+
+
+async def _policies(system: System) -> str:
+    """acme/a served r1 then r2 (its lineage r1 <- r2); globex/b registered. Returns the 2nd Promote's id."""
+    await system.log.append([register("acme/a"), register("globex/b")])
+    await system.log.append(
+        [exported("acme/a", "r1"), evaluated("acme/a", "r1"), exported("acme/a", "r2", parent="r1")]
+    )
+    await system.log.append([evaluated("acme/a", "r2"), Promote.create(policy="acme/a", revision="r1")])
+    second = Promote.create(policy="acme/a", revision="r2", reason="better")
+    await system.log.append([second])
+    with anyio.fail_after(30):
+        await system.until(lambda: Catalog(system.home.catalog).resolve("acme/a") == "r2")
+    return second.id
+
+
+async def test_tenants_see_only_their_policies(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    await _policies(bare_system)
+    operator = client_for(api_app, token_store, "_system", "admin")
+    acme = client_for(api_app, token_store, "acme", "reader")
+    everyone = (await operator.get("/admin/api/policies")).json()["policies"]
+    assert [p["policy"] for p in everyone] == ["acme/a", "globex/b"]
+    assert [p["policy"] for p in (await acme.get("/admin/api/policies")).json()["policies"]] == ["acme/a"]
+    assert (await acme.get("/admin/api/policies?prefix=globex/")).json()["policies"] == []
+    assert (await acme.get("/admin/api/policies?prefix=a")).json()["policies"][0]["policy"] == "acme/a"
+    hidden = await acme.get("/admin/api/policies/globex/b")
+    missing = await acme.get("/admin/api/policies/acme/nope")
+    assert hidden.status_code == missing.status_code == 404
+    assert (await acme.get("/admin/api/dead-letters")).status_code == 403
+    assert (await operator.get("/admin/api/dead-letters")).json() == {"dead_letters": []}
+    bad = await acme.get("/admin/api/policies?status=sleeping")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "status"
+
+
+async def test_policy_page_data_and_admin_commands(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    second = await _policies(bare_system)
+    reader = client_for(api_app, token_store, "acme", "reader")
+    detail = (await reader.get("/admin/api/policies/acme/a")).json()
+    assert detail["policy"]["pointer"] == "r2"
+    assert detail["lineage"]["edges"] == [{"from": "r1", "to": "r2"}]
+    promoted = [a for a in detail["audit"] if a["what"] == "promoted" and a["revision"] == "r2"]
+    assert promoted and promoted[0]["causation"] == second
+    assert {"registered", "exported", "evaluated: pass", "promoted"} <= {a["what"] for a in detail["audit"]}
+    assert (await reader.post("/admin/api/policies/acme/a/rollback", json={})).status_code == 403
+    globex_admin = client_for(api_app, token_store, "globex", "admin")
+    assert (await globex_admin.post("/admin/api/policies/acme/a/rollback", json={})).status_code == 404
+    admin = client_for(api_app, token_store, "acme", "admin")
+    bad = await admin.post("/admin/api/policies/acme/a/promote", json={"revision": 3})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "revision"
+    sent = await admin.post("/admin/api/policies/acme/a/rollback", json={"reason": "regression"})
+    assert sent.status_code == 202 and sent.json()["type"] == "Rollback"
+    command = sent.json()["command"]
+    outcome_url = f"/admin/api/policies/acme/a/outcomes/{command}"
+    with anyio.fail_after(30):
+        await bare_system.until(lambda: Catalog(bare_system.home.catalog).resolve("acme/a") == "r1")
+    outcome = (await admin.get(outcome_url)).json()
+    assert outcome["status"] == "applied" and outcome["move"]["revision"] == "r1"
+    assert outcome["move"]["kind"] == "rolled_back"
+    # A promotion of a revision that does not exist is refused, and the refusal is the outcome.
+    refused = (await admin.post("/admin/api/policies/acme/a/promote", json={"revision": "r9"})).json()
+    with anyio.fail_after(30):
+        await bare_system.until(lambda: bool(Catalog(bare_system.home.catalog).rejections("acme/a")))
+    outcome = (await admin.get(f"/admin/api/policies/acme/a/outcomes/{refused['command']}")).json()
+    assert outcome["status"] == "rejected" and "r9" in outcome["rejection"]["reason"]
+
+
+async def test_every_route_but_health_and_the_page_needs_a_token(api_app: Starlette) -> None:
+    anonymous = httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://mint")
+    checked = []
+    for route in api_app.routes:
+        if not isinstance(route, Route) or route.path == "/healthz":
+            continue
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        for method in route.methods or ["GET"]:
+            if method == "HEAD":
+                continue
+            response = await anonymous.request(method, path)
+            assert response.status_code == 401, (method, path, response.status_code)
+            checked.append(path)
+    assert {"/v1/completions", "/v1/events", "/admin/api/policies", "/metrics"} <= set(checked)
+    assert (await anonymous.get("/healthz")).status_code == 200
+    page = await anonymous.get("/admin/")
+    assert page.status_code == 200 and "console.js" in page.text
+
+
+async def test_metrics_for_prometheus(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    await _policies(bare_system)
+    await bare_system.settle()
+    operator = client_for(api_app, token_store, "_system", "reader")
+    await operator.get("/admin/api/policies")
+    text = (await operator.get("/metrics")).text
+    records = int(float(re.search(r"^mint_log_records_total (\S+)$", text, re.M).group(1)))  # type: ignore[union-attr]
+    assert records == sum((await bare_system.log.end_offsets()).values())
+    assert 'mint_actor_lag_records{actor="projector"} 0.0' in text
+    assert (
+        'mint_http_request_duration_seconds_count{method="GET",route="/admin/api/policies",status="200"} 1.0'
+        in text
+    )
+    tenant = client_for(api_app, token_store, "acme", "admin")
+    assert (await tenant.get("/metrics")).status_code == 403
