@@ -12,33 +12,17 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from actors.system import System
-from events.catalog import Promote
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
-from tests.api_system import client_for
-from tests.records import evaluated, exported, register
+from tests.api_system import client_for, two_revisions_served
 
 pytestmark = pytest.mark.anyio
-
-
-async def _policies(system: System) -> str:
-    """acme/a served r1 then r2 (its lineage r1 <- r2); globex/b registered. Returns the 2nd Promote's id."""
-    await system.log.append([register("acme/a"), register("globex/b")])
-    await system.log.append(
-        [exported("acme/a", "r1"), evaluated("acme/a", "r1"), exported("acme/a", "r2", parent="r1")]
-    )
-    await system.log.append([evaluated("acme/a", "r2"), Promote.create(policy="acme/a", revision="r1")])
-    second = Promote.create(policy="acme/a", revision="r2", reason="better")
-    await system.log.append([second])
-    with anyio.fail_after(30):
-        await system.until(lambda: Catalog(system.home.catalog).resolve("acme/a") == "r2")
-    return second.id
 
 
 async def test_tenants_see_only_their_policies(
     bare_system: System, api_app: Starlette, token_store: TokenStore
 ) -> None:
-    await _policies(bare_system)
+    await two_revisions_served(bare_system)
     operator = client_for(api_app, token_store, "_system", "admin")
     acme = client_for(api_app, token_store, "acme", "reader")
     everyone = (await operator.get("/admin/api/policies")).json()["policies"]
@@ -58,7 +42,7 @@ async def test_tenants_see_only_their_policies(
 async def test_policy_page_data_and_admin_commands(
     bare_system: System, api_app: Starlette, token_store: TokenStore
 ) -> None:
-    second = await _policies(bare_system)
+    second = await two_revisions_served(bare_system)
     reader = client_for(api_app, token_store, "acme", "reader")
     detail = (await reader.get("/admin/api/policies/acme/a")).json()
     assert detail["policy"]["pointer"] == "r2"
@@ -111,7 +95,7 @@ async def test_every_route_but_health_and_the_page_needs_a_token(api_app: Starle
 async def test_metrics_for_prometheus(
     bare_system: System, api_app: Starlette, token_store: TokenStore
 ) -> None:
-    await _policies(bare_system)
+    await two_revisions_served(bare_system)
     await bare_system.settle()
     operator = client_for(api_app, token_store, "_system", "reader")
     await operator.get("/admin/api/policies")

@@ -106,12 +106,13 @@ def _audit(detail: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     for r in detail["revisions"]:
         parent = f", parent {r['parent']}" if r["parent"] else ""
+        run = f"run {r['run']}" if r["run"] else "no run (exported by a producer)"
         trail.append(
             {
                 "at": r["exported_at"],
                 "what": "exported",
                 "revision": r["revision"],
-                "detail": f"run {r['run']}{parent}",
+                "detail": f"{run}{parent}",
             }
         )
     for e in detail["evaluations"]:

@@ -100,7 +100,7 @@ def up(
             click.echo(f"MinT up: home {home.root}, log {where}")
             click.echo(f"actors ready: {', '.join(a.name for a in system.actors)}")
             if not no_api:
-                address = await tg.start(_serve_http, system, host, port)
+                address = await tg.start(serve_http, system, host, port)
                 click.echo(
                     f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions)"
                 )
@@ -155,7 +155,7 @@ def _start(engines: dict[str, EngineFactory], kind: str) -> dict[str, Engine]:
     return {name: TorchEngine(d, slots=s, cpu_slots=c) for name, (d, s, c) in engines.items()}
 
 
-async def _serve_http(system: System, host: str, port: int, *, task_status: TaskStatus[str]) -> None:
+async def serve_http(system: System, host: str, port: int, *, task_status: TaskStatus[str]) -> None:
     import uvicorn
 
     from mint.api.app import create_app
