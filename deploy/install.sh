@@ -5,6 +5,12 @@
 #                    `mint base import-smollm2` and the SmolLM2 benchmarks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The console's browser tests drive Debian's chromium through Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get install -y --no-install-recommends chromium \
+    || { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y --no-install-recommends chromium; }
+fi
 python3 -m venv .venv
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
