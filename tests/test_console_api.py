@@ -109,3 +109,11 @@ async def test_metrics_for_prometheus(
     )
     tenant = client_for(api_app, token_store, "acme", "admin")
     assert (await tenant.get("/metrics")).status_code == 403
+
+
+def test_console_bench_runs_every_query_on_a_small_catalog() -> None:
+    from mint.bench.console_bench import bench_console
+
+    results = bench_console(count=3_000, requests=5, say=lambda _: None)
+    assert results["policies"] == 3_000
+    assert results["search_base_empty_pages"] == 0 and results["policy_page_p99_ms"] > 0

@@ -19,9 +19,13 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _build(path: Path, count: int) -> None:
-    """A projection of `count` registered policies, every other one serving a revision. Rows go in
-    through the same store and tables the projector uses."""
+BASES = ("tiny", "small", "smollm2")
+
+
+def build_catalog(path: Path, count: int) -> None:
+    """A projection of `count` registered policies over 1,000 tenants and three bases, every other
+    one serving a revision, one in a hundred retired. Rows go in through the same store and tables
+    the projector uses."""
     store = ProjectionStore(path, CATALOG_FOLD, dedupe=False, bulk=True, cache_limit=0)
     at = "2026-01-01T00:00:00+00:00"
     for i in range(count):
@@ -31,9 +35,9 @@ def _build(path: Path, count: int) -> None:
             f"{tenant}/p{i}",
             tenant,
             f"p{i}",
-            "tiny",
+            BASES[i % len(BASES)],
             "manual",
-            "active",
+            "retired" if i // 1000 % 100 == 37 else "active",
             served[-1] if served else None,
             served,
             at,
@@ -53,7 +57,7 @@ def bench_catalog(
     with tempfile.TemporaryDirectory(prefix="mint-bench-") as tmp:
         path = Path(tmp) / "catalog.db"
         say(f"building a catalog of {count:,} policies")
-        _build(path, count)
+        build_catalog(path, count)
         catalog = Catalog(path)
         rng = random.Random(7)
         names = [f"t{(i := rng.randrange(count)) % 1000}/p{i}" for _ in range(lookups)]

@@ -74,6 +74,17 @@ def catalog(policies: int, lookups: int, as_json: bool) -> None:
     _report("catalog", bench_catalog(policies, lookups, _say), as_json)
 
 
+@bench_group.command("console")
+@click.option("--policies", default=1_000_000, show_default=True)
+@click.option("--requests", default=500, show_default=True, help="Requests per kind of query.")
+@json_option
+def console(policies: int, requests: int, as_json: bool) -> None:
+    """The admin console's JSON API (search pages, filters, policy page) at N policies."""
+    from mint.bench.console_bench import bench_console
+
+    _report("console", bench_console(policies, requests, _say), as_json)
+
+
 @bench_group.command("kafka")
 @click.option("--records", default=50_000, show_default=True)
 @click.option("--bootstrap", default=None, help="A running broker (default: start the bundled tansu).")
