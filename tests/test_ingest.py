@@ -13,7 +13,9 @@ from actors.system import System
 from events import codec
 from events.catalog import Promote
 from events.envelope import Record
+from events.evaluation import RequestEvaluation
 from events.serving import EngineRegistered
+from events.training import StartTraining
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from tests.api_system import client_for
@@ -102,3 +104,32 @@ async def test_tenants_roles_and_limits(
     limited = await acme.post("/v1/commands", content=_ndjson(many[90:160]))
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert sum((await bare_system.log.end_offsets()).values()) >= 91
+
+
+async def test_a_tenant_cannot_train_or_evaluate_another_tenants_policy(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    operator = client_for(api_app, token_store, "_system", "admin")
+    await operator.post("/v1/commands", content=_ndjson([register("globex/b"), register("acme/a")]))
+    await bare_system.settle()  # every actor, the trainer included, has seen both registrations
+    acme = client_for(api_app, token_store, "acme", "producer")
+    evaluate = RequestEvaluation.create(policy="globex/b", revision="r1")
+    refused = await acme.post("/v1/commands", content=_ndjson([evaluate]))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tenant"
+    # A run of acme's that names globex's policy passes the door (its key is acme's) and is refused
+    # by the trainer, which owns the decision (it looks at the policies once the base is there).
+    bare_system.home.base("tiny").mkdir(parents=True)
+    (bare_system.home.base("tiny") / "config.json").write_text("{}")
+    train = StartTraining.create(
+        run="acme/run1",
+        policies=["acme/a", "globex/b"],
+        base_id="tiny",
+        algo="sft",
+        task="sft-repeat:hi",
+        steps=1,
+    )
+    assert (await acme.post("/v1/commands", content=_ndjson([train]))).status_code == 200
+    with anyio.fail_after(30):
+        await bare_system.until(lambda: bool(Catalog(bare_system.home.catalog).rejections("acme/run1")))
+    (rejection,) = Catalog(bare_system.home.catalog).rejections("acme/run1")
+    assert rejection.command_id == train.id and "globex/b" in rejection.reason
