@@ -1,1 +1,1 @@
-"""The HTTP face: OpenAI-compatible inference (and, as they land, the Tinker API, ingest, console)."""
+"""The HTTP face: OpenAI-compatible inference, ingest, the admin console and /metrics, all behind tokens."""

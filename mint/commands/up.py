@@ -102,7 +102,8 @@ def up(
             if not no_api:
                 address = await tg.start(serve_http, system, host, port)
                 click.echo(
-                    f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions)"
+                    f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions; "
+                    f"ingest: /v1/events, /v1/commands; console: {address}/admin/; /metrics)"
                 )
             if walkthrough:
                 from mint.walkthrough import walkthrough as session
