@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -99,6 +100,12 @@ async def test_tenants_roles_and_limits(
     many = [register(f"acme/p{i}") for i in range(160)]
     assert (await acme.post("/v1/commands", content=_ndjson(many[:101]))).status_code == 413
     assert (await acme.post("/v1/commands", content=b" " * (65 * 1024))).status_code == 413
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while reading
+        for _ in range(65):
+            yield b" " * 1024
+
+    assert (await acme.post("/v1/commands", content=chunked())).status_code == 413
     assert (await acme.post("/v1/commands", content=_ndjson(many[:90]))).status_code == 200
     # 10 records left in the bucket (plus 50/s since): 70 more must wait about a second.
     limited = await acme.post("/v1/commands", content=_ndjson(many[90:160]))

@@ -49,6 +49,7 @@ from mint.catalog.rows import RejectionRow, ServingMove
 STREAM_POLL_S = 0.25
 PAGE_LIMIT = 200
 _POLICY = re.compile(POLICY_PATTERN)
+NOT_BUILT = "the catalog projection is not built yet (is `mint up` running?)"
 
 
 class ConsoleError(Exception):
@@ -178,9 +179,7 @@ def routes(
                 except AuthError as exc:
                     return exc.response()
                 except ProjectionMissing:
-                    return ConsoleError(
-                        503, "the catalog projection is not built yet (is `mint up` running?)"
-                    ).response()
+                    return ConsoleError(503, NOT_BUILT).response()
                 try:
                     return handler(request, principal, view)
                 except ConsoleError as exc:
@@ -321,6 +320,8 @@ def routes(
             record = build(name, await request.body(), principal)
         except (AuthError, ConsoleError) as exc:
             return exc.response()
+        except ProjectionMissing:
+            return ConsoleError(503, NOT_BUILT).response()
         await log.append([record])
         return JSONResponse({"command": record.id, "type": type(record).__name__}, status_code=202)
 

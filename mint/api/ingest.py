@@ -25,6 +25,20 @@ def _error(status: int, message: str, **extra: object) -> JSONResponse:
     )
 
 
+async def _bounded_body(request: Request, max_bytes: int) -> bytes:
+    """The body, read no further than the limit (a chunked body declares no length up front)."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > max_bytes:
+        raise TooLarge(f"body: {declared:,} bytes is over the limit of {max_bytes:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"body: more than the limit of {max_bytes:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
     limiter = RateLimiter(limits)
 
@@ -33,11 +47,8 @@ def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
             principal = require(request, "producer")
         except AuthError as exc:
             return exc.response()
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limits.max_bytes:
-            return _error(413, f"body: {declared:,} bytes is over the limit of {limits.max_bytes:,}")
         try:
-            records = validate_batch(await request.body(), kind, principal, limits)
+            records = validate_batch(await _bounded_body(request, limits.max_bytes), kind, principal, limits)
             limiter.take(principal.token_id, len(records))
         except TooLarge as exc:
             return _error(413, str(exc))
