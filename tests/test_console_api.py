@@ -12,6 +12,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from actors.system import System
+from events.serving import AdapterLoaded, EngineRegistered
+from events.training import TrainingStarted
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from tests.api_system import client_for, two_revisions_served
@@ -117,3 +119,30 @@ def test_console_bench_runs_every_query_on_a_small_catalog() -> None:
     results = bench_console(count=3_000, requests=5, say=lambda _: None)
     assert results["policies"] == 3_000
     assert results["search_base_empty_pages"] == 0 and results["policy_page_p99_ms"] > 0
+
+
+async def test_runs_engines_and_outcomes_stay_inside_the_tenant(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    second = await two_revisions_served(bare_system)
+    globex_run = TrainingStarted.create(
+        run="globex/run1", policies=["globex/b"], base_id="tiny", algo="sft", task="sft-repeat:x", steps=1
+    )
+    engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=2)
+    loads = [
+        AdapterLoaded.create(engine="e1", policy=p, revision=r, tier="gpu", ms=1.0)
+        for p, r in (("acme/a", "r2"), ("globex/b", "r1"))
+    ]
+    await bare_system.log.append([globex_run, engine, *loads])
+    with anyio.fail_after(30):
+        await bare_system.until(lambda: len(Catalog(bare_system.home.catalog).residency("e1")) == 2)
+    acme = client_for(api_app, token_store, "acme", "reader")
+    globex = client_for(api_app, token_store, "globex", "reader")
+    assert (await acme.get("/admin/api/runs")).json() == {"runs": []}
+    assert [r["run"] for r in (await globex.get("/admin/api/runs")).json()["runs"]] == ["globex/run1"]
+    assert (await acme.get("/admin/api/runs/globex/run1")).status_code == 404
+    assert (await globex.get("/admin/api/runs/globex/run1")).json()["steps"] == []
+    (seen,) = (await acme.get("/admin/api/engines")).json()["engines"]
+    assert [r["policy"] for r in seen["resident"]] == ["acme/a"] and seen["tiers"] == {"gpu": 1}
+    assert (await globex.get(f"/admin/api/policies/acme/a/outcomes/{second}")).status_code == 404
+    assert (await acme.get(f"/admin/api/policies/acme/a/outcomes/{second}")).json()["status"] == "applied"
