@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from actors.system import System
 from mint.api.console import routes as console_routes
@@ -18,7 +20,9 @@ from mint.catalog.queries import Catalog
 from mint.ingest import IngestLimits
 
 
-def create_app(system: System, tokens: TokenStore, limits: IngestLimits | None = None) -> Starlette:
+def create_app(
+    system: System, tokens: TokenStore, limits: IngestLimits | None = None, tinker: Sequence[BaseRoute] = ()
+) -> Starlette:
     def catalog() -> Catalog:
         return Catalog(system.home.catalog)
 
@@ -34,6 +38,7 @@ def create_app(system: System, tokens: TokenStore, limits: IngestLimits | None =
             *ingest_routes(system.log, limits or IngestLimits()),
             *console_routes(catalog, system.log, metrics.in_flight.snapshot),
             *metrics.routes(),
+            *tinker,  # the Tinker API (mint/tinker/app.py), under /api/v1
         ],
         middleware=[Middleware(metrics.middleware)],
     )

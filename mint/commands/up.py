@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -16,6 +17,7 @@ from anyio.abc import TaskStatus
 from actors.faults import Faults
 from actors.system import ACTOR_NAMES, System, running
 from mint.auth.tokens import TokenStore, issue_first_admin
+from mint.catalog.queries import Catalog
 from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
 from mint.config import open_artifacts, open_log
 from mint.home import Home
@@ -103,6 +105,7 @@ def up(
                 address = await tg.start(serve_http, system, host, port)
                 click.echo(
                     f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions; "
+                    f"Tinker SDK base URL: {address}; "
                     f"ingest: /v1/events, /v1/commands; console: {address}/admin/; /metrics)"
                 )
             if walkthrough:
@@ -160,6 +163,8 @@ async def serve_http(system: System, host: str, port: int, *, task_status: TaskS
     import uvicorn
 
     from mint.api.app import create_app
+    from mint.tinker.app import tinker_routes
+    from mint.tinker.auth import token_check
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -169,9 +174,13 @@ async def serve_http(system: System, host: str, port: int, *, task_status: TaskS
     tokens = TokenStore(system.home.tokens)
     if issue_first_admin(tokens, system.home.admin_token):
         click.echo(f"no tokens yet: wrote an operator admin token to {system.home.admin_token} (mode 0600)")
-    app = create_app(system, tokens)
-    server = Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    # Bound here, so the address is known and connections queue before uvicorn starts accepting.
-    listener = socket.create_server((host, port))
-    task_status.started(f"http://{host}:{listener.getsockname()[1]}")
-    await server.serve(sockets=[listener])
+    catalog = partial(Catalog, system.home.catalog)
+    async with tinker_routes(
+        system.home, system.log, system.artifacts, catalog, token_check(tokens)
+    ) as tinker:
+        app = create_app(system, tokens, tinker=tinker)
+        server = Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        # Bound here, so the address is known and connections queue before uvicorn starts accepting.
+        listener = socket.create_server((host, port))
+        task_status.started(f"http://{host}:{listener.getsockname()[1]}")
+        await server.serve(sockets=[listener])

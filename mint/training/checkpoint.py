@@ -26,6 +26,52 @@ def _file_name(policy: str) -> str:
     return policy.replace("/", "__")
 
 
+def save_slot(
+    directory: Path, name: str, tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None
+) -> dict[str, Any]:
+    """One adapter's tensors and (unless None) its AdamW moments as safetensors in `directory`; returns
+    the optimizer's scalars and param groups (JSON) that `restore_optimizer` needs beside them."""
+    save_file(tensors, str(directory / f"{name}.adapter.safetensors"))
+    if optimizer is None:
+        return {}
+    optimizer_state = optimizer.state_dict()
+    moments = {
+        f"{index}.{key}": value.contiguous()
+        for index, entry in optimizer_state["state"].items()
+        for key, value in entry.items()
+        if isinstance(value, torch.Tensor) and value.dim() > 0
+    }
+    scalars = {
+        f"{index}.{key}": float(value)
+        for index, entry in optimizer_state["state"].items()
+        for key, value in entry.items()
+        if not (isinstance(value, torch.Tensor) and value.dim() > 0)
+    }
+    if moments:
+        save_file(moments, str(directory / f"{name}.optimizer.safetensors"))
+    return {"scalars": scalars, "groups": optimizer_state["param_groups"]}
+
+
+def load_slot_tensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / f"{name}.adapter.safetensors"))
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, directory: Path, name: str, saved: dict[str, Any]
+) -> None:
+    """The inverse of `save_slot` for the optimizer: moments from safetensors, scalars from `saved`."""
+    moments_path = directory / f"{name}.optimizer.safetensors"
+    moments = load_file(str(moments_path)) if moments_path.is_file() else {}
+    entries: dict[int, dict[str, Any]] = {}
+    for key, value in moments.items():
+        index, _, field = key.partition(".")
+        entries.setdefault(int(index), {})[field] = value
+    for key, value in saved["scalars"].items():
+        index, _, field = key.partition(".")
+        entries.setdefault(int(index), {})[field] = torch.tensor(value)
+    optimizer.load_state_dict({"state": entries, "param_groups": saved["groups"]})
+
+
 def save(trainer: MultiPolicyTrainer, root: Path, step: int) -> Path:
     final = root / f"{STEP_PREFIX}{step:06d}"
     staging = root / f".{final.name}.partial"
@@ -33,28 +79,8 @@ def save(trainer: MultiPolicyTrainer, root: Path, step: int) -> Path:
     staging.mkdir(parents=True)
     state: dict[str, Any] = {"step": step, "policies": {}}
     for policy, slot in trainer.slots.items():
-        name = _file_name(policy)
-        save_file(trainer.multi.state(policy), str(staging / f"{name}.adapter.safetensors"))
-        optimizer = slot.optimizer.state_dict()
-        moments = {
-            f"{index}.{key}": value.contiguous()
-            for index, entry in optimizer["state"].items()
-            for key, value in entry.items()
-            if isinstance(value, torch.Tensor) and value.dim() > 0
-        }
-        scalars = {
-            f"{index}.{key}": float(value)
-            for index, entry in optimizer["state"].items()
-            for key, value in entry.items()
-            if not (isinstance(value, torch.Tensor) and value.dim() > 0)
-        }
-        if moments:
-            save_file(moments, str(staging / f"{name}.optimizer.safetensors"))
-        state["policies"][policy] = {
-            "failed": slot.failed,
-            "scalars": scalars,
-            "groups": optimizer["param_groups"],
-        }
+        saved = save_slot(staging, _file_name(policy), trainer.multi.state(policy), slot.optimizer)
+        state["policies"][policy] = {"failed": slot.failed, **saved}
     (staging / "state.json").write_text(json.dumps(state, indent=1))
     for path in staging.iterdir():
         with path.open("rb") as f:
@@ -77,18 +103,7 @@ def restore(trainer: MultiPolicyTrainer, checkpoint: Path) -> int:
         slot = trainer.slots[policy]
         name = _file_name(policy)
         spec = trainer.multi.slots[policy]
-        trainer.multi.load(
-            policy, load_file(str(checkpoint / f"{name}.adapter.safetensors")), spec.rank, spec.alpha
-        )
+        trainer.multi.load(policy, load_slot_tensors(checkpoint, name), spec.rank, spec.alpha)
         slot.failed = saved["failed"]
-        moments_path = checkpoint / f"{name}.optimizer.safetensors"
-        moments = load_file(str(moments_path)) if moments_path.is_file() else {}
-        entries: dict[int, dict[str, Any]] = {}
-        for key, value in moments.items():
-            index, _, field = key.partition(".")
-            entries.setdefault(int(index), {})[field] = value
-        for key, value in saved["scalars"].items():
-            index, _, field = key.partition(".")
-            entries.setdefault(int(index), {})[field] = torch.tensor(value)
-        slot.optimizer.load_state_dict({"state": entries, "param_groups": saved["groups"]})
+        restore_optimizer(slot.optimizer, checkpoint, name, saved)
     return int(state["step"])

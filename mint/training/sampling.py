@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,12 @@ def sample(
     generator: torch.Generator,
     pad_id: int,
     eos_id: int | None,
+    *,
+    stop_ids: Collection[int] = (),
+    top_p: float = 1.0,
 ) -> Samples:
+    """Rows stop after `eos_id` or any of `stop_ids`; `top_p` < 1 samples from the nucleus only."""
+    stops = torch.tensor(sorted({*stop_ids, *([] if eos_id is None else [eos_id])}), dtype=torch.long)
     tokens, mask = left_pad(prompts, pad_id)
     prompt_length = tokens.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -63,14 +69,15 @@ def sample(
                 chosen = logits.argmax(-1)
             else:
                 probs = torch.softmax(logits / temperature, dim=-1)
+                if top_p < 1.0:
+                    probs = _nucleus(probs, top_p)
                 chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             counts = ~done
             chosen = torch.where(done, torch.full_like(chosen, pad_id), chosen)
             tokens = torch.cat([tokens, chosen[:, None]], dim=1)
             mask = torch.cat([mask, counts.long()[:, None]], dim=1)
             completion = torch.cat([completion, counts[:, None]], dim=1)
-            if eos_id is not None:
-                done = done | (chosen == eos_id)
+            done = done | torch.isin(chosen, stops)
             if bool(done.all()):
                 break
             step_input = chosen[:, None]
@@ -78,13 +85,26 @@ def sample(
     return Samples(tokens, mask, completion, prompt_length)
 
 
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most likely tokens whose mass first reaches top_p (at least one), renormalised."""
+    ordered, order = probs.sort(dim=-1, descending=True)
+    outside = ordered.cumsum(-1) - ordered >= top_p
+    kept = ordered.masked_fill(outside, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, kept / kept.sum(-1, keepdim=True))
+
+
 def token_logprobs(
     multi: MultiLora, tokens: torch.Tensor, mask: torch.Tensor, slots: list[str | None]
 ) -> torch.Tensor:
     """log p(token_t | tokens_<t) for t >= 1, under each row's slot: [rows, length - 1]."""
+    return target_logprobs(multi, tokens[:, :-1], mask[:, :-1], slots, tokens[:, 1:])
+
+
+def target_logprobs(
+    multi: MultiLora, tokens: torch.Tensor, mask: torch.Tensor, slots: list[str | None], targets: torch.Tensor
+) -> torch.Tensor:
+    """log p(targets_t | tokens_<=t) under each row's slot: [rows, length]."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with multi.route(slots):
-        logits = (
-            multi.model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
-        )
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        logits = multi.model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits.float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)

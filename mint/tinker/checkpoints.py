@@ -1,0 +1,142 @@
+"""Tinker checkpoints: `tinker://<model_id>/<weights|sampler_weights>/<name>` paths and the directories
+that hold them under `$MINT_HOME/tinker/checkpoints/`.
+
+A `weights` (training) checkpoint holds the adapter and the optimizer state; a `sampler_weights` one
+the adapter only. Both are safetensors (the same per-slot files as the trainer's own checkpoints) plus
+a small JSON description, written to a staging directory and renamed, so a crash leaves all or none.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from mint.tinker.futures import RequestFailed
+from mint.tinker.wire import WireError
+
+if TYPE_CHECKING:  # the tensor helpers load with torch, on first use
+    import torch
+
+CheckpointKind = Literal["weights", "sampler_weights"]
+KINDS: tuple[CheckpointKind, ...] = ("weights", "sampler_weights")
+SCHEME = "tinker://"
+SLOT_FILE = "lora"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TinkerPath:
+    model_id: str
+    kind: CheckpointKind
+    name: str
+
+    @classmethod
+    def parse(cls, path: str, field: str = "path") -> TinkerPath:
+        parts = path.removeprefix(SCHEME).split("/") if path.startswith(SCHEME) else []
+        if len(parts) != 3 or parts[1] not in ("weights", "sampler_weights") or not parts[0]:
+            raise WireError(field, f"{path!r} is not tinker://<model_id>/<weights|sampler_weights>/<name>")
+        kind: CheckpointKind = "weights" if parts[1] == "weights" else "sampler_weights"
+        return cls(parts[0], kind, check_name(parts[2], field))
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.model_id}/{self.kind}/{self.name}"
+
+    @property
+    def checkpoint_id(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+def check_name(name: str, field: str = "path") -> str:
+    if not _NAME.match(name):
+        raise WireError(field, f"{name!r}: a checkpoint name is letters, digits, '.', '_' or '-' (up to 64)")
+    return name
+
+
+class CheckpointInfo(msgspec.Struct, frozen=True):
+    model_id: str
+    base_id: str
+    policy: str
+    rank: int
+    alpha: float
+    targets: list[str]
+    with_optimizer: bool
+    saved_at: float
+    optimizer: dict[str, Any] = {}
+
+
+class CheckpointDirectory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def directory(self, path: TinkerPath) -> Path:
+        return self.root / path.model_id.replace(":", "-") / path.kind / path.name
+
+    def write(
+        self,
+        path: TinkerPath,
+        tensors: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer | None,
+        info: CheckpointInfo,
+    ) -> int:
+        """Write (or overwrite) a checkpoint; returns its size in bytes."""
+        from mint.training.checkpoint import save_slot
+
+        final = self.directory(path)
+        staging = final.with_name(f".{final.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        saved = save_slot(staging, SLOT_FILE, tensors, optimizer)
+        described = msgspec.structs.replace(info, optimizer=saved, with_optimizer=optimizer is not None)
+        (staging / "info.json").write_bytes(msgspec.json.encode(described))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        return sum(f.stat().st_size for f in final.iterdir())
+
+    def info(self, path: TinkerPath) -> CheckpointInfo:
+        file = self.directory(path) / "info.json"
+        if not file.is_file():
+            raise RequestFailed(f"path: no checkpoint {path}")
+        return msgspec.json.decode(file.read_bytes(), type=CheckpointInfo)
+
+    def tensors(self, path: TinkerPath) -> dict[str, torch.Tensor]:
+        from mint.training.checkpoint import load_slot_tensors
+
+        return load_slot_tensors(self.directory(path), SLOT_FILE)
+
+    def restore_optimizer(self, path: TinkerPath, optimizer: torch.optim.Optimizer) -> None:
+        from mint.training.checkpoint import restore_optimizer
+
+        info = self.info(path)
+        if not info.with_optimizer:
+            raise RequestFailed(f"path: {path} holds no optimizer state (a sampler checkpoint)")
+        restore_optimizer(optimizer, self.directory(path), SLOT_FILE, info.optimizer)
+
+    def listing(self, model_id: str) -> list[tuple[TinkerPath, CheckpointInfo, int]]:
+        """Every checkpoint of a model: (path, info, bytes), oldest first."""
+        return self._listing(self.root / model_id.replace(":", "-"))
+
+    def runs(self) -> dict[str, CheckpointInfo]:
+        """Every model that saved a checkpoint, with its newest checkpoint's description."""
+        found = {}
+        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            saved = self._listing(folder)
+            if saved:
+                found[saved[-1][0].model_id] = saved[-1][1]
+        return found
+
+    def _listing(self, folder: Path) -> list[tuple[TinkerPath, CheckpointInfo, int]]:
+        found = []
+        for kind in KINDS:
+            # Names starting with a dot (staging, unnamed snapshots) are not listed.
+            for directory in (folder / kind).glob("[!.]*"):
+                file = directory / "info.json"
+                if file.is_file():
+                    info = msgspec.json.decode(file.read_bytes(), type=CheckpointInfo)
+                    size = sum(f.stat().st_size for f in directory.iterdir())
+                    found.append((TinkerPath(info.model_id, kind, directory.name), info, size))
+        return sorted(found, key=lambda item: item[1].saved_at)

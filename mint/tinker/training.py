@@ -1,0 +1,164 @@
+"""A Tinker training client: one adapter slot on a resident base, its AdamW, and the work its requests
+do — forward/backward (gradients accumulate until optim_step), optimizer steps with the client's Adam
+parameters, and the tensors its checkpoints and exports are made of."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mint.adapters.adapter import LoraConfig
+from mint.adapters.peft_layout import encode_peft
+from mint.adapters.tensors import adapter_from_tensors
+from mint.tinker.losses import elementwise_loss
+from mint.tinker.ordering import SeqGate
+from mint.tinker.resident import ResidentBase
+from mint.tinker.wire import AdamParams, FloatArray, ForwardBackwardInput
+from mint.training.sampling import target_logprobs
+
+LORA_ALPHA = 32.0
+
+
+@dataclass
+class StepLoss:
+    """The loss accumulated by forward_backward calls since the last optimizer step, per counted
+    token (a non-zero weight or advantage), for the StepCompleted fact."""
+
+    total: float = 0.0
+    tokens: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.tokens if self.tokens else 0.0
+
+
+@dataclass
+class TrainingModel:
+    model_id: str
+    session_id: str
+    policy: str
+    run: str
+    base: ResidentBase
+    rank: int
+    targets: tuple[str, ...]
+    optimizer: torch.optim.Optimizer
+    gate: SeqGate = field(default_factory=SeqGate)
+    step: int = 0
+    pending: StepLoss = field(default_factory=StepLoss)
+    alpha: float = LORA_ALPHA
+
+    @classmethod
+    def create(
+        cls,
+        base: ResidentBase,
+        model_id: str,
+        session_id: str,
+        policy: str,
+        run: str,
+        rank: int,
+        targets: tuple[str, ...],
+        seed: int,
+    ) -> TrainingModel:
+        base.multi.add(model_id, rank, LORA_ALPHA, seed=seed)
+        trained = []
+        for name, layer in base.multi.layers.items():
+            wanted = name.rsplit(".", 1)[-1] in targets
+            for param in (layer.lora_A[model_id], layer.lora_B[model_id]):
+                # Untargeted layers keep B = 0 (no effect) and take no gradient.
+                param.requires_grad_(wanted)
+                if wanted:
+                    trained.append(param)
+        optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.0)
+        return cls(model_id, session_id, policy, run, base, rank, targets, optimizer)
+
+    def close(self) -> None:
+        self.base.multi.remove(self.model_id)
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The trained modules' tensors under PEFT's names (what an export and a checkpoint hold)."""
+        return {
+            key: value
+            for key, value in self.base.multi.state(self.model_id).items()
+            if key.split(".lora_")[0].rsplit(".", 1)[-1] in self.targets
+        }
+
+    def peft_adapter(self) -> tuple[tuple[str, ...], bytes]:
+        """The adapter as an export holds it: its target modules and canonical PEFT safetensors."""
+        config = LoraConfig(
+            r=self.rank, alpha=self.alpha, target_modules=self.targets, base_model=self.base.base_id
+        )
+        return config.target_modules, encode_peft(adapter_from_tensors(config, self.adapter_tensors()))
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.base.multi.load(self.model_id, tensors, self.rank, self.alpha)
+
+    # -- the work of requests (in a worker thread, with the base's lock held) ---------------------
+
+    def forward_backward(
+        self, work: ForwardBackwardInput
+    ) -> tuple[list[dict[str, FloatArray]], dict[str, float]]:
+        base = self.base
+        lengths = [len(d.tokens) for d in work.data]
+        tokens = torch.full((len(work.data), max(lengths)), base.pad_id, dtype=torch.long)
+        targets = torch.zeros_like(tokens)
+        mask = torch.zeros_like(tokens)
+        for row, datum in enumerate(work.data):
+            target = np.asarray(datum.inputs["target_tokens"]).astype(np.int64).tolist()
+            base.check_tokens(datum.tokens, f"data[{row}].model_input")
+            base.check_tokens(target, f"data[{row}].loss_fn_inputs.target_tokens")
+            tokens[row, : lengths[row]] = torch.tensor(datum.tokens)
+            targets[row, : lengths[row]] = torch.tensor(target)
+            mask[row, : lengths[row]] = 1
+        with torch.set_grad_enabled(not work.forward_only):
+            logprobs = target_logprobs(base.multi, tokens, mask, [self.model_id] * len(lengths), targets)
+            losses = [
+                elementwise_loss(work.loss_fn, logprobs[row, :n], datum.inputs, work.config)
+                for row, (n, datum) in enumerate(zip(lengths, work.data, strict=True))
+            ]
+            total = torch.stack([loss.sum() for loss in losses]).sum()
+            if not work.forward_only:
+                total.backward()  # type: ignore[no-untyped-call]
+        if not work.forward_only:
+            self.pending.total += float(total.detach())
+            self.pending.tokens += sum(_counted(work.loss_fn, d.inputs) for d in work.data)
+        outputs = [
+            {
+                "logprobs": logprobs[row, :n].detach().numpy().astype(np.float32),
+                "elementwise_loss": losses[row].detach().numpy().astype(np.float32),
+            }
+            for row, n in enumerate(lengths)
+        ]
+        return outputs, {"loss:sum": float(total.detach())}
+
+    def optim_step(self, adam: AdamParams) -> tuple[dict[str, float], float]:
+        """One AdamW step with the client's parameters; returns its metrics and the step's loss."""
+        for group in self.optimizer.param_groups:
+            group.update(
+                lr=adam.learning_rate,
+                betas=(adam.beta1, adam.beta2),
+                eps=adam.eps,
+                weight_decay=adam.weight_decay,
+            )
+        limit = adam.grad_clip_norm if adam.grad_clip_norm > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, limit))
+        if math.isfinite(norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss = self.pending.mean
+        self.pending = StepLoss()
+        return {"grad_norm:mean": norm, "step:max": float(self.step)}, loss
+
+
+def _counted(loss_fn: str, inputs: dict[str, np.ndarray]) -> float:
+    weights = inputs.get("weights" if loss_fn == "cross_entropy" else "advantages")
+    if weights is None:
+        return float(len(inputs["target_tokens"]))
+    return float(np.count_nonzero(weights))

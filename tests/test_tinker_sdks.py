@@ -1,0 +1,222 @@
+"""The Tinker-compatible API against the unmodified SDKs from PyPI, on the tiny base.
+
+`tinker` 0.38 and `mindlab-toolkit` 0.2.0 (which pins tinker 0.22) cannot share one environment, so
+deploy/install.sh gives each its own virtualenv (.venv-tinker038, .venv-mint020) and the tests run
+tests/tinker_clients/loops.py there as a subprocess, against a server started here on the real
+system (actors, log, artifact store). Each SDK runs a supervised loop (the loss falls, the trained
+adapter samples what it learnt) and an RL loop (sampling with logprobs, importance-sampling updates,
+the reward rises); then the log must hold the facts that put those adapters in the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+
+from actors.runtime import Backoff
+from actors.system import System, running
+from events.sqlite_log import SqliteLog
+from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
+from events.training import RevisionExported, StepCompleted
+from mint.bases.tiny import create_tiny_base
+from mint.catalog.queries import Catalog
+from mint.home import Home
+from mint.tinker.app import tinker_routes
+from mint.tinker.auth import single_tenant
+from tests.log_contract import read_all
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = Path(__file__).parent / "tinker_clients" / "loops.py"
+
+
+@asynccontextmanager
+async def tinker_server(home: Home) -> AsyncIterator[tuple[System, str]]:
+    import uvicorn
+
+    create_tiny_base(home.base("tiny"), seed=0)
+    async with (
+        SqliteLog(home.log, partitions=2) as log,
+        running(home, log, backoff=Backoff(0.001, 0.01)) as system,
+        anyio.create_task_group() as tg,
+        tinker_routes(
+            home, log, system.artifacts, lambda: Catalog(home.catalog), single_tenant("acme")
+        ) as routes,
+    ):
+        app = Starlette(routes=routes)
+        listener = socket.create_server(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        tg.start_soon(lambda: server.serve(sockets=[listener]))
+        yield system, f"http://127.0.0.1:{listener.getsockname()[1]}"
+        tg.cancel_scope.cancel()
+
+
+def sdk_python(venv: str) -> Path:
+    python = ROOT / venv / "bin" / "python"
+    if not python.is_file():
+        pytest.fail(f"{python} is missing: deploy/install.sh creates the SDK environments")
+    return python
+
+
+async def run_client(venv: str, env: dict[str, str], *args: str) -> dict[str, object]:
+    # The SDK's own environment; HF_HUB_OFFLINE proves the tokenizer loads without the hub.
+    environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "HF_HUB_OFFLINE": "1"}
+    environment |= {"TINKER_TELEMETRY": "0", **env}
+    with anyio.fail_after(240):
+        done = await anyio.run_process(
+            [str(sdk_python(venv)), str(CLIENT), *args], env=environment, check=False, cwd="/"
+        )
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr.decode()[-6000:])
+        pytest.fail(f"the {venv} client failed (exit {done.returncode}); its stderr is above")
+    report: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return report
+
+
+async def check_loops_and_facts(system: System, report: dict[str, object]) -> None:
+    assert "tiny" in report["bases"]  # type: ignore[operator]
+    losses = report["sl_losses"]
+    assert isinstance(losses, list)
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert report["trained_tokens"] == report["answer"]  # greedy sampling from the trained adapter
+    assert report["base_tokens"] != report["answer"]  # ... which the base alone does not say
+    assert abs(float(report["resumed_forward"]) - float(report["sl_forward"])) < 1e-4  # type: ignore[arg-type]
+    assert {"weights/sl-state", "sampler_weights/sl-final"} <= set(report["checkpoints"])  # type: ignore[arg-type]
+    assert report["run"] in report["runs"]  # type: ignore[operator]
+    rewards = report["rl_rewards"]
+    assert isinstance(rewards, list)
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+    prompt_logprobs = report["prompt_logprobs"]
+    assert isinstance(prompt_logprobs, list) and prompt_logprobs[0] is None
+    assert all(isinstance(v, float) and v < 0 for v in prompt_logprobs[1:])
+    for loss in ("ppo_loss", "cispo_loss", "dro_loss"):
+        assert isinstance(report[loss], float)
+
+    records = [stored.decode() for stored in await read_all(system.log)]
+    created = [r for r in records if isinstance(r, TrainingClientCreated)]
+    assert len(created) == 3 and all(r.tenant == "acme" and r.base_id == "tiny" for r in created)
+    sl_policy = next(r.policy for r in created if r.model_id == report["run"])
+    steps = [r for r in records if isinstance(r, StepCompleted) and r.policy == sl_policy]
+    assert [s.step for s in steps] == list(range(1, 21))
+    assert steps[-1].loss < steps[0].loss
+    exported = {(r.policy, r.revision) for r in records if isinstance(r, RevisionExported)}
+    assert (sl_policy, "sl-final") in exported and len(exported) == 2
+    assert any(isinstance(r, SamplerCreated) and r.policy == sl_policy for r in records)
+    assert any(isinstance(r, CheckpointSaved) and r.kind == "training" for r in records)
+    # The catalog folds them like any trainer's: the policy is registered, the revision listed.
+    with anyio.fail_after(30):
+        await system.until(lambda: _revision_listed(system.home, sl_policy, "sl-final"))
+
+
+def _revision_listed(home: Home, policy: str, revision: str) -> bool:
+    catalog = Catalog(home.catalog)
+    try:
+        return catalog.policy(policy) is not None and revision in {
+            r.revision for r in catalog.revisions(policy)
+        }
+    finally:
+        catalog.close()
+
+
+async def test_tinker_038_supervised_and_rl_loops(tmp_path: Path) -> None:
+    async with tinker_server(Home(tmp_path)) as (system, url):
+        report = await run_client(
+            ".venv-tinker038", {"TINKER_BASE_URL": url, "TINKER_API_KEY": "tml-test-key"}
+        )
+        assert report["sdk"] == "0.38.0"
+        await check_loops_and_facts(system, report)
+
+
+async def test_mindlab_toolkit_020_supervised_and_rl_loops(tmp_path: Path) -> None:
+    async with tinker_server(Home(tmp_path)) as (system, url):
+        # An `sk-` key works only through the JWT exchange (the server offers pjwt_auth_enabled).
+        report = await run_client(
+            ".venv-mint020", {"MINT_BASE_URL": url, "MINT_API_KEY": "sk-test-key"}, "--mint"
+        )
+        assert report["sdk"] == "0.22.0"
+        await check_loops_and_facts(system, report)
+
+
+async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Path) -> None:
+    async with (
+        tinker_server(Home(tmp_path)) as (_, url),
+        httpx.AsyncClient(base_url=url + "/api/v1", headers={"X-API-Key": "tml-k"}) as http,
+    ):
+        session = (await http.post("/create_session", json={})).json()["session_id"]
+
+        async def refused(path: str, body: object, status: int, field: str, **kw: object) -> None:
+            response = await http.post(path, json=body, **kw)  # type: ignore[arg-type]
+            assert response.status_code == status, response.text
+            assert field in response.json()["detail"], response.json()
+
+        await refused("/create_model", {"session_id": session, "base_model": "nope"}, 400, "base_model")
+        await refused(
+            "/create_model",
+            {"session_id": session, "base_model": "tiny", "lora_config": {"rank": 0}},
+            400,
+            "lora_config.rank",
+        )
+        await refused("/create_model", {"session_id": session}, 400, "base_model")
+        await refused("/create_model", {"session_id": "sess-x", "base_model": "tiny"}, 404, "session_id")
+        created = (
+            await http.post("/create_model", json={"session_id": session, "base_model": "tiny"})
+        ).json()
+        model_id = (await http.post("/retrieve_future", json=created)).json()["model_id"]
+        datum = {
+            "model_input": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
+            "loss_fn_inputs": {"target_tokens": {"data": [2, 3, 4], "dtype": "int64"}},
+        }
+        fb = {"model_id": model_id, "seq_id": 1}
+        await refused(
+            "/forward_backward",
+            {**fb, "forward_backward_input": {"data": [datum], "loss_fn": "magic"}},
+            400,
+            "loss_fn",
+        )
+        await refused(
+            "/forward_backward",
+            {**fb, "seq_id": 2, "forward_backward_input": {"data": [datum], "loss_fn": "ppo"}},
+            400,
+            "data[0].loss_fn_inputs.logprobs",
+        )
+        short = {**datum, "loss_fn_inputs": {"target_tokens": {"data": [2], "dtype": "int64"}}}
+        await refused(
+            "/forward_backward",
+            {**fb, "seq_id": 3, "forward_backward_input": {"data": [short], "loss_fn": "cross_entropy"}},
+            400,
+            "data[0].loss_fn_inputs.target_tokens",
+        )
+        response = await http.post(
+            "/forward_backward", content=b"\x0a\xff", headers={"Content-Type": "application/x-protobuf"}
+        )
+        assert response.status_code == 400 and "protobuf" in response.json()["detail"]
+        await refused("/optim_step", {"model_id": model_id, "seq_id": 4}, 400, "adam_params")
+        await refused("/save_weights", {"model_id": model_id, "seq_id": 5, "path": "a/b"}, 400, "path")
+        await refused("/load_weights", {"model_id": model_id, "seq_id": 6, "path": "s3://x"}, 400, "path")
+        await refused("/retrieve_future", {"request_id": "req-nope"}, 404, "request_id")
+        await refused("/get_info", {"model_id": "sess-x:train:0"}, 404, "model_id")
+        response = await http.post("/create_model", content=b"{not json")
+        assert response.status_code == 400 and "JSON" in response.json()["detail"]
+        response = await http.post("/create_session", json={}, headers={"X-API-Key": "wrong"})
+        assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
+        # The refused seq_ids 1-6 did not block the model's queue: seq 7 runs.
+        good = {
+            **fb,
+            "seq_id": 7,
+            "forward_backward_input": {"data": [datum], "loss_fn": "cross_entropy"},
+        }
+        pending = (await http.post("/forward_backward", json=good)).json()
+        result = (await http.post("/retrieve_future", json=pending)).json()
+        assert result["metrics"]["loss:sum"] > 0
