@@ -9,6 +9,7 @@ import click
 from mint.commands.base import base_group
 from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
+from mint.commands.demo import demo
 from mint.commands.events import events_group
 from mint.commands.replay import replay_group
 from mint.commands.services import services_group
@@ -28,6 +29,7 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_command(up)
+cli.add_command(demo)
 cli.add_command(events_group)
 cli.add_command(replay_group)
 cli.add_command(catalog_group)
