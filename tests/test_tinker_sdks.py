@@ -16,50 +16,68 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 pytest.importorskip("torch", reason="needs the [train] extra (torch)")
 
 from actors.runtime import Backoff
 from actors.system import System, running
+from events.catalog import Promote
 from events.sqlite_log import SqliteLog
 from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
 from events.training import RevisionExported, StepCompleted
+from mint.api.app import create_app
+from mint.auth.tokens import TokenStore
 from mint.bases.tiny import create_tiny_base
 from mint.catalog.queries import Catalog
 from mint.home import Home
+from mint.serving.torch_engine import TorchEngine
 from mint.tinker.app import tinker_routes
-from mint.tinker.auth import single_tenant
+from mint.tinker.auth import token_check
+from replay.audit import history
 from tests.log_contract import read_all
+from tests.records import evaluated
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = Path(__file__).parent / "tinker_clients" / "loops.py"
 
 
+@dataclass
+class Server:
+    system: System
+    url: str
+    tokens: TokenStore
+
+
 @asynccontextmanager
-async def tinker_server(home: Home) -> AsyncIterator[tuple[System, str]]:
+async def tinker_server(home: Home) -> AsyncIterator[Server]:
+    """What `mint up --serve tiny` runs: the actors, a torch engine, and one HTTP app with the
+    OpenAI-compatible routes and the Tinker API, keys checked against the token store."""
     import uvicorn
 
     create_tiny_base(home.base("tiny"), seed=0)
+    tokens = TokenStore(home.tokens)
+    engine = TorchEngine(home.base("tiny"), slots=2)
     async with (
         SqliteLog(home.log, partitions=2) as log,
-        running(home, log, backoff=Backoff(0.001, 0.01)) as system,
+        running(home, log, backoff=Backoff(0.001, 0.01), engines={"e1": engine}) as system,
         anyio.create_task_group() as tg,
         tinker_routes(
-            home, log, system.artifacts, lambda: Catalog(home.catalog), single_tenant("acme")
-        ) as routes,
+            home, log, system.artifacts, partial(Catalog, home.catalog), token_check(tokens)
+        ) as tinker,
     ):
-        app = Starlette(routes=routes)
         listener = socket.create_server(("127.0.0.1", 0))
+        app = create_app(system, tokens, tinker=tinker)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         tg.start_soon(lambda: server.serve(sockets=[listener]))
-        yield system, f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield Server(system, f"http://127.0.0.1:{listener.getsockname()[1]}", tokens)
         tg.cancel_scope.cancel()
 
 
@@ -85,7 +103,8 @@ async def run_client(venv: str, env: dict[str, str], *args: str) -> dict[str, ob
     return report
 
 
-async def check_loops_and_facts(system: System, report: dict[str, object]) -> None:
+async def check_loops_and_facts(server: Server, report: dict[str, object], reader: str) -> None:
+    system = server.system
     assert "tiny" in report["bases"]  # type: ignore[operator]
     losses = report["sl_losses"]
     assert isinstance(losses, list)
@@ -115,9 +134,29 @@ async def check_loops_and_facts(system: System, report: dict[str, object]) -> No
     assert (sl_policy, "sl-final") in exported and len(exported) == 2
     assert any(isinstance(r, SamplerCreated) and r.policy == sl_policy for r in records)
     assert any(isinstance(r, CheckpointSaved) and r.kind == "training" for r in records)
-    # The catalog folds them like any trainer's: the policy is registered, the revision listed.
+    # The catalog folds them like any trainer's: the policy is registered, the revision listed; it can
+    # be evaluated and promoted, and then served by name through the OpenAI-compatible API.
     with anyio.fail_after(30):
         await system.until(lambda: _revision_listed(system.home, sl_policy, "sl-final"))
+    await system.log.append([evaluated(sl_policy, "sl-final")])
+    await system.log.append([Promote.create(policy=sl_policy, revision="sl-final")])
+    with anyio.fail_after(30):
+        await system.until(lambda: _pointer(system.home, sl_policy) == "sl-final")
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {reader}"}) as http:
+        body = {"model": sl_policy, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
+        with anyio.fail_after(60):
+            completion = (await http.post("/v1/completions", json=body)).json()
+    assert completion["choices"][0]["text"].startswith(" Paris."), completion
+    audited = {entry.stored.type for entry in await history(system.log, sl_policy)}
+    assert {"TrainingClientCreated", "StepCompleted", "RevisionExported", "RevisionPromoted"} <= audited
+
+
+def _pointer(home: Home, policy: str) -> str | None:
+    catalog = Catalog(home.catalog)
+    try:
+        return catalog.resolve(policy)
+    finally:
+        catalog.close()
 
 
 def _revision_listed(home: Home, policy: str, revision: str) -> bool:
@@ -131,92 +170,92 @@ def _revision_listed(home: Home, policy: str, revision: str) -> bool:
 
 
 async def test_tinker_038_supervised_and_rl_loops(tmp_path: Path) -> None:
-    async with tinker_server(Home(tmp_path)) as (system, url):
-        report = await run_client(
-            ".venv-tinker038", {"TINKER_BASE_URL": url, "TINKER_API_KEY": "tml-test-key"}
-        )
+    async with tinker_server(Home(tmp_path)) as server:
+        key = server.tokens.issue("acme", ["trainer", "reader"]).secret
+        report = await run_client(".venv-tinker038", {"TINKER_BASE_URL": server.url, "TINKER_API_KEY": key})
         assert report["sdk"] == "0.38.0"
-        await check_loops_and_facts(system, report)
+        await check_loops_and_facts(server, report, key)
 
 
 async def test_mindlab_toolkit_020_supervised_and_rl_loops(tmp_path: Path) -> None:
-    async with tinker_server(Home(tmp_path)) as (system, url):
-        # An `sk-` key works only through the JWT exchange (the server offers pjwt_auth_enabled).
+    async with tinker_server(Home(tmp_path)) as server:
+        key = server.tokens.issue("acme", ["trainer", "reader"]).secret
+        # MinT's SDK sends `sk-` keys, which work only through the JWT exchange (pjwt_auth_enabled).
+        mint_key = "sk-" + key.removeprefix("tml-")
         report = await run_client(
-            ".venv-mint020", {"MINT_BASE_URL": url, "MINT_API_KEY": "sk-test-key"}, "--mint"
+            ".venv-mint020", {"MINT_BASE_URL": server.url, "MINT_API_KEY": mint_key}, "--mint"
         )
         assert report["sdk"] == "0.22.0"
-        await check_loops_and_facts(system, report)
+        await check_loops_and_facts(server, report, key)
 
 
 async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Path) -> None:
-    async with (
-        tinker_server(Home(tmp_path)) as (_, url),
-        httpx.AsyncClient(base_url=url + "/api/v1", headers={"X-API-Key": "tml-k"}) as http,
-    ):
-        session = (await http.post("/create_session", json={})).json()["session_id"]
+    async with tinker_server(Home(tmp_path)) as server:
+        key = server.tokens.issue("acme", ["trainer"]).secret
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", headers={"X-API-Key": key}) as http:
+            session = (await http.post("/create_session", json={})).json()["session_id"]
 
-        async def refused(path: str, body: object, status: int, field: str, **kw: object) -> None:
-            response = await http.post(path, json=body, **kw)  # type: ignore[arg-type]
-            assert response.status_code == status, response.text
-            assert field in response.json()["detail"], response.json()
+            async def refused(path: str, body: object, status: int, field: str, **kw: object) -> None:
+                response = await http.post(path, json=body, **kw)  # type: ignore[arg-type]
+                assert response.status_code == status, response.text
+                assert field in response.json()["detail"], response.json()
 
-        await refused("/create_model", {"session_id": session, "base_model": "nope"}, 400, "base_model")
-        await refused(
-            "/create_model",
-            {"session_id": session, "base_model": "tiny", "lora_config": {"rank": 0}},
-            400,
-            "lora_config.rank",
-        )
-        await refused("/create_model", {"session_id": session}, 400, "base_model")
-        await refused("/create_model", {"session_id": "sess-x", "base_model": "tiny"}, 404, "session_id")
-        created = (
-            await http.post("/create_model", json={"session_id": session, "base_model": "tiny"})
-        ).json()
-        model_id = (await http.post("/retrieve_future", json=created)).json()["model_id"]
-        datum = {
-            "model_input": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
-            "loss_fn_inputs": {"target_tokens": {"data": [2, 3, 4], "dtype": "int64"}},
-        }
-        fb = {"model_id": model_id, "seq_id": 1}
-        await refused(
-            "/forward_backward",
-            {**fb, "forward_backward_input": {"data": [datum], "loss_fn": "magic"}},
-            400,
-            "loss_fn",
-        )
-        await refused(
-            "/forward_backward",
-            {**fb, "seq_id": 2, "forward_backward_input": {"data": [datum], "loss_fn": "ppo"}},
-            400,
-            "data[0].loss_fn_inputs.logprobs",
-        )
-        short = {**datum, "loss_fn_inputs": {"target_tokens": {"data": [2], "dtype": "int64"}}}
-        await refused(
-            "/forward_backward",
-            {**fb, "seq_id": 3, "forward_backward_input": {"data": [short], "loss_fn": "cross_entropy"}},
-            400,
-            "data[0].loss_fn_inputs.target_tokens",
-        )
-        response = await http.post(
-            "/forward_backward", content=b"\x0a\xff", headers={"Content-Type": "application/x-protobuf"}
-        )
-        assert response.status_code == 400 and "protobuf" in response.json()["detail"]
-        await refused("/optim_step", {"model_id": model_id, "seq_id": 4}, 400, "adam_params")
-        await refused("/save_weights", {"model_id": model_id, "seq_id": 5, "path": "a/b"}, 400, "path")
-        await refused("/load_weights", {"model_id": model_id, "seq_id": 6, "path": "s3://x"}, 400, "path")
-        await refused("/retrieve_future", {"request_id": "req-nope"}, 404, "request_id")
-        await refused("/get_info", {"model_id": "sess-x:train:0"}, 404, "model_id")
-        response = await http.post("/create_model", content=b"{not json")
-        assert response.status_code == 400 and "JSON" in response.json()["detail"]
-        response = await http.post("/create_session", json={}, headers={"X-API-Key": "wrong"})
-        assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
-        # The refused seq_ids 1-6 did not block the model's queue: seq 7 runs.
-        good = {
-            **fb,
-            "seq_id": 7,
-            "forward_backward_input": {"data": [datum], "loss_fn": "cross_entropy"},
-        }
-        pending = (await http.post("/forward_backward", json=good)).json()
-        result = (await http.post("/retrieve_future", json=pending)).json()
-        assert result["metrics"]["loss:sum"] > 0
+            await refused("/create_model", {"session_id": session, "base_model": "nope"}, 400, "base_model")
+            await refused(
+                "/create_model",
+                {"session_id": session, "base_model": "tiny", "lora_config": {"rank": 0}},
+                400,
+                "lora_config.rank",
+            )
+            await refused("/create_model", {"session_id": session}, 400, "base_model")
+            await refused("/create_model", {"session_id": "sess-x", "base_model": "tiny"}, 404, "session_id")
+            created = (
+                await http.post("/create_model", json={"session_id": session, "base_model": "tiny"})
+            ).json()
+            model_id = (await http.post("/retrieve_future", json=created)).json()["model_id"]
+            datum = {
+                "model_input": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
+                "loss_fn_inputs": {"target_tokens": {"data": [2, 3, 4], "dtype": "int64"}},
+            }
+            fb = {"model_id": model_id, "seq_id": 1}
+            await refused(
+                "/forward_backward",
+                {**fb, "forward_backward_input": {"data": [datum], "loss_fn": "magic"}},
+                400,
+                "loss_fn",
+            )
+            await refused(
+                "/forward_backward",
+                {**fb, "seq_id": 2, "forward_backward_input": {"data": [datum], "loss_fn": "ppo"}},
+                400,
+                "data[0].loss_fn_inputs.logprobs",
+            )
+            short = {**datum, "loss_fn_inputs": {"target_tokens": {"data": [2], "dtype": "int64"}}}
+            await refused(
+                "/forward_backward",
+                {**fb, "seq_id": 3, "forward_backward_input": {"data": [short], "loss_fn": "cross_entropy"}},
+                400,
+                "data[0].loss_fn_inputs.target_tokens",
+            )
+            response = await http.post(
+                "/forward_backward", content=b"\x0a\xff", headers={"Content-Type": "application/x-protobuf"}
+            )
+            assert response.status_code == 400 and "protobuf" in response.json()["detail"]
+            await refused("/optim_step", {"model_id": model_id, "seq_id": 4}, 400, "adam_params")
+            await refused("/save_weights", {"model_id": model_id, "seq_id": 5, "path": "a/b"}, 400, "path")
+            await refused("/load_weights", {"model_id": model_id, "seq_id": 6, "path": "s3://x"}, 400, "path")
+            await refused("/retrieve_future", {"request_id": "req-nope"}, 404, "request_id")
+            await refused("/get_info", {"model_id": "sess-x:train:0"}, 404, "model_id")
+            response = await http.post("/create_model", content=b"{not json")
+            assert response.status_code == 400 and "JSON" in response.json()["detail"]
+            response = await http.post("/create_session", json={}, headers={"X-API-Key": "wrong"})
+            assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
+            # The refused seq_ids 1-6 did not block the model's queue: seq 7 runs.
+            good = {
+                **fb,
+                "seq_id": 7,
+                "forward_backward_input": {"data": [datum], "loss_fn": "cross_entropy"},
+            }
+            pending = (await http.post("/forward_backward", json=good)).json()
+            result = (await http.post("/retrieve_future", json=pending)).json()
+            assert result["metrics"]["loss:sum"] > 0
