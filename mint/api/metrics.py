@@ -77,36 +77,56 @@ class _Scrape(Collector):
         v = self.values
         if not v:
             return
-        records = CounterMetricFamily("mint_log_records", "Records on the log (all partitions).")
-        records.add_metric([], v["records"])
-        yield records
-        lag = GaugeMetricFamily(
-            "mint_actor_lag_records", "Records the actor has not handled.", labels=["actor"]
+        yield _family(CounterMetricFamily, "mint_log_records", "Records on the log.", (), {(): v["records"]})
+        yield _family(
+            GaugeMetricFamily,
+            "mint_actor_lag_records",
+            "Records the actor has not handled.",
+            ("actor",),
+            {(a,): n for a, n in v["lag"].items()},
         )
-        for actor, n in v["lag"].items():
-            lag.add_metric([actor], n)
-        yield lag
-        resident = GaugeMetricFamily(
-            "mint_adapters_resident", "Adapters resident per engine and tier.", labels=["engine", "tier"]
+        yield _family(
+            GaugeMetricFamily,
+            "mint_adapters_resident",
+            "Adapters resident per engine and tier.",
+            ("engine", "tier"),
+            v["resident"],
         )
-        for (engine, tier), n in v["resident"].items():
-            resident.add_metric([engine, tier], n)
-        yield resident
-        waves = CounterMetricFamily("mint_engine_wave", "Waves executed per engine.", labels=["engine"])
-        failures = CounterMetricFamily(
-            "mint_adapter_load_failures", "Adapter loads that failed.", labels=["engine"]
+        engines = v["engines"].items()
+        yield _family(
+            CounterMetricFamily,
+            "mint_engine_wave",
+            "Waves executed per engine.",
+            ("engine",),
+            {(e,): wave for e, (wave, _) in engines},
         )
-        for engine, (wave, failed) in v["engines"].items():
-            waves.add_metric([engine], wave)
-            failures.add_metric([engine], failed)
-        yield waves
-        yield failures
-        in_flight = GaugeMetricFamily(
-            "mint_engine_requests_in_flight", "Inference requests queued or running.", labels=["engine"]
+        yield _family(
+            CounterMetricFamily,
+            "mint_adapter_load_failures",
+            "Adapter loads that failed.",
+            ("engine",),
+            {(e,): failed for e, (_, failed) in engines},
         )
-        for engine, n in v["in_flight"].items():
-            in_flight.add_metric([engine], n)
-        yield in_flight
+        yield _family(
+            GaugeMetricFamily,
+            "mint_engine_requests_in_flight",
+            "Inference requests queued or running.",
+            ("engine",),
+            {(e,): n for e, n in v["in_flight"].items()},
+        )
+
+
+def _family(
+    kind: type[CounterMetricFamily | GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    labels: tuple[str, ...],
+    values: dict[tuple[str, ...], float],
+) -> Metric:
+    family = kind(name, documentation, labels=list(labels))
+    for key, value in values.items():
+        family.add_metric(list(key), value)
+    return family
 
 
 class Metrics:

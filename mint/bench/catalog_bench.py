@@ -14,7 +14,7 @@ from mint.catalog.rows import POLICIES, PolicyRow
 from mint.projection.store import ProjectionStore
 
 
-def _percentile(samples: list[float], q: float) -> float:
+def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -76,9 +76,9 @@ def bench_catalog(
         size = path.stat().st_size
     return {
         "policies": float(count),
-        "resolve_p50_ms": _percentile(times, 0.5),
-        "resolve_p99_ms": _percentile(times, 0.99),
-        "search_p99_ms": _percentile(searches, 0.99),
+        "resolve_p50_ms": percentile(times, 0.5),
+        "resolve_p99_ms": percentile(times, 0.99),
+        "search_p99_ms": percentile(searches, 0.99),
         "projection_mb": size / 1e6,
         "projection_bytes_per_policy": size / count,
     }

@@ -16,13 +16,8 @@ from starlette.applications import Starlette
 from events.sqlite_log import SqliteLog
 from mint.api.console import routes
 from mint.auth.tokens import TokenStore
-from mint.bench.catalog_bench import build_catalog
+from mint.bench.catalog_bench import build_catalog, percentile
 from mint.catalog.queries import Catalog
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _measure(path: Path, tmp: Path, count: int, requests: int) -> dict[str, float]:
@@ -75,8 +70,8 @@ async def _measure(path: Path, tmp: Path, count: int, requests: int) -> dict[str
                 times.append((time.perf_counter() - began) * 1000)
                 assert response.status_code == 200, (target, response.text)
                 empty += response.json().get("policies", [None]) == []
-            results[f"{name}_p50_ms"] = _percentile(times, 0.5)
-            results[f"{name}_p99_ms"] = _percentile(times, 0.99)
+            results[f"{name}_p50_ms"] = percentile(times, 0.5)
+            results[f"{name}_p99_ms"] = percentile(times, 0.99)
             # An empty page (nothing after a random cursor) costs a scan to the end: the worst case.
             results[f"{name}_empty_pages"] = float(empty)
         return results
