@@ -11,6 +11,7 @@ from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
 from mint.commands.demo import demo
 from mint.commands.events import events_group
+from mint.commands.policy import policy_group
 from mint.commands.replay import replay_group
 from mint.commands.services import services_group
 from mint.commands.sim import sim
@@ -33,6 +34,7 @@ cli.add_command(demo)
 cli.add_command(events_group)
 cli.add_command(replay_group)
 cli.add_command(catalog_group)
+cli.add_command(policy_group)
 cli.add_command(bench_group)
 cli.add_command(services_group)
 cli.add_command(train)

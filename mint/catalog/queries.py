@@ -18,6 +18,7 @@ from mint.catalog.rows import (
     RUNS,
     SERVING_MOVES,
     STEPS,
+    TRAFFIC,
     WAVES,
     EngineRow,
     EvaluationRow,
@@ -29,6 +30,7 @@ from mint.catalog.rows import (
     RunRow,
     ServingMove,
     StepRow,
+    TrafficRow,
     WaveRow,
 )
 from mint.projection.store import DEAD_LETTERS, DeadLetter
@@ -71,6 +73,10 @@ class Catalog:
 
     def serving_history(self, policy: str) -> list[ServingMove]:
         return self._rows(SERVING_MOVES, "policy = ?", (policy,), "at, id")
+
+    def traffic(self, policy: str) -> list[TrafficRow]:
+        """Live traffic per revision since each last started serving (what the watch reads)."""
+        return self._rows(TRAFFIC, "policy = ?", (policy,), "revision")
 
     def run(self, run: str) -> RunRow | None:
         found = self._rows(RUNS, "run = ?", (run,))

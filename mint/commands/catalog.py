@@ -50,6 +50,14 @@ def show(policy: str, home_dir: str | None) -> None:
         raise click.ClickException(f"unknown policy {policy!r}")
     click.echo(f"{row.policy}  status={row.status}  base={row.base_id}  promotion={row.promotion}")
     click.echo(f"serving: {row.pointer or '(nothing)'}   served so far: {' -> '.join(row.served) or '-'}")
+    if row.gate:
+        minimum = f", at least {row.gate.min_score:g}" if row.gate.min_score is not None else ""
+        click.echo(f"gate: {row.gate.suite}, tolerance {row.gate.tolerance:g}{minimum}")
+    if row.watch:
+        click.echo(
+            f"watch: roll back above {row.watch.max_error_rate:.1%} errors (>= {row.watch.min_requests} "
+            f"requests) or a live score {row.watch.max_score_drop} below its evaluation"
+        )
     click.echo("revisions:")
     for rev in catalog.revisions(policy):
         verdict = (
@@ -58,9 +66,19 @@ def show(policy: str, home_dir: str | None) -> None:
             else "not evaluated"
         )
         click.echo(f"  {rev.revision:<10} parent={rev.parent or '-':<8} rank={rev.rank} {verdict}")
+        if rev.eval_detail:
+            click.echo(f"             {rev.eval_detail}")
+    traffic = catalog.traffic(policy)
+    if traffic:
+        click.echo("live traffic (since each revision last started serving):")
+        for t in traffic:
+            score = f", live score {t.score_sum / t.scored:.3f} on {t.scored}" if t.scored else ""
+            click.echo(f"  {t.revision:<10} {t.requests} requests, {t.errors} failed{score}")
     click.echo("serving history:")
     for move in catalog.serving_history(policy):
         click.echo(f"  {move.at} {move.kind:<11} {move.previous or '-'} -> {move.revision}  {move.reason}")
+        if move.evidence:
+            click.echo(f"{'':>35}evidence: {', '.join(f'{k}={v:g}' for k, v in move.evidence.items())}")
     rejections = catalog.rejections(policy)
     if rejections:
         click.echo("refused commands:")

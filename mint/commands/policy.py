@@ -1,0 +1,341 @@
+"""`mint policy …`: the catalog commands a person gives — register, configure, evaluate, promote,
+roll back, retire — each appended to the log, then answered with the fact or the refusal it caused.
+
+Like `mint train`, a command is a client of a running `mint up` on the same home, or starts the actors
+in this process until its answer arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import click
+import msgspec
+
+from events.catalog import (
+    ConfigurePolicy,
+    Gate,
+    Promote,
+    RegisterPolicy,
+    RetirePolicy,
+    Rollback,
+    Watch,
+)
+from events.codec import RecordError, encode, validate
+from events.envelope import Command, Fact, Record
+from events.evaluation import RequestEvaluation
+from events.log import Appended, EventLog
+from events.names import ModelRefError, parse_model_ref
+from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
+from mint.commands.train import actors_unless_running
+from mint.config import open_log
+
+POLL_S = 0.2  # how often a client re-reads the log for the answer
+
+SOURCE = "cli"
+
+
+async def answer(log: EventLog, appended: Appended, command_id: str, timeout_s: float) -> Fact:
+    """The first fact caused by `command_id`: deciders key it like the command, so it follows it in
+    the same partition."""
+    offset = appended.offset + 1
+    with anyio.fail_after(timeout_s):
+        while True:
+            for stored in await log.read(appended.partition, offset):
+                offset = stored.offset + 1
+                record = stored.decode()
+                if isinstance(record, Fact) and record.causation == command_id:
+                    return record
+            await anyio.sleep(POLL_S)
+
+
+def _say(fact: Record) -> tuple[bool, str]:
+    fields = {k: v for k, v in msgspec.structs.asdict(fact).items() if v not in (None, "", {}, [])}
+    kind = type(fact).__name__
+    if kind == "CommandRejected":
+        return False, f"refused: {fields['reason']}" + (
+            f" (field {fields['field']})" if "field" in fields else ""
+        )
+    shown = {
+        k: v
+        for k, v in fields.items()
+        if k not in ("id", "v", "key", "tenant", "at", "source", "causation", "correlation")
+    }
+    return True, f"{kind}: " + ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def _submit(
+    home_dir: str | None, log_url: str | None, artifacts_url: str | None, command: Command, timeout_s: float
+) -> None:
+    _checked(command)
+    home, spec = context(home_dir, log_url)
+    artifacts = artifacts_spec(home, artifacts_url)
+
+    async def go() -> Fact:
+        async with open_log(spec) as log, actors_unless_running(home, log, artifacts):
+            (appended,) = await log.append([command])
+            return await answer(log, appended, command.id, timeout_s)
+
+    try:
+        ok, said = _say(run(go))
+    except TimeoutError:
+        raise click.ClickException(
+            f"no answer to {type(command).__name__} {command.id} within {timeout_s:g}s; it is on the log "
+            "and will be decided when the actors run"
+        ) from None
+    click.echo(said)
+    if not ok:
+        raise SystemExit(1)
+
+
+def _build(kind: type[Command], param: str, **fields: Any) -> Command:
+    """The command, checked against the published schema as any producer's record would be."""
+    try:
+        return kind.create(source=SOURCE, **fields)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
+
+
+def _checked(command: Command) -> Command:
+    try:
+        validate(encode(command))
+    except RecordError as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.field or "") from None
+    return command
+
+
+def _ref(value: str) -> tuple[str, str]:
+    try:
+        policy, revision = parse_model_ref(value)
+    except ModelRefError as exc:
+        raise click.BadParameter(str(exc), param_hint="REF") from None
+    if revision is None:
+        raise click.BadParameter(f"{value!r}: name a revision, tenant/name@rev", param_hint="REF")
+    return policy, revision
+
+
+def _gate(suite: str | None, tolerance: float, min_score: float | None) -> Gate | None:
+    if suite is None:
+        return None
+    try:
+        return msgspec.convert({"suite": suite, "tolerance": tolerance, "min_score": min_score}, Gate)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gate/--tolerance") from None
+
+
+def _watch(enabled: bool, values: dict[str, Any]) -> Watch | None:
+    if not enabled:
+        return None
+    try:
+        return msgspec.convert({k: v for k, v in values.items() if v is not None}, Watch)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--watch options") from None
+
+
+def common(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in (
+        click.option(
+            "--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for the answer."
+        ),
+        artifacts_option,
+        log_option,
+        home_option,
+    ):
+        fn = option(fn)
+    return fn
+
+
+def gate_and_watch(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in (
+        click.option(
+            "--gate",
+            "suite",
+            default=None,
+            help="The suite revisions must pass: reward:SPEC or a file suite.",
+        ),
+        click.option(
+            "--tolerance",
+            default=0.0,
+            show_default=True,
+            help="How much worse than what serves a revision may score.",
+        ),
+        click.option("--min-score", type=float, default=None, help="A score every revision must reach."),
+        click.option("--watch/--no-watch", "watch", default=False, help="Roll back on live regressions."),
+        click.option(
+            "--max-error-rate",
+            type=float,
+            default=None,
+            help="Watch: error rate that triggers a rollback (0.05).",
+        ),
+        click.option(
+            "--min-requests",
+            type=int,
+            default=None,
+            help="Watch: requests before the error rate counts (20).",
+        ),
+        click.option(
+            "--sample-rate", type=float, default=None, help="Watch: share of requests scored live (0.25)."
+        ),
+        click.option(
+            "--max-score-drop",
+            type=float,
+            default=None,
+            help="Watch: live score drop below the evaluation (0.15).",
+        ),
+    ):
+        fn = option(fn)
+    return fn
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """Register policies, set their gates, evaluate, promote and roll back revisions."""
+
+
+@policy_group.command("register")
+@click.argument("policy")
+@click.option("--base", "base_id", required=True, help="The base id the policy's revisions adapt.")
+@click.option("--promotion", type=click.Choice(["manual", "auto"]), default="manual", show_default=True)
+@gate_and_watch
+@common
+def register(
+    policy: str,
+    base_id: str,
+    promotion: str,
+    suite: str | None,
+    tolerance: float,
+    min_score: float | None,
+    watch: bool,
+    timeout_s: float,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+    **watch_values: Any,
+) -> None:
+    """Register POLICY (tenant/name) on a base."""
+    command = _build(
+        RegisterPolicy,
+        "POLICY",
+        policy=policy,
+        base_id=base_id,
+        promotion=promotion,
+        gate=_gate(suite, tolerance, min_score),
+        watch=_watch(watch, watch_values),
+    )
+    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+
+
+@policy_group.command("configure")
+@click.argument("policy")
+@click.option("--promotion", type=click.Choice(["manual", "auto"]), default=None)
+@gate_and_watch
+@common
+def configure(
+    policy: str,
+    promotion: str | None,
+    suite: str | None,
+    tolerance: float,
+    min_score: float | None,
+    watch: bool,
+    timeout_s: float,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+    **watch_values: Any,
+) -> None:
+    """Change POLICY's promotion mode, gate or watch (what is not given stays)."""
+    command = _build(
+        ConfigurePolicy,
+        "POLICY",
+        policy=policy,
+        promotion=promotion,
+        gate=_gate(suite, tolerance, min_score),
+        watch=_watch(watch, watch_values),
+    )
+    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+
+
+@policy_group.command("evaluate")
+@click.argument("ref")
+@click.option("--suite", default=None, help="Default: the suite of the policy's gate.")
+@common
+def evaluate(
+    ref: str,
+    suite: str | None,
+    timeout_s: float,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+) -> None:
+    """Evaluate REF (tenant/name@rev) against what the policy serves (or the base model)."""
+    policy, revision = _ref(ref)
+    command = _build(RequestEvaluation, "--suite", policy=policy, revision=revision, suite=suite)
+    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+
+
+@policy_group.command("promote")
+@click.argument("ref")
+@click.option("--reason", default="", help="Why, for the serving history.")
+@common
+def promote(
+    ref: str,
+    reason: str,
+    timeout_s: float,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+) -> None:
+    """Serve REF (tenant/name@rev); refused unless its evaluation passed."""
+    policy, revision = _ref(ref)
+    _submit(
+        home_dir,
+        log_url,
+        artifacts_url,
+        _build(Promote, "REF", policy=policy, revision=revision, reason=reason),
+        timeout_s,
+    )
+
+
+@policy_group.command("rollback")
+@click.argument("policy")
+@click.option(
+    "--to", "to_revision", default=None, help="An earlier served revision (default: the one before)."
+)
+@click.option("--reason", default="", help="Why, for the serving history.")
+@common
+def rollback(
+    policy: str,
+    to_revision: str | None,
+    reason: str,
+    timeout_s: float,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+) -> None:
+    """Return POLICY to the revision it served before (or --to an earlier one)."""
+    command = _build(Rollback, "POLICY", policy=policy, to_revision=to_revision, reason=reason)
+    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+
+
+@policy_group.command("retire")
+@click.argument("policy")
+@click.option("--reason", default="")
+@common
+def retire(
+    policy: str,
+    reason: str,
+    timeout_s: float,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+) -> None:
+    """Stop serving POLICY for good; its name stays taken."""
+    _submit(
+        home_dir,
+        log_url,
+        artifacts_url,
+        _build(RetirePolicy, "POLICY", policy=policy, reason=reason),
+        timeout_s,
+    )
