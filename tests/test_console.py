@@ -52,6 +52,7 @@ async def browser() -> AsyncIterator[BrowserContext]:
 async def test_search_open_roll_back_and_watch_live(bare_system: System, browser: BrowserContext) -> None:
     await bare_system.log.append([register(f"acme/tail-{i:03d}") for i in range(60)])
     await two_revisions_served(bare_system)
+    await bare_system.settle()
     async with anyio.create_task_group() as tg:
         address = await tg.start(serve_http, bare_system, "127.0.0.1", 0)
         secret = bare_system.home.admin_token.read_text().strip()  # written by the first start

@@ -112,6 +112,11 @@ async function renderPolicy(policy) {
     admin ? `<button class="promote" data-revision="${esc(r.revision)}">Promote</button>` : "",
   ]);
   const options = d.revisions.map((r) => `<option>${esc(r.revision)}</option>`).join("");
+  // A live re-render must not eat what the admin is typing or has chosen.
+  const same = view.dataset.policy === policy;
+  const typed = (same && document.getElementById("reason")?.value) || "";
+  const chosen = (same && document.getElementById("rollback-to")?.value) || "";
+  view.dataset.policy = policy;
   view.innerHTML = `
     <h2>${esc(p.policy)}</h2>
     <p>status <b>${esc(p.status)}</b> · base ${esc(p.base_id)} · promotion ${esc(p.promotion)} ·
@@ -136,6 +141,8 @@ async function renderPolicy(policy) {
       esc(a.at), esc(a.what), esc(a.revision || ""), esc(a.detail), `<code>${esc(a.id || "")}</code>`,
       `<code>${esc(a.causation || "")}</code>`]))}`;
   if (!admin) return;
+  document.getElementById("reason").value = typed;
+  document.getElementById("rollback-to").value = chosen;
   const reason = () => document.getElementById("reason").value || "from the console";
   document.getElementById("rollback").onclick = () => {
     const to = document.getElementById("rollback-to").value || null;
@@ -244,6 +251,7 @@ async function render() {
       document.getElementById("whoami").textContent = `${me.tenant} (${me.roles.join(", ")})`;
       follow();
     }
+    if (kind !== "policy") delete view.dataset.policy;
     if (kind === "policy") await renderPolicy(arg);
     else if (kind === "engines") await renderEngines();
     else if (kind === "runs") await renderRuns();
@@ -276,7 +284,7 @@ async function follow() {
           buffer = buffer.slice(cut + 2);
           if (!data) continue;
           live.textContent = `live · ${JSON.parse(data.slice(6)).facts} facts`;
-          if (!first && !document.querySelector("form#search input:focus")) render();
+          if (!first && !document.querySelector("form#search :focus")) render();
           first = false;
         }
       }
