@@ -16,6 +16,7 @@ from playwright.async_api import BrowserContext, async_playwright, expect
 
 from actors.system import System
 from events.catalog import Promote
+from events.training import StepCompleted, TrainingStarted
 from mint.commands.up import serve_http
 from tests.api_system import two_revisions_served
 from tests.records import register
@@ -52,11 +53,21 @@ async def browser() -> AsyncIterator[BrowserContext]:
 async def test_search_open_roll_back_and_watch_live(bare_system: System, browser: BrowserContext) -> None:
     await bare_system.log.append([register(f"acme/tail-{i:03d}") for i in range(60)])
     await two_revisions_served(bare_system)
+    run = TrainingStarted.create(
+        run="acme/run1", policies=["acme/a"], base_id="tiny", algo="grpo", task="token:the", steps=3
+    )
+    steps = [
+        StepCompleted.create(run="acme/run1", policy="acme/a", step=i, loss=1.0 / i, reward_mean=0.2 * i)
+        for i in (1, 2, 3)
+    ]
+    await bare_system.log.append([run, *steps])
     await bare_system.settle()
     async with anyio.create_task_group() as tg:
         address = await tg.start(serve_http, bare_system, "127.0.0.1", 0)
         secret = bare_system.home.admin_token.read_text().strip()  # written by the first start
         page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
         await page.goto(f"{address}/admin/")
         await page.fill("#token", secret)
         await page.click("#login button")
@@ -82,6 +93,18 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
 
         # A promotion from another producer reaches the open page through the live stream.
         await bare_system.log.append([Promote.create(policy="acme/a", revision="r2", reason="fixed")])
+        await expect(pointer).to_have_text("r2", timeout=WAIT_MS)
+
+        # The other views render from the same API: a run's curves, engines, dead letters.
+        await page.click("text=Runs")
+        await page.click("text=acme/run1")
+        await expect(page.locator("svg.chart polyline")).to_have_count(2, timeout=WAIT_MS)
+        await page.click("text=Engines")
+        await expect(page.locator("text=No engine has registered.")).to_be_visible(timeout=WAIT_MS)
+        await page.click("text=Dead letters")
+        await expect(page.locator("th", has_text="reason")).to_be_visible(timeout=WAIT_MS)
+        assert errors == []
+        await page.goto(f"{address}/admin/#/policy/acme/a")
         await expect(pointer).to_have_text("r2", timeout=WAIT_MS)
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
