@@ -111,7 +111,8 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     assert losses[-1] < 0.3 * losses[0], losses
     assert report["trained_tokens"] == report["answer"]  # greedy sampling from the trained adapter
     assert report["base_tokens"] != report["answer"]  # ... which the base alone does not say
-    assert abs(float(report["resumed_forward"]) - float(report["sl_forward"])) < 1e-4  # type: ignore[arg-type]
+    for resumed in ("resumed_forward", "reloaded_forward"):
+        assert abs(float(report[resumed]) - float(report["sl_forward"])) < 1e-4  # type: ignore[arg-type]
     assert {"weights/sl-state", "sampler_weights/sl-final"} <= set(report["checkpoints"])  # type: ignore[arg-type]
     assert report["run"] in report["runs"]  # type: ignore[operator]
     rewards = report["rl_rewards"]
@@ -128,7 +129,7 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     assert len(created) == 3 and all(r.tenant == "acme" and r.base_id == "tiny" for r in created)
     sl_policy = next(r.policy for r in created if r.model_id == report["run"])
     steps = [r for r in records if isinstance(r, StepCompleted) and r.policy == sl_policy]
-    assert [s.step for s in steps] == list(range(1, 21))
+    assert [s.step for s in steps] == list(range(1, 22))  # 20 in the loop, 1 before the reload
     assert steps[-1].loss < steps[0].loss
     exported = {(r.policy, r.revision) for r in records if isinstance(r, RevisionExported)}
     assert (sl_policy, "sl-final") in exported and len(exported) == 2
@@ -259,3 +260,79 @@ async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Pat
             pending = (await http.post("/forward_backward", json=good)).json()
             result = (await http.post("/retrieve_future", json=pending)).json()
             assert result["metrics"]["loss:sum"] > 0
+
+
+def _datum(tokens: list[int]) -> dict[str, object]:
+    return {
+        "model_input": {"chunks": [{"type": "encoded_text", "tokens": tokens[:-1]}]},
+        "loss_fn_inputs": {"target_tokens": {"data": tokens[1:], "dtype": "int64"}},
+    }
+
+
+async def _model(http: httpx.AsyncClient) -> str:
+    session = (await http.post("/create_session", json={})).json()["session_id"]
+    created = (await http.post("/create_model", json={"session_id": session, "base_model": "tiny"})).json()
+    model_id: str = (await http.post("/retrieve_future", json=created)).json()["model_id"]
+    return model_id
+
+
+async def test_requests_of_a_model_run_in_seq_id_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with tinker_server(Home(tmp_path)) as server:
+        key = server.tokens.issue("acme", ["trainer"]).secret
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", headers={"X-API-Key": key}) as http:
+            model_id = await _model(http)
+            batch = {"data": [_datum([5, 6, 7, 8, 9, 10])], "loss_fn": "cross_entropy"}
+            # Sent last-first, as the SDK sends the chunks of a large batch: forward (seq 3) must see
+            # the update of optim_step (seq 2), which must see the gradients of seq 1.
+            after = await http.post(
+                "/forward", json={"model_id": model_id, "seq_id": 3, "forward_input": batch}
+            )
+            monkeypatch.setattr("mint.tinker.routes.LONG_POLL_S", 0.05)
+            pending = (await http.post("/retrieve_future", json=after.json())).json()
+            assert pending == {
+                "type": "try_again",
+                "request_id": after.json()["request_id"],
+                "queue_state": "active",
+            }
+            monkeypatch.setattr("mint.tinker.service.PAUSE_AT_PENDING", 1)
+            paused = (await http.post("/retrieve_future", json=after.json())).json()
+            assert paused["queue_state"] == "paused_capacity"
+            monkeypatch.undo()
+            adam = {"learning_rate": 0.05}
+            step = await http.post(
+                "/optim_step", json={"model_id": model_id, "seq_id": 2, "adam_params": adam}
+            )
+            before = await http.post(
+                "/forward_backward", json={"model_id": model_id, "seq_id": 1, "forward_backward_input": batch}
+            )
+            results = [
+                (await http.post("/retrieve_future", json=r.json())).json() for r in (before, step, after)
+            ]
+            assert results[1]["metrics"]["step:max"] == 1.0
+            assert results[2]["metrics"]["loss:sum"] < results[0]["metrics"]["loss:sum"]
+
+
+async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
+    async with tinker_server(Home(tmp_path)) as server:
+        acme = server.tokens.issue("acme", ["trainer"]).secret
+        globex = server.tokens.issue("globex", ["trainer"]).secret
+        reader = server.tokens.issue("acme", ["reader"]).secret
+        async with httpx.AsyncClient(base_url=server.url + "/api/v1", headers={"X-API-Key": acme}) as http:
+            model_id = await _model(http)
+            other = {"X-API-Key": globex}
+            response = await http.post("/get_info", json={"model_id": model_id}, headers=other)
+            assert response.status_code == 404 and model_id in response.json()["detail"]
+            response = await http.get("/training_runs", headers=other)
+            assert response.json()["training_runs"] == []
+            assert [
+                r["training_run_id"] for r in (await http.get("/training_runs")).json()["training_runs"]
+            ] == [model_id]
+            session = (await http.post("/create_session", json={}, headers={"X-API-Key": reader})).json()
+            response = await http.post(
+                "/create_model",
+                json={"session_id": session["session_id"], "base_model": "tiny"},
+                headers={"X-API-Key": reader},
+            )
+            assert response.status_code == 403 and "trainer" in response.json()["detail"]

@@ -152,7 +152,7 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def save_for_sampler(request: Request, owner: KeyOwner) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.SaveWeightsForSampler)
-        sequenced = Sequenced(body.model_id, body.seq_id, body.path)
+        sequenced = Sequenced(body.model_id, body.seq_id, (body.path, body.sampling_session_seq_id))
         return future_reply(service.save_weights_for_sampler(owner, sequenced))
 
     async def load_weights(request: Request, owner: KeyOwner) -> dict[str, Any]:

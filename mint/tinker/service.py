@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import itertools
 import json
 import os
 import re
@@ -73,7 +72,6 @@ class Session:
     session_id: str
     tenant: str
     last_seen: float = field(default_factory=time.time)
-    samplers: itertools.count[int] = field(default_factory=itertools.count)
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,6 @@ class TinkerService:
         self._bases: dict[str, ResidentBase] = {}
         self._loading = anyio.Lock()
         self._tasks: TaskGroup | None = None
-        self._snapshots = itertools.count(1)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Hold the task group that requests run in, until cancelled."""
@@ -379,14 +376,21 @@ class TinkerService:
 
         return self._ordered(request, owner, run)
 
-    def save_weights_for_sampler(self, owner: KeyOwner, request: Sequenced[str | None]) -> Future:
-        name = request.work
+    def save_weights_for_sampler(
+        self, owner: KeyOwner, request: Sequenced[tuple[str | None, int | None]]
+    ) -> Future:
+        """Named: a sampler checkpoint, exported as a revision. Unnamed: a snapshot sampling session
+        numbered `sampler_seq` in the client's session."""
+        name, sampler_seq = request.work
         if name is not None:
             check_name(name)
+        elif sampler_seq is None:
+            raise WireError("path", "required (or sampling_session_seq_id for a snapshot sampler)")
 
         async def run(model: TrainingModel) -> dict[str, Any]:
             if name is None:
-                return await self._snapshot(model)
+                assert sampler_seq is not None
+                return await self._snapshot(model, sampler_seq)
             path = TinkerPath(model.model_id, "sampler_weights", name)
             size = await self._save(model, path, with_optimizer=False)
             revision = await self._export(model, name)
@@ -404,20 +408,15 @@ class TinkerService:
 
         return self._ordered(request, owner, run)
 
-    async def _snapshot(self, model: TrainingModel) -> dict[str, Any]:
+    async def _snapshot(self, model: TrainingModel, sampler_seq: int) -> dict[str, Any]:
         """An unnamed sampler checkpoint (`save_weights_and_get_sampling_client`): a sampling session
         over the weights as they are now. Its name starts with a dot, so listings skip it and no
         client can name it in a path."""
-        path = TinkerPath(model.model_id, "sampler_weights", f".snapshot-{next(self._snapshots)}")
+        sampler_id = f"{model.session_id}:sample:{sampler_seq}"
+        path = TinkerPath(model.model_id, "sampler_weights", f".snapshot-{sampler_seq}")
         await self._save(model, path, with_optimizer=False)
-        sampler = await self._new_sampler(
-            self.sessions.get(model.session_id),
-            model.policy.split("/", 1)[0],
-            model.base.base_id,
-            path,
-            model.policy,
-            f"{model.model_id}:snapshot",
-        )
+        tenant = model.policy.split("/", 1)[0]
+        sampler = await self._new_sampler(sampler_id, tenant, model.base.base_id, path, model.policy)
         return {"sampling_session_id": sampler.sampler_id, "type": "save_weights_for_sampler"}
 
     async def _export(self, model: TrainingModel, revision: str) -> RevisionExported:
@@ -522,17 +521,8 @@ class TinkerService:
     # -- sampling ----------------------------------------------------------------------------------
 
     async def _new_sampler(
-        self,
-        session: Session | None,
-        tenant: str,
-        base_id: str,
-        checkpoint: TinkerPath | None,
-        policy: str | None,
-        sampler_id: str | None = None,
+        self, sampler_id: str, tenant: str, base_id: str, checkpoint: TinkerPath | None, policy: str | None
     ) -> Sampler:
-        if session is not None:
-            sampler_id = f"{session.session_id}:sample:{next(session.samplers)}"
-        assert sampler_id is not None
         sampler = Sampler(sampler_id, tenant, base_id, checkpoint, policy)
         subject = policy or f"{tenant}/{sampler_id.split(':', 1)[0]}"
         created = SamplerCreated.create(
@@ -548,20 +538,18 @@ class TinkerService:
         self.samplers[sampler_id] = sampler
         return sampler
 
-    async def _sampler_from(
-        self, owner: KeyOwner, session: Session | None, model_path: str | None, base_model: str | None
-    ) -> Sampler:
-        if model_path is not None:
-            path, info = self._owned_checkpoint(model_path, owner, "model_path")
-            return await self._new_sampler(session, owner.tenant, info.base_id, path, info.policy)
-        if base_model is None:
-            raise WireError("model_path", "required (or base_model)")
-        self.check_base(base_model)
-        return await self._new_sampler(session, owner.tenant, base_model, None, None)
-
     async def create_sampling_session(self, owner: KeyOwner, body: CreateSamplingSession) -> str:
-        session = self.session(body.session_id, owner)
-        sampler = await self._sampler_from(owner, session, body.model_path, body.base_model)
+        """A sampler over a checkpoint (`model_path`) or the base alone (`base_model`)."""
+        self.session(body.session_id, owner)
+        sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
+        if body.model_path is not None:
+            path, info = self._owned_checkpoint(body.model_path, owner, "model_path")
+            sampler = await self._new_sampler(sampler_id, owner.tenant, info.base_id, path, info.policy)
+        elif body.base_model is not None:
+            self.check_base(body.base_model)
+            sampler = await self._new_sampler(sampler_id, owner.tenant, body.base_model, None, None)
+        else:
+            raise WireError("model_path", "required (or base_model)")
         return sampler.sampler_id
 
     def sampler(self, sampler_id: str, owner: KeyOwner, field_name: str = "sampling_session_id") -> Sampler:
@@ -579,10 +567,7 @@ class TinkerService:
         }
 
     async def sample(self, owner: KeyOwner, body: Sample) -> tuple[Future, list[str]]:
-        if body.sampling_session_id is not None:
-            sampler = self.sampler(body.sampling_session_id, owner)
-        else:
-            sampler = await self._sampler_from(owner, None, body.model_path, body.base_model)
+        sampler = self.sampler(body.sampling_session_id, owner)
         if not 1 <= body.num_samples <= 128:
             raise WireError("num_samples", f"must be in 1..128, got {body.num_samples}")
         if body.topk_prompt_logprobs:

@@ -254,10 +254,7 @@ class SamplingParamsBody(Body, kw_only=True):
 
 
 class Sample(Body, kw_only=True):
-    sampling_session_id: str | None = None
-    # 0.22 may sample from a path or a base model named in the request itself.
-    model_path: str | None = None
-    base_model: str | None = None
+    sampling_session_id: str
     seq_id: int = 0
     num_samples: int = 1
     prompt: ModelInputBody

@@ -91,6 +91,11 @@ report["base_tokens"] = list(base_sampled.sequences[0].tokens)
 # Resuming: a client made from the saved state scores the example as the saved one did.
 resumed = ready(service.create_training_client_from_state(state_path))
 report["resumed_forward"] = mean_nll(resumed.forward([example], "cross_entropy").result())
+# ... and a client that trained on loads it back, optimizer state included.
+training.forward_backward([example], "cross_entropy").result()
+training.optim_step(types.AdamParams(learning_rate=1.0)).result()
+training.load_state_with_optimizer(state_path).result()
+report["reloaded_forward"] = mean_nll(training.forward([example], "cross_entropy").result())
 
 rest = tinker.RestClient() if hasattr(tinker, "RestClient") else service.create_rest_client()
 runs = rest.list_training_runs().result()
