@@ -16,6 +16,7 @@ from playwright.async_api import BrowserContext, async_playwright, expect
 
 from actors.system import System
 from events.catalog import Promote
+from events.serving import AdapterLoaded, EngineRegistered
 from events.training import StepCompleted, TrainingStarted
 from mint.commands.up import serve_http
 from tests.api_system import two_revisions_served
@@ -60,7 +61,9 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
         StepCompleted.create(run="acme/run1", policy="acme/a", step=i, loss=1.0 / i, reward_mean=0.2 * i)
         for i in (1, 2, 3)
     ]
-    await bare_system.log.append([run, *steps])
+    engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=4)
+    loaded = AdapterLoaded.create(engine="e1", policy="acme/a", revision="r2", tier="gpu", ms=3.5)
+    await bare_system.log.append([run, *steps, engine, loaded])
     await bare_system.settle()
     async with anyio.create_task_group() as tg:
         address = await tg.start(serve_http, bare_system, "127.0.0.1", 0)
@@ -100,7 +103,9 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
         await page.click("text=acme/run1")
         await expect(page.locator("svg.chart polyline")).to_have_count(2, timeout=WAIT_MS)
         await page.click("text=Engines")
-        await expect(page.locator("text=No engine has registered.")).to_be_visible(timeout=WAIT_MS)
+        card = page.locator(".engine")
+        await expect(card).to_contain_text("loaded so far gpu: 1", timeout=WAIT_MS)
+        await expect(card).to_contain_text("acme/a@r2")
         await page.click("text=Dead letters")
         await expect(page.locator("th", has_text="reason")).to_be_visible(timeout=WAIT_MS)
         assert errors == []

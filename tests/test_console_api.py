@@ -98,6 +98,12 @@ async def test_metrics_for_prometheus(
     bare_system: System, api_app: Starlette, token_store: TokenStore
 ) -> None:
     await two_revisions_served(bare_system)
+    engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=2)
+    loads = [
+        AdapterLoaded.create(engine="e1", policy="acme/a", revision=r, tier=t, ms=1.0)
+        for r, t in (("r1", "gpu"), ("r2", "gpu"), ("r1", "cpu"))
+    ]
+    await bare_system.log.append([engine, *loads])
     await bare_system.settle()
     operator = client_for(api_app, token_store, "_system", "reader")
     await operator.get("/admin/api/policies")
@@ -105,6 +111,8 @@ async def test_metrics_for_prometheus(
     records = int(float(re.search(r"^mint_log_records_total (\S+)$", text, re.M).group(1)))  # type: ignore[union-attr]
     assert records == sum((await bare_system.log.end_offsets()).values())
     assert 'mint_actor_lag_records{actor="projector"} 0.0' in text
+    assert 'mint_adapter_loads_total{engine="e1",tier="gpu"} 2.0' in text
+    assert 'mint_adapters_resident{engine="e1",tier="cpu"} 1.0' in text
     assert (
         'mint_http_request_duration_seconds_count{method="GET",route="/admin/api/policies",status="200"} 1.0'
         in text

@@ -9,6 +9,7 @@ needs a reader token of the operator tenant (`_system`), since it spans every te
     mint_actor_lag_records{actor}                   records on the log the actor has not handled yet
     mint_adapters_resident{engine,tier}             adapters resident per tier
     mint_engine_wave{engine}                        waves executed (a counter per engine)
+    mint_adapter_loads_total{engine,tier}           adapters loaded, by the tier loaded into
     mint_adapter_load_failures_total{engine}        loads that failed
     mint_engine_requests_in_flight{engine}          inference requests queued or running
     mint_http_request_duration_seconds{route,method,status}   request latency histogram
@@ -102,6 +103,13 @@ class _Scrape(Collector):
         )
         yield _family(
             CounterMetricFamily,
+            "mint_adapter_loads",
+            "Adapters loaded per engine, by the tier loaded into.",
+            ("engine", "tier"),
+            v["loads"],
+        )
+        yield _family(
+            CounterMetricFamily,
             "mint_adapter_load_failures",
             "Adapter loads that failed.",
             ("engine",),
@@ -171,6 +179,7 @@ class Metrics:
         }
         resident: dict[tuple[str, str], int] = {}
         engines: dict[str, tuple[int, int]] = {}
+        loads: dict[tuple[str, str], int] = {}
         try:
             view = self.catalog()
         except ProjectionMissing:
@@ -179,7 +188,9 @@ class Metrics:
             try:
                 resident = view.residency_counts()
                 failed = view.load_failure_counts()
-                engines = {e.engine: (e.wave, failed.get(e.engine, 0)) for e in view.engines()}
+                rows = view.engines()
+                engines = {e.engine: (e.wave, failed.get(e.engine, 0)) for e in rows}
+                loads = {(e.engine, tier): n for e in rows for tier, n in e.loads.items()}
             finally:
                 view.close()
         return {
@@ -187,6 +198,7 @@ class Metrics:
             "lag": lag,
             "resident": resident,
             "engines": engines,
+            "loads": loads,
             "in_flight": self.in_flight.snapshot(),
         }
 

@@ -349,6 +349,7 @@ def engine_registered(fact: EngineRegistered, rows: Rows) -> None:
             before.wave if before else 0,
             _at(fact),
             None,
+            dict(before.loads) if before else {},
         ),
     )
 
@@ -371,6 +372,10 @@ def wave_planned(fact: WavePlanned, rows: Rows) -> None:
 
 def adapter_loaded(fact: AdapterLoaded, rows: Rows) -> None:
     rows.put(RESIDENCY, ResidencyRow(fact.engine, fact.policy, fact.revision, fact.tier, fact.ms, _at(fact)))
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is not None:
+        loads = {**engine.loads, fact.tier: engine.loads.get(fact.tier, 0) + 1}
+        rows.put(ENGINES, replace(engine, loads=loads))
 
 
 def adapter_evicted(fact: AdapterEvicted, rows: Rows) -> None:

@@ -127,6 +127,7 @@ class EngineRow(Row, frozen=True):
     wave: int
     registered_at: str
     lost_reason: str | None
+    loads: dict[str, int] = {}  # adapters loaded so far, by the tier they were loaded into
 
 
 class ResidencyRow(Row, frozen=True):

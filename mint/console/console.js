@@ -187,7 +187,8 @@ async function renderEngines() {
   view.innerHTML = engines.length ? engines.map((e) => `
     <div class="card engine"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${esc(e.status)}</span></h3>
     <p>${esc(e.gpu_slots)} GPU slots · ${esc(e.cpu_slots)} host slots · wave ${esc(e.wave)} · in flight ${esc(e.in_flight)} ·
-      tiers ${esc(Object.entries(e.tiers).map(([t, n]) => `${t}: ${n}`).join(", ") || "empty")}</p>
+      resident ${esc(Object.entries(e.tiers).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")} ·
+      loaded so far ${esc(Object.entries(e.loads).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")}</p>
     ${table(["tier", "adapter", "load ms", "loaded"], e.resident.map((r) => [esc(r.tier), esc(`${r.policy}@${r.revision}`), esc(r.load_ms), esc(r.loaded_at)]))}
     ${table(["wave", "load", "evict", "at"], e.waves.map((w) => [esc(w.wave), esc(w.load.join(", ")), esc(w.evict.join(", ")), esc(w.at)]))}
     ${e.failures.length ? table(["failed load", "reason", "at"], e.failures.map((f) => [esc(`${f.policy}@${f.revision}`), esc(f.reason), esc(f.at)])) : ""}
