@@ -39,7 +39,6 @@ from mint.catalog.queries import Catalog
 from mint.home import Home
 from mint.serving.torch_engine import TorchEngine
 from mint.tinker.app import tinker_routes
-from mint.tinker.auth import token_check
 from replay.audit import history
 from tests.log_contract import read_all
 from tests.records import evaluated
@@ -69,9 +68,7 @@ async def tinker_server(home: Home) -> AsyncIterator[Server]:
         SqliteLog(home.log, partitions=2) as log,
         running(home, log, backoff=Backoff(0.001, 0.01), engines={"e1": engine}) as system,
         anyio.create_task_group() as tg,
-        tinker_routes(
-            home, log, system.artifacts, partial(Catalog, home.catalog), token_check(tokens)
-        ) as tinker,
+        tinker_routes(home, log, system.artifacts, partial(Catalog, home.catalog), tokens) as tinker,
     ):
         listener = socket.create_server(("127.0.0.1", 0))
         app = create_app(system, tokens, tinker=tinker)
@@ -336,3 +333,13 @@ async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
                 headers={"X-API-Key": reader},
             )
             assert response.status_code == 403 and "trainer" in response.json()["detail"]
+            # The JWT exchange (what MinT's SDK does with `sk-` keys): honoured until the token is revoked.
+            issued = server.tokens.issue("acme", ["reader"])
+            sk_key = {"X-API-Key": "sk-" + issued.secret.removeprefix("tml-")}
+            jwt = (await http.post("/auth/token", json={}, headers=sk_key)).json()["jwt"]
+            assert (
+                await http.post("/create_session", json={}, headers={"X-API-Key": jwt})
+            ).status_code == 200
+            server.tokens.revoke(issued.token_id)
+            response = await http.post("/create_session", json={}, headers={"X-API-Key": jwt})
+            assert response.status_code == 401 and "invalid_token" in response.headers["WWW-Authenticate"]

@@ -164,7 +164,6 @@ async def serve_http(system: System, host: str, port: int, *, task_status: TaskS
 
     from mint.api.app import create_app
     from mint.tinker.app import tinker_routes
-    from mint.tinker.auth import token_check
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -175,9 +174,7 @@ async def serve_http(system: System, host: str, port: int, *, task_status: TaskS
     if issue_first_admin(tokens, system.home.admin_token):
         click.echo(f"no tokens yet: wrote an operator admin token to {system.home.admin_token} (mode 0600)")
     catalog = partial(Catalog, system.home.catalog)
-    async with tinker_routes(
-        system.home, system.log, system.artifacts, catalog, token_check(tokens)
-    ) as tinker:
+    async with tinker_routes(system.home, system.log, system.artifacts, catalog, tokens) as tinker:
         app = create_app(system, tokens, tinker=tinker)
         server = Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         # Bound here, so the address is known and connections queue before uvicorn starts accepting.

@@ -12,16 +12,16 @@ from starlette.routing import BaseRoute
 
 from events.log import EventLog
 from mint.artifacts.store import ArtifactStore
+from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from mint.home import Home
-from mint.tinker.auth import KeyCheck
 
 logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
 async def tinker_routes(
-    home: Home, log: EventLog, artifacts: ArtifactStore, catalog: Callable[[], Catalog], check: KeyCheck
+    home: Home, log: EventLog, artifacts: ArtifactStore, catalog: Callable[[], Catalog], tokens: TokenStore
 ) -> AsyncIterator[list[BaseRoute]]:
     """/api/v1 routes over a running TinkerService (none where training is not installed); requests
     in flight are cancelled on exit."""
@@ -34,7 +34,7 @@ async def tinker_routes(
     from mint.tinker.service import TinkerService
 
     service = TinkerService(home, log, artifacts, catalog)
-    keys = Keys(check, home.root / "tinker" / "jwt.key")
+    keys = Keys(tokens, home.root / "tinker" / "jwt.key")
     async with anyio.create_task_group() as tg:
         await tg.start(service.run)
         yield list(routes(service, keys))

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mint.tinker import proto, wire
-from mint.tinker.auth import KeyOwner, Keys
+from mint.tinker.auth import Grant, Keys
 from mint.tinker.futures import Future
 from mint.tinker.results import ForwardBackwardResult, SampleResult
 from mint.tinker.service import TinkerService
@@ -28,7 +28,7 @@ LONG_POLL_S = 30.0  # under the SDK's 45 s read timeout for retrieve_future
 PROTOBUF = "application/x-protobuf"
 TRAIN, READ = "trainer", "reader"
 
-Handler = Callable[[Request, KeyOwner], Awaitable[Response | dict[str, Any]]]
+Handler = Callable[[Request, Grant], Awaitable[Response | dict[str, Any]]]
 
 
 def error(exc: WireError) -> JSONResponse:
@@ -41,7 +41,7 @@ def future_reply(future: Future, **extra: Any) -> dict[str, Any]:
 
 
 def routes(service: TinkerService, keys: Keys) -> list[Route]:
-    def caller(request: Request, role: str) -> KeyOwner:
+    def caller(request: Request, role: str) -> Grant:
         presented = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
             "Bearer "
         )
@@ -79,28 +79,28 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     # -- bootstrap ---------------------------------------------------------------------------------
 
-    async def client_config(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def client_config(request: Request, owner: Grant) -> dict[str, Any]:
         # The JWT exchange is what lets MinT's SDK use its `sk-` keys (see mint/tinker/auth.py).
         return {"pjwt_auth_enabled": True, "sample_use_retrieve_futures": False}
 
-    async def dynamic_config(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def dynamic_config(request: Request, owner: Grant) -> dict[str, Any]:
         return {}
 
-    async def auth_token(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def auth_token(request: Request, owner: Grant) -> dict[str, Any]:
         raw = request.headers.get("x-api-key", "")
         verified = keys.verify_key(raw)
         if verified is None:
             raise WireError("X-API-Key", "unknown key", 401)
         return {"jwt": keys.issue_jwt(verified)}
 
-    async def telemetry(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def telemetry(request: Request, owner: Grant) -> dict[str, Any]:
         return {"status": "accepted"}
 
-    async def create_session(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def create_session(request: Request, owner: Grant) -> dict[str, Any]:
         wire.decode(await request.body(), wire.CreateSession)
         return {"session_id": service.create_session(owner), "type": "create_session"}
 
-    async def heartbeat(request: Request, owner: KeyOwner) -> Response | dict[str, Any]:
+    async def heartbeat(request: Request, owner: Grant) -> Response | dict[str, Any]:
         body = wire.decode(await request.body(), wire.SessionRef)
         try:
             service.session(body.session_id, owner)
@@ -108,21 +108,21 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
             return error(WireError(exc.field, exc.problem, 410))
         return {"type": "session_heartbeat"}
 
-    async def finish(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def finish(request: Request, owner: Grant) -> dict[str, Any]:
         service.sessions.pop(request.path_params["session_id"], None)
         return {}
 
     # -- training ----------------------------------------------------------------------------------
 
-    async def create_model(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def create_model(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.CreateModel)
         return future_reply(service.create_model(owner, body))
 
-    async def get_info(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def get_info(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.ModelRef)
         return await service.info(body.model_id, owner)
 
-    async def forward_backward(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def forward_backward(request: Request, owner: Grant) -> dict[str, Any]:
         raw = await request.body()
         if PROTOBUF in request.headers.get("content-type", ""):
             if "zstd" in request.headers.get("content-encoding", ""):
@@ -135,52 +135,52 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
             sequenced = Sequenced(body.model_id, body.seq_id, body.forward_backward_input.work(False))
         return future_reply(service.forward_backward(owner, sequenced))
 
-    async def forward(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def forward(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.Forward)
         sequenced = Sequenced(body.model_id, body.seq_id, body.forward_input.work(True))
         return future_reply(service.forward_backward(owner, sequenced))
 
-    async def optim_step(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def optim_step(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.OptimStep)
         return future_reply(
             service.optim_step(owner, Sequenced(body.model_id, body.seq_id, body.adam_params))
         )
 
-    async def save_weights(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def save_weights(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.SaveWeights)
         return future_reply(service.save_weights(owner, Sequenced(body.model_id, body.seq_id, body.path)))
 
-    async def save_for_sampler(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def save_for_sampler(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.SaveWeightsForSampler)
         sequenced = Sequenced(body.model_id, body.seq_id, (body.path, body.sampling_session_seq_id))
         return future_reply(service.save_weights_for_sampler(owner, sequenced))
 
-    async def load_weights(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def load_weights(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.LoadWeights)
         return future_reply(service.load_weights(owner, body))
 
-    async def weights_info(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def weights_info(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.WeightsInfo)
         return service.weights_info(owner, body.tinker_path)
 
     # -- sampling ----------------------------------------------------------------------------------
 
-    async def create_sampling_session(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def create_sampling_session(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.CreateSamplingSession)
         sampler_id = await service.create_sampling_session(owner, body)
         return {"sampling_session_id": sampler_id, "type": "create_sampling_session"}
 
-    async def sampler(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def sampler(request: Request, owner: Grant) -> dict[str, Any]:
         return service.sampler_info(request.path_params["sampler_id"], owner)
 
-    async def asample(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def asample(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.Sample)
         future, sequence_ids = await service.sample(owner, body)
         return future_reply(future, sample_sequence_ids=sequence_ids)
 
     # -- futures -----------------------------------------------------------------------------------
 
-    async def retrieve_future(request: Request, owner: KeyOwner) -> Response | dict[str, Any]:
+    async def retrieve_future(request: Request, owner: Grant) -> Response | dict[str, Any]:
         body = wire.decode(await request.body(), wire.RetrieveFuture)
         future = service.futures.get(body.request_id)
         if future is None:
@@ -209,19 +209,19 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
             raise WireError("limit", "limit must be >= 1 and offset >= 0")
         return limit, offset
 
-    async def capabilities(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def capabilities(request: Request, owner: Grant) -> dict[str, Any]:
         return service.capabilities()
 
-    async def training_runs(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def training_runs(request: Request, owner: Grant) -> dict[str, Any]:
         return service.training_runs(owner, *page(request, 20))
 
-    async def training_run(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def training_run(request: Request, owner: Grant) -> dict[str, Any]:
         return service.training_run(owner, request.path_params["run_id"])
 
-    async def run_checkpoints(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def run_checkpoints(request: Request, owner: Grant) -> dict[str, Any]:
         return service.checkpoints_of(owner, request.path_params["run_id"], *page(request, 100))
 
-    async def user_checkpoints(request: Request, owner: KeyOwner) -> dict[str, Any]:
+    async def user_checkpoints(request: Request, owner: Grant) -> dict[str, Any]:
         return service.checkpoints_of(owner, None, *page(request, 100))
 
     table: list[tuple[str, str, str | None, Handler]] = [
@@ -257,11 +257,4 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
     ]
 
 
-class _Anonymous:
-    tenant = ""
-
-    def allows(self, role: str) -> bool:
-        return False
-
-
-_ANONYMOUS = _Anonymous()
+_ANONYMOUS = Grant("", "", frozenset())  # the caller of the routes that need no key

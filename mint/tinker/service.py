@@ -38,7 +38,7 @@ from mint.artifacts.keys import adapter_key
 from mint.artifacts.store import ArtifactStore
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.home import Home
-from mint.tinker.auth import KeyOwner
+from mint.tinker.auth import Grant
 from mint.tinker.checkpoints import CheckpointDirectory, CheckpointInfo, TinkerPath, check_name
 from mint.tinker.futures import Future, Futures, RequestFailed
 from mint.tinker.generation import ATTENTION, DEFAULT_MAX_TOKENS, MLP, UNEMBED, Generation
@@ -160,12 +160,12 @@ class TinkerService:
 
     # -- sessions ----------------------------------------------------------------------------------
 
-    def create_session(self, owner: KeyOwner) -> str:
+    def create_session(self, owner: Grant) -> str:
         session = Session(f"sess-{os.urandom(5).hex()}", owner.tenant)
         self.sessions[session.session_id] = session
         return session.session_id
 
-    def session(self, session_id: str, owner: KeyOwner, field_name: str = "session_id") -> Session:
+    def session(self, session_id: str, owner: Grant, field_name: str = "session_id") -> Session:
         session = self.sessions.get(session_id)
         if session is None or session.tenant != owner.tenant:
             raise WireError(field_name, f"no session {session_id!r}", 404)
@@ -174,13 +174,13 @@ class TinkerService:
 
     # -- training clients --------------------------------------------------------------------------
 
-    def model(self, model_id: str, owner: KeyOwner) -> TrainingModel:
+    def model(self, model_id: str, owner: Grant) -> TrainingModel:
         model = self.models.get(model_id)
         if model is None or model.policy.split("/", 1)[0] != owner.tenant:
             raise WireError("model_id", f"no training client {model_id!r}", 404)
         return model
 
-    def _policy_for(self, owner: KeyOwner, model_id: str, metadata: dict[str, Any] | None) -> str:
+    def _policy_for(self, owner: Grant, model_id: str, metadata: dict[str, Any] | None) -> str:
         name = str((metadata or {}).get("policy") or model_id.replace(":", "-"))
         policy = name if "/" in name else f"{owner.tenant}/{name}"
         if not _POLICY.match(policy) or policy.split("/", 1)[0] != owner.tenant:
@@ -189,7 +189,7 @@ class TinkerService:
             )
         return policy
 
-    def create_model(self, owner: KeyOwner, body: CreateModel) -> Future:
+    def create_model(self, owner: Grant, body: CreateModel) -> Future:
         self.session(body.session_id, owner)
         self.check_base(body.base_model)
         lora = body.lora_config
@@ -277,7 +277,7 @@ class TinkerService:
             catalog.close()
         return None if row is None else row.base_id
 
-    async def info(self, model_id: str, owner: KeyOwner) -> dict[str, Any]:
+    async def info(self, model_id: str, owner: Grant) -> dict[str, Any]:
         pending = self.created.get(model_id)
         if pending is not None:
             await pending.wait()
@@ -293,7 +293,7 @@ class TinkerService:
         }
 
     def _ordered(
-        self, request: Sequenced[Any], owner: KeyOwner, work: Callable[[TrainingModel], Awaitable[Any]]
+        self, request: Sequenced[Any], owner: Grant, work: Callable[[TrainingModel], Awaitable[Any]]
     ) -> Future:
         model = self.model(request.model_id, owner)
 
@@ -309,14 +309,14 @@ class TinkerService:
         if model is not None:
             model.gate.skip(seq_id)
 
-    def forward_backward(self, owner: KeyOwner, request: Sequenced[ForwardBackwardInput]) -> Future:
+    def forward_backward(self, owner: Grant, request: Sequenced[ForwardBackwardInput]) -> Future:
         async def run(model: TrainingModel) -> ForwardBackwardResult:
             outputs, metrics = await self.on_base(model.base, lambda: model.forward_backward(request.work))
             return ForwardBackwardResult(outputs, metrics)
 
         return self._ordered(request, owner, run)
 
-    def optim_step(self, owner: KeyOwner, request: Sequenced[AdamParams]) -> Future:
+    def optim_step(self, owner: Grant, request: Sequenced[AdamParams]) -> Future:
         adam = request.work
         if adam.learning_rate < 0:
             raise WireError("adam_params.learning_rate", "must be >= 0")
@@ -354,7 +354,7 @@ class TinkerService:
             model.base, lambda: self.checkpoints.write(path, model.adapter_tensors(), optimizer, info)
         )
 
-    def save_weights(self, owner: KeyOwner, request: Sequenced[str | None]) -> Future:
+    def save_weights(self, owner: Grant, request: Sequenced[str | None]) -> Future:
         def named(model: TrainingModel) -> TinkerPath:
             return TinkerPath(model.model_id, "weights", check_name(request.work or f"step-{model.step:06d}"))
 
@@ -377,7 +377,7 @@ class TinkerService:
         return self._ordered(request, owner, run)
 
     def save_weights_for_sampler(
-        self, owner: KeyOwner, request: Sequenced[tuple[str | None, int | None]]
+        self, owner: Grant, request: Sequenced[tuple[str | None, int | None]]
     ) -> Future:
         """Named: a sampler checkpoint, exported as a revision. Unnamed: a snapshot sampling session
         numbered `sampler_seq` in the client's session."""
@@ -440,7 +440,7 @@ class TinkerService:
         )
 
     def _owned_checkpoint(
-        self, raw: str, owner: KeyOwner, field_name: str = "path"
+        self, raw: str, owner: Grant, field_name: str = "path"
     ) -> tuple[TinkerPath, CheckpointInfo]:
         path = TinkerPath.parse(raw, field_name)
         try:
@@ -451,7 +451,7 @@ class TinkerService:
             raise WireError(field_name, f"no checkpoint {raw}", 404)
         return path, info
 
-    def load_weights(self, owner: KeyOwner, body: LoadWeights) -> Future:
+    def load_weights(self, owner: Grant, body: LoadWeights) -> Future:
         path, info = self._owned_checkpoint(body.path, owner)
         if body.optimizer and not info.with_optimizer:
             raise WireError("optimizer", f"{body.path} holds no optimizer state (a sampler checkpoint)")
@@ -507,7 +507,7 @@ class TinkerService:
 
         return self.submit(create, model_id)
 
-    def weights_info(self, owner: KeyOwner, raw: str) -> dict[str, Any]:
+    def weights_info(self, owner: Grant, raw: str) -> dict[str, Any]:
         _, info = self._owned_checkpoint(raw, owner, "tinker_path")
         return {
             "base_model": info.base_id,
@@ -538,7 +538,7 @@ class TinkerService:
         self.samplers[sampler_id] = sampler
         return sampler
 
-    async def create_sampling_session(self, owner: KeyOwner, body: CreateSamplingSession) -> str:
+    async def create_sampling_session(self, owner: Grant, body: CreateSamplingSession) -> str:
         """A sampler over a checkpoint (`model_path`) or the base alone (`base_model`)."""
         self.session(body.session_id, owner)
         sampler_id = f"{body.session_id}:sample:{body.sampling_session_seq_id}"
@@ -552,13 +552,13 @@ class TinkerService:
             raise WireError("model_path", "required (or base_model)")
         return sampler.sampler_id
 
-    def sampler(self, sampler_id: str, owner: KeyOwner, field_name: str = "sampling_session_id") -> Sampler:
+    def sampler(self, sampler_id: str, owner: Grant, field_name: str = "sampling_session_id") -> Sampler:
         sampler = self.samplers.get(sampler_id)
         if sampler is None or sampler.tenant != owner.tenant:
             raise WireError(field_name, f"no sampling session {sampler_id!r}", 404)
         return sampler
 
-    def sampler_info(self, sampler_id: str, owner: KeyOwner) -> dict[str, Any]:
+    def sampler_info(self, sampler_id: str, owner: Grant) -> dict[str, Any]:
         sampler = self.sampler(sampler_id, owner, "sampler_id")
         return {
             "sampler_id": sampler_id,
@@ -566,7 +566,7 @@ class TinkerService:
             "model_path": None if sampler.checkpoint is None else str(sampler.checkpoint),
         }
 
-    async def sample(self, owner: KeyOwner, body: Sample) -> tuple[Future, list[str]]:
+    async def sample(self, owner: Grant, body: Sample) -> tuple[Future, list[str]]:
         sampler = self.sampler(body.sampling_session_id, owner)
         if not 1 <= body.num_samples <= 128:
             raise WireError("num_samples", f"must be in 1..128, got {body.num_samples}")
@@ -639,7 +639,7 @@ class TinkerService:
 
     # -- listings ----------------------------------------------------------------------------------
 
-    def _runs(self, owner: KeyOwner) -> dict[str, tuple[str, int]]:
+    def _runs(self, owner: Grant) -> dict[str, tuple[str, int]]:
         """Training runs (one per training client) of the caller's tenant, as (base, rank): live
         clients, and clients of earlier server lives that left checkpoints."""
         runs = {
@@ -652,13 +652,13 @@ class TinkerService:
                 runs[model_id] = (model.base.base_id, model.rank)
         return runs
 
-    def training_run(self, owner: KeyOwner, run_id: str) -> dict[str, Any]:
+    def training_run(self, owner: Grant, run_id: str) -> dict[str, Any]:
         runs = self._runs(owner)
         if run_id not in runs:
             raise WireError("training_run_id", f"no training run {run_id!r}", 404)
         return self._run_json(owner, run_id, *runs[run_id])
 
-    def _run_json(self, owner: KeyOwner, run_id: str, base_id: str, rank: int) -> dict[str, Any]:
+    def _run_json(self, owner: Grant, run_id: str, base_id: str, rank: int) -> dict[str, Any]:
         checkpoints = self.checkpoints.listing(run_id)
         training = [c for c in checkpoints if c[0].kind == "weights"]
         sampler = [c for c in checkpoints if c[0].kind == "sampler_weights"]
@@ -676,7 +676,7 @@ class TinkerService:
             "user_metadata": None,
         }
 
-    def training_runs(self, owner: KeyOwner, limit: int, offset: int) -> dict[str, Any]:
+    def training_runs(self, owner: Grant, limit: int, offset: int) -> dict[str, Any]:
         runs = self._runs(owner)
         page = list(runs.items())[offset : offset + limit]
         return {
@@ -695,7 +695,7 @@ class TinkerService:
             "public": False,
         }
 
-    def checkpoints_of(self, owner: KeyOwner, run_id: str | None, limit: int, offset: int) -> dict[str, Any]:
+    def checkpoints_of(self, owner: Grant, run_id: str | None, limit: int, offset: int) -> dict[str, Any]:
         run_ids = [run_id] if run_id is not None else list(self._runs(owner))
         if run_id is not None and run_id not in self._runs(owner):
             raise WireError("training_run_id", f"no training run {run_id!r}", 404)
