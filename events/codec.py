@@ -36,7 +36,7 @@ class RecordError(ValueError):
 
 
 _AT_PATH = re.compile(r"at `\$\.([^`]+)`")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MISSING = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 _NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
 
 

@@ -56,8 +56,11 @@ async def test_policy_page_data_and_admin_commands(
     globex_admin = client_for(api_app, token_store, "globex", "admin")
     assert (await globex_admin.post("/admin/api/policies/acme/a/rollback", json={})).status_code == 404
     admin = client_for(api_app, token_store, "acme", "admin")
-    bad = await admin.post("/admin/api/policies/acme/a/promote", json={"revision": 3})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "revision"
+    for revision in (3, "../r1"):
+        bad = await admin.post("/admin/api/policies/acme/a/promote", json={"revision": revision})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "revision"
+    unknown = await admin.post("/admin/api/policies/acme/a/rollback", json={"to": "r1"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "to"
     sent = await admin.post("/admin/api/policies/acme/a/rollback", json={"reason": "regression"})
     assert sent.status_code == 202 and sent.json()["type"] == "Rollback"
     command = sent.json()["command"]

@@ -40,7 +40,7 @@ from events.catalog import Promote, Rollback
 from events.codec import field_of
 from events.envelope import Command
 from events.log import EventLog
-from events.names import POLICY_PATTERN
+from events.names import POLICY_PATTERN, RevisionId
 from mint.api.auth import AuthError, require
 from mint.auth.tokens import Principal, Role
 from mint.catalog.queries import Catalog, ProjectionMissing
@@ -64,13 +64,15 @@ class ConsoleError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
+# Typed like the commands' fields, so a bad revision is refused here, naming it, and never reaches
+# the log (msgspec checks patterns when decoding, not when a record is built).
 class PromoteBody(msgspec.Struct, forbid_unknown_fields=True):
-    revision: str
+    revision: RevisionId
     reason: str = ""
 
 
 class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
-    to_revision: str | None = None
+    to_revision: RevisionId | None = None
     reason: str = ""
 
 
