@@ -333,6 +333,12 @@ async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
                 headers={"X-API-Key": reader},
             )
             assert response.status_code == 403 and "trainer" in response.json()["detail"]
+            # Finishing its session frees the training client.
+            session_id = model_id.split(":")[0]
+            assert (
+                await http.post(f"/sessions/{session_id}/finish", json={"reason": {"type": "success"}})
+            ).is_success
+            assert (await http.post("/get_info", json={"model_id": model_id})).status_code == 404
             # The JWT exchange (what MinT's SDK does with `sk-` keys): honoured until the token is revoked.
             issued = server.tokens.issue("acme", ["reader"])
             sk_key = {"X-API-Key": "sk-" + issued.secret.removeprefix("tml-")}

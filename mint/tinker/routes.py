@@ -109,7 +109,8 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
         return {"type": "session_heartbeat"}
 
     async def finish(request: Request, owner: Grant) -> dict[str, Any]:
-        service.sessions.pop(request.path_params["session_id"], None)
+        session = service.session(request.path_params["session_id"], owner)
+        service.finish_session(session.session_id)
         return {}
 
     # -- training ----------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ SOURCE = "tinker"
 PAUSE_AT_PENDING = 256  # queue_state "paused_capacity" beyond this many unfinished futures
 REFUSE_AT_PENDING = 4096  # and 429 at submission beyond this many
 MAX_RANK = 256
+SESSION_IDLE_S = 600.0  # a session without heartbeats (every 10 s) for this long is finished
 T = TypeVar("T")
 _POLICY = re.compile(POLICY_PATTERN)
 
@@ -161,9 +162,26 @@ class TinkerService:
     # -- sessions ----------------------------------------------------------------------------------
 
     def create_session(self, owner: Grant) -> str:
+        idle = time.time() - SESSION_IDLE_S
+        for stale in [s.session_id for s in self.sessions.values() if s.last_seen < idle]:
+            self.finish_session(stale)
         session = Session(f"sess-{os.urandom(5).hex()}", owner.tenant)
         self.sessions[session.session_id] = session
         return session.session_id
+
+    def finish_session(self, session_id: str) -> None:
+        """Free what a session held: its training clients' slots (each slot costs every forward pass
+        on its base) and its samplers. Checkpoints, exports and facts stay."""
+        self.sessions.pop(session_id, None)
+        for model in [m for m in self.models.values() if m.session_id == session_id]:
+            del self.models[model.model_id]
+
+            async def close(model: TrainingModel = model) -> None:
+                await self.on_base(model.base, model.close)
+
+            self.submit(close)
+        for sampler_id in [s for s in self.samplers if s.startswith(f"{session_id}:")]:
+            del self.samplers[sampler_id]
 
     def session(self, session_id: str, owner: Grant, field_name: str = "session_id") -> Session:
         session = self.sessions.get(session_id)
