@@ -23,7 +23,7 @@ from contextlib import AsyncExitStack
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from actors.faults import NO_FAULTS, Faults
+from actors.faults import NO_FAULTS, Faults, InjectedCrash
 from actors.runtime import StoreActor
 from events.catalog import CommandRejected, Rollback
 from events.envelope import Record
@@ -35,7 +35,7 @@ from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.rows import POLICIES, REVISIONS, TRAFFIC, PolicyRow, RevisionRow, TrafficRow
 from mint.evaluation.gate import judge
 from mint.evaluation.runner import run_suite
-from mint.evaluation.suites import REWARD_PREFIX, SuiteError, load_suite, suite_path
+from mint.evaluation.suites import REWARD_PREFIX, load_suite, suite_path
 from mint.evaluation.watch import regression
 from mint.home import Home
 from mint.projection.store import ProjectionStore
@@ -209,7 +209,9 @@ class EvaluatorActor(StoreActor):
             finally:
                 for row in refs:
                     await engine.unload(f"{row.policy}@{row.revision}")
-        except (SuiteError, OSError, ValueError, RuntimeError) as exc:
+        except InjectedCrash:
+            raise  # chaos testing: crash as a real fault would, and evaluate again after the restart
+        except Exception as exc:  # a missing artifact, a bad suite, a base that is gone: on the record
             log.warning("evaluating %s@%s failed: %s", policy_name, revision, exc)
             return EvaluationFailed.create(
                 id=ident,

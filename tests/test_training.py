@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from mint.bases.tiny import create_tiny_base  # noqa: E402
 from mint.training import checkpoint  # noqa: E402
 from mint.training.multi_policy import MultiPolicyTrainer, TrainConfig  # noqa: E402
-from mint.training.tasks import parse_task  # noqa: E402
+from mint.training.tasks import parse_task, word_token  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,8 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trainer(base_dir: Path, spec: str, policies: list[str], **config: object) -> MultiPolicyTrainer:
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-
-    def token_id(word: str) -> int:
-        return int(tokenizer.encode(" " + word, add_special_tokens=False)[0])
-
-    return MultiPolicyTrainer(model, tokenizer, policies, parse_task(spec, token_id), TrainConfig(**config))  # type: ignore[arg-type]
+    task = parse_task(spec, word_token(tokenizer))
+    return MultiPolicyTrainer(model, tokenizer, policies, task, TrainConfig(**config))  # type: ignore[arg-type]
 
 
 def test_grpo_raises_the_reward_of_every_policy(base_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""The README's main command, through the real CLI: `mint up --walkthrough` on a fresh home."""
+"""`mint up --walkthrough` (the control plane under injected crashes) and `mint up`'s shutdown, through
+the real CLI on a fresh home."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_the_walkthrough_ends_with_replay_equal_to_live(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "acme/support    serves r1  (served so far: r1)" in result.output
-    assert "failed evaluation smoke v1: score 0.48 against baseline 0.61" in result.output
+    assert "failed evaluation smoke v1: score 0.48" in result.output
     assert "tenant 'globex' may not act on policy 'acme/support'" in result.output
     assert "the retry was refused as a duplicate" in result.output
     assert "replay equal" in result.output

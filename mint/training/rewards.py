@@ -51,5 +51,7 @@ def parse_reward(spec: str, token_id_of: Callable[[str], int]) -> Reward:
         except ValueError:
             raise RewardSpecError(f"reward: length needs an integer, got {arg!r}") from None
     if kind == "token":
+        if not arg:
+            raise RewardSpecError("reward: token needs a word, e.g. token:yes")
         return token_share(token_id_of(arg))
     raise RewardSpecError(f"reward: {spec!r} is not exact:TEXT, regex:PATTERN, length:N or token:WORD")
