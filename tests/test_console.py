@@ -20,7 +20,7 @@ from events.serving import AdapterLoaded, EngineRegistered
 from events.training import StepCompleted, TrainingStarted
 from mint.commands.up import serve_http
 from tests.api_system import two_revisions_served
-from tests.records import register
+from tests.records import evaluated, exported, register
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +63,8 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
     ]
     engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=4)
     loaded = AdapterLoaded.create(engine="e1", policy="acme/a", revision="r2", tier="gpu", ms=3.5)
-    await bare_system.log.append([run, *steps, engine, loaded])
+    held_back = [exported("acme/a", "r3", parent="r2"), evaluated("acme/a", "r3", verdict="fail", score=0.1)]
+    await bare_system.log.append([run, *steps, engine, loaded, *held_back])
     await bare_system.settle()
     async with anyio.create_task_group() as tg:
         address = await tg.start(serve_http, bare_system, "127.0.0.1", 0)
@@ -85,7 +86,7 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
 
         pointer = page.locator("#pointer")
         await expect(pointer).to_have_text("r2", timeout=WAIT_MS)
-        await expect(page.locator("#lineage circle")).to_have_count(2)
+        await expect(page.locator("#lineage circle")).to_have_count(3)  # r1 <- r2 <- r3
         await page.fill("#reason", "regression seen by on-call")
         await page.click("#rollback")
         await expect(pointer).to_have_text("r1", timeout=WAIT_MS)
@@ -93,6 +94,12 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
             "Rollback applied: rolled_back to r1", timeout=WAIT_MS
         )
         await expect(page.locator("text=regression seen by on-call").first).to_be_visible()
+
+        # A revision that failed its evaluation: the promotion is refused, and the page says why.
+        await page.click("button.promote[data-revision=r3]")
+        await expect(page.locator("#outcome")).to_contain_text("Promote rejected:", timeout=WAIT_MS)
+        await expect(page.locator("#outcome")).to_contain_text("failed evaluation")
+        await expect(pointer).to_have_text("r1")
 
         # A promotion from another producer reaches the open page through the live stream.
         await bare_system.log.append([Promote.create(policy="acme/a", revision="r2", reason="fixed")])
