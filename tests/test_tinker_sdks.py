@@ -112,6 +112,7 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
         assert abs(float(report[resumed]) - float(report["sl_forward"])) < 1e-4  # type: ignore[arg-type]
     assert {"weights/sl-state", "sampler_weights/sl-final"} <= set(report["checkpoints"])  # type: ignore[arg-type]
     assert report["run"] in report["runs"]  # type: ignore[operator]
+    assert (report["run_base"], report["user_checkpoints"], report["weights_rank"]) == ("tiny", 2, 8)
     rewards = report["rl_rewards"]
     assert isinstance(rewards, list)
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
@@ -129,7 +130,7 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     assert [s.step for s in steps] == list(range(1, 22))  # 20 in the loop, 1 before the reload
     assert steps[-1].loss < steps[0].loss
     exported = {(r.policy, r.revision) for r in records if isinstance(r, RevisionExported)}
-    assert (sl_policy, "sl-final") in exported and len(exported) == 2
+    assert exported == {(sl_policy, "sl-final"), ("acme/rl-toy", "rl-final")}  # named by user_metadata
     assert any(isinstance(r, SamplerCreated) and r.policy == sl_policy for r in records)
     assert any(isinstance(r, CheckpointSaved) and r.kind == "training" for r in records)
     # The catalog folds them like any trainer's: the policy is registered, the revision listed; it can

@@ -89,7 +89,7 @@ report["trained_tokens"] = list(sampled.sequences[0].tokens)
 report["base_tokens"] = list(base_sampled.sequences[0].tokens)
 
 # Resuming: a client made from the saved state scores the example as the saved one did.
-resumed = ready(service.create_training_client_from_state(state_path))
+resumed = ready(service.create_training_client_from_state_with_optimizer(state_path))
 report["resumed_forward"] = mean_nll(resumed.forward([example], "cross_entropy").result())
 # ... and a client that trained on loads it back, optimizer state included.
 training.forward_backward([example], "cross_entropy").result()
@@ -104,11 +104,16 @@ run_id = state_path.removeprefix("tinker://").split("/")[0]
 report["run"] = run_id
 checkpoints = rest.list_checkpoints(run_id).result()
 report["checkpoints"] = sorted(c.checkpoint_id for c in checkpoints.checkpoints)
+report["run_base"] = rest.get_training_run(run_id).result().base_model
+report["user_checkpoints"] = len(rest.list_user_checkpoints().result().checkpoints)
+report["weights_rank"] = rest.get_weights_info_by_tinker_path(state_path).result().lora_rank
 
 # -- RL: sample with logprobs, importance-sampling updates, the reward rises --------------------------
 # Toy task: the reward of a sampled sequence is the share of its tokens whose id is a multiple of 8
 # (about 1 in 8 under the untrained base).
-policy = ready(service.create_lora_training_client(base_model=args.base, rank=8))
+policy = ready(
+    service.create_lora_training_client(base_model=args.base, rank=8, user_metadata={"policy": "rl-toy"})
+)
 prompts = [tokenizer.encode(text, add_special_tokens=False) for text in ("Once upon a time", "The weather")]
 group, length = 8, 8
 rewards: list[float] = []
