@@ -98,6 +98,21 @@ class EngineContract:
         assert first.tokens == second.tokens
         assert len(first.logprobs) == len(first.tokens) and all(lp <= 0 for lp in first.logprobs)
 
+    async def test_text_logprobs_score_each_token_under_an_adapter(
+        self, engine: Engine, adapters: list[AdapterRef]
+    ) -> None:
+        a, _ = adapters
+        await engine.load(a)
+        text = "Once upon a time there was a small model"
+        base = await engine.text_logprobs(text, None)
+        tuned = await engine.text_logprobs(text, a.ref)
+        assert len(base) == len(tuned) == engine.count_tokens(text) - 1
+        assert all(lp <= 0 for lp in base + tuned)
+        assert await engine.text_logprobs(text, a.ref) == pytest.approx(tuned, abs=1e-4)
+        assert tuned != pytest.approx(base, abs=1e-3)
+        with pytest.raises(AdapterNotLoaded):
+            await engine.text_logprobs(text, adapters[1].ref)
+
     async def test_unload_drains_in_flight_requests(self, engine: Engine, adapters: list[AdapterRef]) -> None:
         a, _ = adapters
         await engine.load(a)

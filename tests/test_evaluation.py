@@ -274,3 +274,42 @@ async def test_an_evaluation_that_cannot_run_blocks_promotion_and_says_why(syste
     assert row.eval_verdict == "error" and row.eval_suite == GATE.suite
     (refused,) = view.rejections(P)
     assert refused.reason.startswith(f"{P}@r1 could not be evaluated:") and refused.field == "revision"
+
+
+@pytest.mark.anyio
+async def test_a_perplexity_suite_scores_held_out_text_under_candidate_and_base(system: System) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    import hashlib
+
+    from events.training import RevisionExported
+    from mint.adapters.peft_layout import encode_peft
+    from mint.adapters.synthetic import random_adapter
+    from mint.artifacts.keys import adapter_key
+    from mint.bases.info import read_base_info
+    from mint.bases.tiny import create_tiny_base
+
+    home = system.home
+    create_tiny_base(home.base("tiny"), seed=0)
+    home.suites.mkdir(parents=True)
+    texts = [{"prompt": "Once upon a time there was a model that learned"}, {"prompt": "The answer is yes."}]
+    suite = {"version": 2, "scorer": "perplexity", "cases": texts}
+    (home.suites / "heldout.json").write_text(json.dumps(suite))
+    adapter = random_adapter(
+        read_base_info(home.base("tiny")), r=4, alpha=8.0, targets=("q_proj",), seed=1, b_std=0.5
+    )
+    data = encode_peft(adapter)
+    stored = await system.artifacts.put(adapter_key(P, "r1", hashlib.sha256(data).hexdigest()), data)
+    await _register(system)
+    await system.settle()
+    exported_r1 = RevisionExported.create(
+        policy=P, revision="r1", base_id="tiny", uri=stored.key, sha256=stored.sha256, bytes=stored.size,
+        rank=4, alpha=8.0, targets=["q_proj"],
+    )  # fmt: skip
+    await system.log.append([exported_r1, RequestEvaluation.create(policy=P, revision="r1", suite="heldout")])
+    await system.settle()
+    (evaluation,) = _catalog(system).evaluations(P)
+    assert (evaluation.suite, evaluation.suite_version, evaluation.samples) == ("heldout", 2, 1)
+    assert evaluation.baseline_revision is None and evaluation.baseline_score is not None
+    assert 0 < evaluation.score < 1 and 0 < evaluation.baseline_score < 1
+    assert evaluation.score != evaluation.baseline_score  # the adapter changed the text's likelihood
+    assert evaluation.verdict == "pass" and "no gate" in evaluation.detail

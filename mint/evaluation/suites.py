@@ -4,12 +4,14 @@ Two sources, one shape:
   built in   `reward:SPEC` — the held-out prompts below, scored by a GRPO reward (`reward:token:yes`,
              `reward:regex:^\\d+$`, ...). Reference-free, so the same scorer also scores live traffic.
   files      `$MINT_HOME/suites/NAME.json` — your own cases, scored by `exact` (the completion equals
-             `expected`), `contains` (it contains `expected`) or a `reward:SPEC`:
+             `expected`), `contains` (it contains `expected`), a `reward:SPEC`, or `perplexity` (each
+             case's `prompt` is held-out text; nothing is generated):
              {"version": 1, "scorer": "exact", "cases": [{"prompt": "2+2=", "expected": "4"}],
               "samples": 1, "max_tokens": 8, "temperature": 0.0}
-A suite's score is the mean over its cases and samples, in [0, 1]. Change a suite's prompts or scorer
-and bump its version: EvaluationCompleted carries it, so scores of two versions are never compared
-as if they were one.
+A suite's score is in [0, 1], higher is better: the mean over cases and samples of the completions'
+scores, or for `perplexity` the geometric-mean probability of the texts' tokens (1 / perplexity).
+Change a suite's prompts or scorer and bump its version: EvaluationCompleted carries it, so scores of
+two versions are never compared as if they were one.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Suite:
     name: str
     version: int
     cases: tuple[Case, ...]
-    score: Score
+    # How a completion is scored; None for a perplexity suite, which scores the cases' texts instead.
+    score: Score | None
     # Scores a live request (prompt, completion, tokens) with no expected answer; None when the suite
     # needs references, so live traffic cannot be scored by it.
     live: Reward | None
@@ -122,6 +125,8 @@ def from_file(name: str, path: Path, token_id_of: Callable[[str], int]) -> Suite
         raise SuiteError(f"{path}: not JSON: {exc}") from None
     cases = tuple(Case(c.prompt, c.expected) for c in spec.cases)
     live: Reward | None = None
+    if spec.scorer == "perplexity":
+        return Suite(name, spec.version, cases, None, None, samples=1, max_tokens=0)
     if spec.scorer in ("exact", "contains"):
         missing = [i for i, c in enumerate(cases) if c.expected is None]
         if missing:
@@ -131,7 +136,7 @@ def from_file(name: str, path: Path, token_id_of: Callable[[str], int]) -> Suite
         live = _reward(spec.scorer.removeprefix(REWARD_PREFIX), token_id_of, f"{path}: scorer")
         score = _reward_score(live)
     else:
-        raise SuiteError(f"{path}: scorer {spec.scorer!r} is not exact, contains or reward:SPEC")
+        raise SuiteError(f"{path}: scorer {spec.scorer!r} is not exact, contains, perplexity or reward:SPEC")
     return Suite(name, spec.version, cases, score, live, spec.samples, spec.max_tokens, spec.temperature)
 
 

@@ -45,6 +45,9 @@ class FaultyEngine:
         async for delta in self.inner.generate(prompt, adapter, params):
             yield delta
 
+    async def text_logprobs(self, text: str, adapter: str | None) -> list[float]:
+        return await self.inner.text_logprobs(text, adapter)
+
     async def load(self, adapter: AdapterRef) -> float:
         return await self.inner.load(adapter)
 

@@ -10,7 +10,8 @@ drops finished rows. Model work runs in a worker thread so the event loop keeps 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,9 @@ class TorchEngine(TokenizerPrompts):
         self._draining: set[str] = set()
         self._in_flight: dict[str, int] = {}
         self._idle = anyio.Event()
+        # The batching loop and text scoring both run the model in worker threads; the multi-LoRA
+        # routing is state on the shared model, so one forward at a time.
+        self._forward = anyio.Lock()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.eos_id: int | None = self.tokenizer.eos_token_id
 
@@ -159,17 +163,42 @@ class TorchEngine(TokenizerPrompts):
             self._send.send_nowait(request)
         except anyio.WouldBlock:
             raise Overloaded("the engine's admission queue is full") from None
-        if adapter is not None:
-            self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
-        try:
+        with self._holding(adapter):
             async with receive:
                 async for delta in receive:
                     yield delta
+
+    async def text_logprobs(self, text: str, adapter: str | None) -> list[float]:
+        if adapter is not None and (adapter not in self.multi.slots or adapter in self._draining):
+            raise AdapterNotLoaded(adapter)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) < 2:
+            return []
+        with self._holding(adapter):
+            async with self._forward:
+                return await anyio.to_thread.run_sync(self._score, ids, adapter)
+
+    @contextmanager
+    def _holding(self, adapter: str | None) -> Iterator[None]:
+        """Count a request of `adapter` in flight, so an unload drains it first."""
+        if adapter is None:
+            yield
+            return
+        self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
+        try:
+            yield
         finally:
-            if adapter is not None:
-                self._in_flight[adapter] -= 1
-                self._idle.set()
-                self._idle = anyio.Event()
+            self._in_flight[adapter] -= 1
+            self._idle.set()
+            self._idle = anyio.Event()
+
+    @torch.no_grad()
+    def _score(self, ids: list[int], adapter: str | None) -> list[float]:
+        tokens = torch.tensor([ids], dtype=torch.long)
+        with self.multi.route([adapter]):
+            logits = self.multi.model(input_ids=tokens).logits[0, :-1].float()
+        chosen = torch.log_softmax(logits, dim=-1).gather(1, tokens[0, 1:, None]).squeeze(1)
+        return [float(x) for x in chosen]
 
     # -- the scheduling loop ----------------------------------------------------------------------
 
@@ -184,13 +213,15 @@ class TorchEngine(TokenizerPrompts):
             else:
                 fresh = self._admit(self.max_batch - len(batch.rows))
             if fresh:
-                prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
+                async with self._forward:
+                    prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
                 batch = prefilled if batch is None else _merge(batch, prefilled)
                 await self._emit(batch, range(len(batch.rows) - len(fresh), len(batch.rows)))
             batch = await self._finish_rows(batch)
             if batch is None:
                 continue
-            batch = await anyio.to_thread.run_sync(self._decode, batch)
+            async with self._forward:
+                batch = await anyio.to_thread.run_sync(self._decode, batch)
             await self._emit(batch, range(len(batch.rows)))
             batch = await self._finish_rows(batch)
 

@@ -373,6 +373,40 @@ class VllmEngine(TokenizerPrompts):
                 self._idle.set()
                 self._idle = anyio.Event()
 
+    async def text_logprobs(self, text: str, adapter: str | None) -> list[float]:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import tokens_input
+
+        llm = self._started()
+        lora = None if self._zero is None else self._zero.request
+        if adapter is not None:
+            registered = self._resident.get(adapter)
+            if registered is None or adapter in self._draining:
+                raise AdapterNotLoaded(adapter)
+            lora = registered.request
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) < 2:
+            return []
+        # One generated token is the least vLLM runs; prompt_logprobs=0 returns the prompt's own.
+        sampling = VllmSamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        request_id = f"{self._prefix}-{next(self._request_ids)}"
+        if adapter is not None:
+            self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
+        try:
+            last = None
+            stream = llm.generate(tokens_input(ids, prompt=text), sampling, request_id, lora_request=lora)
+            async with aclosing(stream):
+                async for output in stream:
+                    last = output
+        finally:
+            if adapter is not None:
+                self._in_flight[adapter] -= 1
+                self._idle.set()
+                self._idle = anyio.Event()
+        if last is None or last.prompt_logprobs is None:
+            raise EngineError("vLLM returned no prompt log-probabilities")
+        return [float(entry[t].logprob) for t, entry in zip(ids[1:], last.prompt_logprobs[1:], strict=True)]
+
 
 async def _add(llm: Any, registered: _Registered) -> None:
     """add_lora: loads the adapter into vLLM's CPU cache if it is not there, and into a slot."""
