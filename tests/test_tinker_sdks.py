@@ -258,6 +258,13 @@ async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Pat
             pending = (await http.post("/forward_backward", json=good)).json()
             result = (await http.post("/retrieve_future", json=pending)).json()
             assert result["metrics"]["loss:sum"] > 0
+            # A sampler checkpoint is a revision: a second one under the same name is refused.
+            save = {"model_id": model_id, "path": "r1"}
+            first = (await http.post("/save_weights_for_sampler", json={**save, "seq_id": 8})).json()
+            again = (await http.post("/save_weights_for_sampler", json={**save, "seq_id": 9})).json()
+            assert (await http.post("/retrieve_future", json=first)).json()["path"].endswith("/r1")
+            failed = (await http.post("/retrieve_future", json=again)).json()
+            assert failed["category"] == "user" and "already exists" in failed["error"]
 
 
 def _datum(tokens: list[int]) -> dict[str, object]:

@@ -161,9 +161,9 @@ def decode_forward_backward(body: bytes) -> Sequenced[ForwardBackwardInput]:
             loss_fn = value.decode()
         elif number == 5 and isinstance(value, bytes):
             key, raw = _map_entry(value)
-            config[key] = (
-                struct.unpack("<d", int(raw).to_bytes(8, "little"))[0] if isinstance(raw, int) else 0.0
-            )
+            if not isinstance(raw, int):  # a double is a fixed64 on the wire
+                raise WireError(f"loss_fn_config.{key}", "expected a number")
+            config[key] = struct.unpack("<d", raw.to_bytes(8, "little"))[0]
         elif number == 6 and isinstance(value, int):
             forward_only = bool(value)
     if not model_id:

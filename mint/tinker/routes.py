@@ -149,7 +149,9 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def save_weights(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.SaveWeights)
-        return future_reply(service.save_weights(owner, Sequenced(body.model_id, body.seq_id, body.path)))
+        return future_reply(
+            service.save_weights(owner, Sequenced(body.model_id, body.seq_id, (body.path, body.overwrite)))
+        )
 
     async def save_for_sampler(request: Request, owner: Grant) -> dict[str, Any]:
         body = wire.decode(await request.body(), wire.SaveWeightsForSampler)

@@ -356,7 +356,18 @@ class TinkerService:
 
         return self._ordered(request, owner, run)
 
-    async def _save(self, model: TrainingModel, path: TinkerPath, with_optimizer: bool) -> int:
+    async def _save(
+        self,
+        model: TrainingModel,
+        path: TinkerPath,
+        overwrite: bool,
+        revision: RevisionExported | None = None,
+    ) -> CheckpointSaved:
+        """Write a checkpoint: a training one (`weights`) holds the optimizer state too. A sampler one
+        named like a revision is never overwritten (revisions are immutable)."""
+        if self.checkpoints.directory(path).exists() and not (overwrite and path.kind == "weights"):
+            raise RequestFailed(f"path: {path} already exists")
+        with_optimizer = path.kind == "weights"
         info = CheckpointInfo(
             model.model_id,
             model.base.base_id,
@@ -368,28 +379,30 @@ class TinkerService:
             time.time(),
         )
         optimizer = model.optimizer if with_optimizer else None
-        return await self.on_base(
+        size = await self.on_base(
             model.base, lambda: self.checkpoints.write(path, model.adapter_tensors(), optimizer, info)
         )
+        return CheckpointSaved.create(
+            source=SOURCE,
+            policy=model.policy,
+            model_id=model.model_id,
+            path=str(path),
+            kind="training" if with_optimizer else "sampler",
+            bytes=size,
+            revision=None if revision is None else revision.revision,
+        )
 
-    def save_weights(self, owner: Grant, request: Sequenced[str | None]) -> Future:
+    def save_weights(self, owner: Grant, request: Sequenced[tuple[str | None, bool]]) -> Future:
+        name, overwrite = request.work
+
         def named(model: TrainingModel) -> TinkerPath:
-            return TinkerPath(model.model_id, "weights", check_name(request.work or f"step-{model.step:06d}"))
+            return TinkerPath(model.model_id, "weights", check_name(name or f"step-{model.step:06d}"))
 
         named(self.model(request.model_id, owner))  # refuse a bad name now, with a 400
 
         async def run(model: TrainingModel) -> dict[str, Any]:
             path = named(model)
-            size = await self._save(model, path, with_optimizer=True)
-            saved = CheckpointSaved.create(
-                source=SOURCE,
-                policy=model.policy,
-                model_id=model.model_id,
-                path=str(path),
-                kind="training",
-                bytes=size,
-            )
-            await self.log.append([saved])
+            await self.log.append([await self._save(model, path, overwrite)])
             return {"path": str(path), "type": "save_weights"}
 
         return self._ordered(request, owner, run)
@@ -410,18 +423,10 @@ class TinkerService:
                 assert sampler_seq is not None
                 return await self._snapshot(model, sampler_seq)
             path = TinkerPath(model.model_id, "sampler_weights", name)
-            size = await self._save(model, path, with_optimizer=False)
+            if self.checkpoints.directory(path).exists():
+                raise RequestFailed(f"path: {path} already exists")
             revision = await self._export(model, name)
-            saved = CheckpointSaved.create(
-                source=SOURCE,
-                policy=model.policy,
-                model_id=model.model_id,
-                path=str(path),
-                kind="sampler",
-                bytes=size,
-                revision=revision.revision,
-            )
-            await self.log.append([revision, saved])
+            await self.log.append([revision, await self._save(model, path, False, revision)])
             return {"path": str(path), "type": "save_weights_for_sampler"}
 
         return self._ordered(request, owner, run)
@@ -432,7 +437,7 @@ class TinkerService:
         client can name it in a path."""
         sampler_id = f"{model.session_id}:sample:{sampler_seq}"
         path = TinkerPath(model.model_id, "sampler_weights", f".snapshot-{sampler_seq}")
-        await self._save(model, path, with_optimizer=False)
+        await self._save(model, path, overwrite=False)
         tenant = model.policy.split("/", 1)[0]
         sampler = await self._new_sampler(sampler_id, tenant, model.base.base_id, path, model.policy)
         return {"sampling_session_id": sampler.sampler_id, "type": "save_weights_for_sampler"}

@@ -217,6 +217,7 @@ class SaveWeights(Body, kw_only=True):
     model_id: str
     seq_id: int
     path: str | None = None
+    overwrite: bool = False
 
 
 class SaveWeightsForSampler(Body, kw_only=True):
