@@ -36,6 +36,7 @@ from mint.api.app import create_app
 from mint.auth.tokens import TokenStore
 from mint.bases.tiny import create_tiny_base
 from mint.catalog.queries import Catalog
+from mint.commands.up import serve_http
 from mint.home import Home
 from mint.serving.torch_engine import TorchEngine
 from mint.tinker.app import tinker_routes
@@ -329,6 +330,17 @@ async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
             other = {"X-API-Key": globex}
             response = await http.post("/get_info", json={"model_id": model_id}, headers=other)
             assert response.status_code == 404 and model_id in response.json()["detail"]
+            pending = await http.post(
+                "/forward",
+                json={
+                    "model_id": model_id,
+                    "seq_id": 1,
+                    "forward_input": {"data": [_datum([5, 6, 7])], "loss_fn": "cross_entropy"},
+                },
+            )
+            response = await http.post("/retrieve_future", json=pending.json(), headers=other)
+            assert response.status_code == 404  # another tenant's future is nobody's
+            assert (await http.post("/retrieve_future", json=pending.json())).json()["metrics"]
             response = await http.get("/training_runs", headers=other)
             assert response.json()["training_runs"] == []
             assert [
@@ -357,3 +369,23 @@ async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
             server.tokens.revoke(issued.token_id)
             response = await http.post("/create_session", json={}, headers={"X-API-Key": jwt})
             assert response.status_code == 401 and "invalid_token" in response.headers["WWW-Authenticate"]
+
+
+async def test_mint_up_serves_the_tinker_api_beside_the_others(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    create_tiny_base(home.base("tiny"), seed=0)
+    async with (
+        SqliteLog(home.log, partitions=2) as log,
+        running(home, log, backoff=Backoff(0.001, 0.01)) as system,
+        anyio.create_task_group() as tg,
+    ):
+        address = await tg.start(serve_http, system, "127.0.0.1", 0)
+        admin = {"X-API-Key": home.admin_token.read_text().strip()}  # written by the first start
+        async with httpx.AsyncClient(base_url=address, headers=admin) as http:
+            capabilities = (await http.get("/api/v1/get_server_capabilities")).json()
+            assert capabilities["supported_models"] == [
+                {"model_name": "tiny", "max_context_length": 512, "trainable": True, "sampleable": True}
+            ]
+            assert (await http.post("/api/v1/client/config", json={})).json()["pjwt_auth_enabled"] is True
+            assert (await http.get("/healthz")).status_code == 200
+        tg.cancel_scope.cancel()

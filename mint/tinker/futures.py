@@ -33,6 +33,7 @@ class RequestFailed(Exception):
 @dataclass
 class Future:
     request_id: str
+    tenant: str  # only its tenant may retrieve it
     model_id: str | None
     done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
@@ -46,14 +47,15 @@ class Futures:
         self._ids = itertools.count(1)
         self._salt = os.urandom(4).hex()
 
-    def create(self, model_id: str | None = None) -> Future:
+    def create(self, tenant: str, model_id: str | None = None) -> Future:
         self._forget_old()
-        future = Future(f"req-{next(self._ids)}-{self._salt}", model_id)
+        future = Future(f"req-{next(self._ids)}-{self._salt}", tenant, model_id)
         self._futures[future.request_id] = future
         return future
 
-    def get(self, request_id: str) -> Future | None:
-        return self._futures.get(request_id)
+    def get(self, request_id: str, tenant: str) -> Future | None:
+        future = self._futures.get(request_id)
+        return future if future is not None and future.tenant == tenant else None
 
     @property
     def pending(self) -> int:

@@ -185,7 +185,7 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def retrieve_future(request: Request, owner: Grant) -> Response | dict[str, Any]:
         body = wire.decode(await request.body(), wire.RetrieveFuture)
-        future = service.futures.get(body.request_id)
+        future = service.futures.get(body.request_id, owner.tenant)
         if future is None:
             raise WireError("request_id", f"no request {body.request_id!r} (unknown or expired)", 404)
         if not await service.futures.wait(future, LONG_POLL_S):

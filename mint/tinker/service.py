@@ -147,11 +147,11 @@ class TinkerService:
 
     # -- futures -------------------------------------------------------------------------------------
 
-    def submit(self, work: Callable[[], Awaitable[Any]], model_id: str | None = None) -> Future:
+    def submit(self, tenant: str, work: Callable[[], Awaitable[Any]], model_id: str | None = None) -> Future:
         if self.futures.pending >= REFUSE_AT_PENDING:
             raise WireError("request", f"{self.futures.pending} requests are queued; retry later", 429)
         assert self._tasks is not None, "TinkerService.run is not running"
-        future = self.futures.create(model_id)
+        future = self.futures.create(tenant, model_id)
         self._tasks.start_soon(self.futures.complete, future, work)
         return future
 
@@ -179,7 +179,7 @@ class TinkerService:
             async def close(model: TrainingModel = model) -> None:
                 await self.on_base(model.base, model.close)
 
-            self.submit(close)
+            self.submit(model.policy.split("/", 1)[0], close)
         for sampler_id in [s for s in self.samplers if s.startswith(f"{session_id}:")]:
             del self.samplers[sampler_id]
 
@@ -237,7 +237,7 @@ class TinkerService:
                 self.created.pop(model_id).set()
             return {"model_id": model.model_id, "type": "create_model"}
 
-        return self.submit(create, model_id)
+        return self.submit(owner.tenant, create, model_id)
 
     async def _new_model(
         self,
@@ -319,7 +319,7 @@ class TinkerService:
             async with model.gate.turn(request.seq_id):
                 return await work(model)
 
-        return self.submit(in_turn, model.model_id)
+        return self.submit(owner.tenant, in_turn, model.model_id)
 
     def refused(self, model_id: str, seq_id: int) -> None:
         """A training request refused before it was queued: later seq_ids must not wait for it."""
@@ -528,7 +528,7 @@ class TinkerService:
                 self.created.pop(model_id).set()
             return {"path": str(path), "model_id": model_id, "type": "load_weights"}
 
-        return self.submit(create, model_id)
+        return self.submit(owner.tenant, create, model_id)
 
     def weights_info(self, owner: Grant, raw: str) -> dict[str, Any]:
         _, info = self._owned_checkpoint(raw, owner, "tinker_path")
@@ -620,13 +620,15 @@ class TinkerService:
 
             return await self.on_base(base, draw)
 
-        future = self.submit(run)
+        future = self.submit(owner.tenant, run)
         ids = [f"seq-{os.urandom(6).hex()}" for _ in range(body.num_samples)]
         return future, ids
 
     def _load_sampler_slot(self, base: ResidentBase, slot: str, checkpoint: TinkerPath) -> None:
         info = self.checkpoints.info(checkpoint)
         base.multi.load(slot, self.checkpoints.tensors(checkpoint), info.rank, info.alpha)
+        for param in base.multi.parameters(slot):
+            param.requires_grad_(False)  # a snapshot never trains: keep it out of every backward
 
     def _generation(
         self, params: SamplingParamsBody, n: int, prompt_logprobs: bool, prompt_length: int, base_id: str
