@@ -109,6 +109,9 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     assert losses[-1] < 0.3 * losses[0], losses
     assert report["trained_tokens"] == report["answer"]  # greedy sampling from the trained adapter
     assert report["base_tokens"] != report["answer"]  # ... which the base alone does not say
+    answer = report["answer"]
+    assert isinstance(answer, list)
+    assert report["stopped"] == [[answer[:2], "stop"], [answer[:3], "stop"], [answer, "length"]]
     for resumed in ("resumed_forward", "reloaded_forward"):
         assert abs(float(report[resumed]) - float(report["sl_forward"])) < 1e-4  # type: ignore[arg-type]
     assert {"weights/sl-state", "sampler_weights/sl-final"} <= set(report["checkpoints"])  # type: ignore[arg-type]

@@ -85,6 +85,15 @@ base_sampled = base_sampler.sample(
     types.ModelInput.from_ints(prompt), num_samples=1, sampling_params=greedy
 ).result()
 report["answer"] = answer
+# Stops: a token id ends the sequence and stays in it; a string cuts after the token completing it.
+by_id = types.SamplingParams(max_tokens=len(answer), temperature=0.0, stop=[answer[1]])
+by_text = types.SamplingParams(max_tokens=len(answer), temperature=0.0, stop=[tokenizer.decode(answer[2:3])])
+nucleus = types.SamplingParams(max_tokens=len(answer), temperature=0.7, top_p=0.5, seed=3)
+stopped = [
+    trained.sample(types.ModelInput.from_ints(prompt), num_samples=1, sampling_params=p).result().sequences[0]
+    for p in (by_id, by_text, nucleus)
+]
+report["stopped"] = [[list(s.tokens), s.stop_reason] for s in stopped]
 report["trained_tokens"] = list(sampled.sequences[0].tokens)
 report["base_tokens"] = list(base_sampled.sequences[0].tokens)
 
