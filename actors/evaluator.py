@@ -81,20 +81,7 @@ class EvaluatorActor(StoreActor):
             refusal = self._refusal(record, store)
             if refusal is None:
                 return []
-            reason, field = refusal
-            return [
-                CommandRejected.create(
-                    id=f"{record.id}/0",
-                    cause=record,
-                    source=SOURCE,
-                    tenant=record.tenant,
-                    key=record.key,
-                    command_id=record.id,
-                    command_type="RequestEvaluation",
-                    reason=reason,
-                    field=field,
-                )
-            ]
+            return [CommandRejected.refusing(record, SOURCE, *refusal)]
         if isinstance(record, TrafficObserved):
             return self._watch(record, store)
         return []

@@ -60,19 +60,7 @@ class TrainerActor(StoreActor):
             return []
         refusal = self._refusal(record, store)
         if refusal is not None:
-            reason, field = refusal
-            rejected = CommandRejected.create(
-                id=f"{record.id}/0",
-                cause=record,
-                source=SOURCE,
-                tenant=record.tenant,
-                key=record.key,
-                command_id=record.id,
-                command_type="StartTraining",
-                reason=reason,
-                field=field,
-            )
-            return [rejected]
+            return [CommandRejected.refusing(record, SOURCE, *refusal)]
         started = TrainingStarted.create(
             id=f"{record.id}/0",
             cause=record,

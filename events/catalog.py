@@ -149,3 +149,19 @@ class CommandRejected(Fact, kw_only=True, frozen=True):
     command_type: str
     reason: str
     field: str | None = None
+
+    @classmethod
+    def refusing(cls, command: Command, source: str, reason: str, field: str | None) -> CommandRejected:
+        """The refusal of `command`. Its id derives from the command's, so deciding the same command
+        again (after a crash) yields the same id, which the log or the folds keep once."""
+        return cls.create(
+            id=f"{command.id}/0",
+            cause=command,
+            source=source,
+            tenant=command.tenant,
+            key=command.key,
+            command_id=command.id,
+            command_type=type(command).__name__,
+            reason=reason,
+            field=field,
+        )

@@ -229,15 +229,4 @@ def decide(command: Command, rows: Rows) -> list[Fact]:
     try:
         return DECIDERS[type(command).__name__](command, rows)
     except Refusal as refusal:
-        return [
-            _answer(
-                command,
-                CommandRejected,
-                tenant=command.tenant,
-                key=command.key,
-                command_id=command.id,
-                command_type=type(command).__name__,
-                reason=refusal.reason,
-                field=refusal.field,
-            )
-        ]
+        return [CommandRejected.refusing(command, SOURCE, refusal.reason, refusal.field)]

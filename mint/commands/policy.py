@@ -67,7 +67,12 @@ def _say(fact: Record) -> tuple[bool, str]:
 
 
 def _submit(
-    home_dir: str | None, log_url: str | None, artifacts_url: str | None, command: Command, timeout_s: float
+    command: Command,
+    *,
+    home_dir: str | None,
+    log_url: str | None,
+    artifacts_url: str | None,
+    timeout_s: float,
 ) -> None:
     _checked(command)
     home, spec = context(home_dir, log_url)
@@ -132,6 +137,16 @@ def _watch(enabled: bool, values: dict[str, Any]) -> Watch | None:
         return msgspec.convert({k: v for k, v in values.items() if v is not None}, Watch)
     except msgspec.ValidationError as exc:
         raise click.BadParameter(str(exc), param_hint="--watch options") from None
+
+
+WATCH_OPTIONS = ("max_error_rate", "min_requests", "sample_rate", "max_score_drop")
+
+
+def _rules(options: dict[str, Any]) -> dict[str, Any]:
+    """The gate and the watch, taken out of a command's options (what is left says where to send it)."""
+    gate = _gate(options.pop("suite"), options.pop("tolerance"), options.pop("min_score"))
+    watch = _watch(options.pop("watch"), {k: options.pop(k) for k in WATCH_OPTIONS})
+    return {"gate": gate, "watch": watch}
 
 
 def common(fn: Callable[..., None]) -> Callable[..., None]:
@@ -200,31 +215,11 @@ def policy_group() -> None:
 @click.option("--promotion", type=click.Choice(["manual", "auto"]), default="manual", show_default=True)
 @gate_and_watch
 @common
-def register(
-    policy: str,
-    base_id: str,
-    promotion: str,
-    suite: str | None,
-    tolerance: float,
-    min_score: float | None,
-    watch: bool,
-    timeout_s: float,
-    home_dir: str | None,
-    log_url: str | None,
-    artifacts_url: str | None,
-    **watch_values: Any,
-) -> None:
+def register(policy: str, base_id: str, promotion: str, **options: Any) -> None:
     """Register POLICY (tenant/name) on a base."""
-    command = _build(
-        RegisterPolicy,
-        "POLICY",
-        policy=policy,
-        base_id=base_id,
-        promotion=promotion,
-        gate=_gate(suite, tolerance, min_score),
-        watch=_watch(watch, watch_values),
-    )
-    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+    rules = _rules(options)
+    command = _build(RegisterPolicy, "POLICY", policy=policy, base_id=base_id, promotion=promotion, **rules)
+    _submit(command, **options)
 
 
 @policy_group.command("configure")
@@ -232,110 +227,46 @@ def register(
 @click.option("--promotion", type=click.Choice(["manual", "auto"]), default=None)
 @gate_and_watch
 @common
-def configure(
-    policy: str,
-    promotion: str | None,
-    suite: str | None,
-    tolerance: float,
-    min_score: float | None,
-    watch: bool,
-    timeout_s: float,
-    home_dir: str | None,
-    log_url: str | None,
-    artifacts_url: str | None,
-    **watch_values: Any,
-) -> None:
+def configure(policy: str, promotion: str | None, **options: Any) -> None:
     """Change POLICY's promotion mode, gate or watch (what is not given stays)."""
-    command = _build(
-        ConfigurePolicy,
-        "POLICY",
-        policy=policy,
-        promotion=promotion,
-        gate=_gate(suite, tolerance, min_score),
-        watch=_watch(watch, watch_values),
-    )
-    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+    rules = _rules(options)
+    _submit(_build(ConfigurePolicy, "POLICY", policy=policy, promotion=promotion, **rules), **options)
 
 
 @policy_group.command("evaluate")
 @click.argument("ref")
 @click.option("--suite", default=None, help="Default: the suite of the policy's gate.")
 @common
-def evaluate(
-    ref: str,
-    suite: str | None,
-    timeout_s: float,
-    home_dir: str | None,
-    log_url: str | None,
-    artifacts_url: str | None,
-) -> None:
+def evaluate(ref: str, suite: str | None, **options: Any) -> None:
     """Evaluate REF (tenant/name@rev) against what the policy serves (or the base model)."""
     policy, revision = _ref(ref)
-    command = _build(RequestEvaluation, "--suite", policy=policy, revision=revision, suite=suite)
-    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+    _submit(_build(RequestEvaluation, "--suite", policy=policy, revision=revision, suite=suite), **options)
 
 
 @policy_group.command("promote")
 @click.argument("ref")
 @click.option("--reason", default="", help="Why, for the serving history.")
 @common
-def promote(
-    ref: str,
-    reason: str,
-    timeout_s: float,
-    home_dir: str | None,
-    log_url: str | None,
-    artifacts_url: str | None,
-) -> None:
+def promote(ref: str, reason: str, **options: Any) -> None:
     """Serve REF (tenant/name@rev); refused unless its evaluation passed."""
     policy, revision = _ref(ref)
-    _submit(
-        home_dir,
-        log_url,
-        artifacts_url,
-        _build(Promote, "REF", policy=policy, revision=revision, reason=reason),
-        timeout_s,
-    )
+    _submit(_build(Promote, "REF", policy=policy, revision=revision, reason=reason), **options)
 
 
 @policy_group.command("rollback")
 @click.argument("policy")
-@click.option(
-    "--to", "to_revision", default=None, help="An earlier served revision (default: the one before)."
-)
+@click.option("--to", "to_revision", default=None, help="An earlier served revision (default: the last).")
 @click.option("--reason", default="", help="Why, for the serving history.")
 @common
-def rollback(
-    policy: str,
-    to_revision: str | None,
-    reason: str,
-    timeout_s: float,
-    home_dir: str | None,
-    log_url: str | None,
-    artifacts_url: str | None,
-) -> None:
+def rollback(policy: str, to_revision: str | None, reason: str, **options: Any) -> None:
     """Return POLICY to the revision it served before (or --to an earlier one)."""
-    command = _build(Rollback, "POLICY", policy=policy, to_revision=to_revision, reason=reason)
-    _submit(home_dir, log_url, artifacts_url, command, timeout_s)
+    _submit(_build(Rollback, "POLICY", policy=policy, to_revision=to_revision, reason=reason), **options)
 
 
 @policy_group.command("retire")
 @click.argument("policy")
 @click.option("--reason", default="")
 @common
-def retire(
-    policy: str,
-    reason: str,
-    timeout_s: float,
-    home_dir: str | None,
-    log_url: str | None,
-    artifacts_url: str | None,
-) -> None:
+def retire(policy: str, reason: str, **options: Any) -> None:
     """Stop serving POLICY for good; its name stays taken."""
-    _submit(
-        home_dir,
-        log_url,
-        artifacts_url,
-        _build(RetirePolicy, "POLICY", policy=policy, reason=reason),
-        timeout_s,
-    )
+    _submit(_build(RetirePolicy, "POLICY", policy=policy, reason=reason), **options)

@@ -10,8 +10,7 @@ drops finished rows. Model work runs in a worker thread so the event loop keeps 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from mint.serving.engine import (
     SamplingParams,
     SlotsFull,
 )
+from mint.serving.in_flight import InFlight
 from mint.serving.prompts import TokenizerPrompts
 
 
@@ -65,7 +65,7 @@ class _Batch:
     last: torch.Tensor  # [rows]: each row's last token, the next step's input
 
 
-class TorchEngine(TokenizerPrompts):
+class TorchEngine(TokenizerPrompts, InFlight):
     kind = "torch"
 
     def __init__(
@@ -92,8 +92,7 @@ class TorchEngine(TokenizerPrompts):
         self.multi = MultiLora(model, targets)
         self._send, self._receive = anyio.create_memory_object_stream[_Request](queue)
         self._draining: set[str] = set()
-        self._in_flight: dict[str, int] = {}
-        self._idle = anyio.Event()
+        InFlight.__init__(self)
         # The batching loop and text scoring both run the model in worker threads; the multi-LoRA
         # routing is state on the shared model, so one forward at a time.
         self._forward = anyio.Lock()
@@ -131,8 +130,7 @@ class TorchEngine(TokenizerPrompts):
             raise AdapterNotLoaded(ref)
         self._draining.add(ref)
         try:
-            while self._in_flight.get(ref, 0):
-                await self._idle.wait()
+            await self.drained(ref)
             spec = self.multi.slots[ref]
             self._host[ref] = (self.multi.state(ref), spec.rank, spec.alpha)
             while len(self._host) > self.cpu_slots:
@@ -163,7 +161,7 @@ class TorchEngine(TokenizerPrompts):
             self._send.send_nowait(request)
         except anyio.WouldBlock:
             raise Overloaded("the engine's admission queue is full") from None
-        with self._holding(adapter):
+        with self.holding(adapter):
             async with receive:
                 async for delta in receive:
                     yield delta
@@ -174,23 +172,9 @@ class TorchEngine(TokenizerPrompts):
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) < 2:
             return []
-        with self._holding(adapter):
+        with self.holding(adapter):
             async with self._forward:
                 return await anyio.to_thread.run_sync(self._score, ids, adapter)
-
-    @contextmanager
-    def _holding(self, adapter: str | None) -> Iterator[None]:
-        """Count a request of `adapter` in flight, so an unload drains it first."""
-        if adapter is None:
-            yield
-            return
-        self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
-        try:
-            yield
-        finally:
-            self._in_flight[adapter] -= 1
-            self._idle.set()
-            self._idle = anyio.Event()
 
     @torch.no_grad()
     def _score(self, ids: list[int], adapter: str | None) -> list[float]:

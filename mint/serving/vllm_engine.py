@@ -59,6 +59,7 @@ from mint.serving.engine import (
     SamplingParams,
     SlotsFull,
 )
+from mint.serving.in_flight import InFlight
 from mint.serving.prompts import TokenizerPrompts
 
 # The ranks vLLM can be configured for (LoRAConfig.max_lora_rank); an adapter of lower rank is padded.
@@ -87,7 +88,7 @@ def vllm_rank(max_rank: int) -> int:
     raise ValueError(f"max_rank {max_rank} exceeds vLLM's largest LoRA rank {VLLM_RANKS[-1]}")
 
 
-class VllmEngine(TokenizerPrompts):
+class VllmEngine(TokenizerPrompts, InFlight):
     kind = "vllm"
 
     def __init__(
@@ -133,8 +134,7 @@ class VllmEngine(TokenizerPrompts):
         self._next_id = itertools.count(1)
         self._zero: _Registered | None = None  # the base's zero adapter, when base requests use one
         self._draining: set[str] = set()
-        self._in_flight: dict[str, int] = {}
-        self._idle = anyio.Event()
+        InFlight.__init__(self)
         self._request_ids = itertools.count()
         self._prefix = f"mint-{id(self):x}"
 
@@ -313,8 +313,7 @@ class VllmEngine(TokenizerPrompts):
             raise AdapterNotLoaded(ref)
         self._draining.add(ref)
         try:
-            while self._in_flight.get(ref, 0):
-                await self._idle.wait()
+            await self.drained(ref)
             async with self._changes:
                 registered = self._resident.pop(ref, None)
                 if registered is None:  # another unload of it finished first
@@ -343,66 +342,53 @@ class VllmEngine(TokenizerPrompts):
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         llm = self._started()
-        lora = None if self._zero is None else self._zero.request
-        if adapter is not None:
-            registered = self._resident.get(adapter)
-            if registered is None or adapter in self._draining:
-                raise AdapterNotLoaded(adapter)
-            lora = registered.request
+        lora = self._lora(adapter)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False) or [self.pad_id]
         sampling = _sampling_params(params)
         request_id = f"{self._prefix}-{next(self._request_ids)}"
-        if adapter is not None:
-            self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
         try:
-            stream = llm.generate(tokens_input(ids, prompt=prompt), sampling, request_id, lora_request=lora)
-            async with aclosing(stream):
-                async for output in stream:
-                    delta = _delta(output.outputs[0], params.logprobs, output.finished)
-                    if delta is not None:
-                        yield delta
+            with self.holding(adapter):
+                inputs = tokens_input(ids, prompt=prompt)
+                stream = llm.generate(inputs, sampling, request_id, lora_request=lora)
+                async with aclosing(stream):
+                    async for output in stream:
+                        delta = _delta(output.outputs[0], params.logprobs, output.finished)
+                        if delta is not None:
+                            yield delta
         except VLLMValidationError as exc:
             raise EngineError(f"vLLM refused the request: {exc}") from exc
         except EngineDeadError as exc:
             raise EngineError(f"vLLM's engine died: {exc}") from exc
         except EngineGenerateError as exc:
             raise EngineError(f"vLLM failed the request: {exc.__cause__ or exc}") from exc
-        finally:
-            if adapter is not None:
-                self._in_flight[adapter] -= 1
-                self._idle.set()
-                self._idle = anyio.Event()
+
+    def _lora(self, adapter: str | None) -> Any:
+        """The LoRARequest serving `adapter` (on CPU, base rows take the zero adapter: see above)."""
+        if adapter is None:
+            return None if self._zero is None else self._zero.request
+        registered = self._resident.get(adapter)
+        if registered is None or adapter in self._draining:
+            raise AdapterNotLoaded(adapter)
+        return registered.request
 
     async def text_logprobs(self, text: str, adapter: str | None) -> list[float]:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm.inputs import tokens_input
 
         llm = self._started()
-        lora = None if self._zero is None else self._zero.request
-        if adapter is not None:
-            registered = self._resident.get(adapter)
-            if registered is None or adapter in self._draining:
-                raise AdapterNotLoaded(adapter)
-            lora = registered.request
+        lora = self._lora(adapter)
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) < 2:
             return []
         # One generated token is the least vLLM runs; prompt_logprobs=0 returns the prompt's own.
         sampling = VllmSamplingParams(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0)
         request_id = f"{self._prefix}-{next(self._request_ids)}"
-        if adapter is not None:
-            self._in_flight[adapter] = self._in_flight.get(adapter, 0) + 1
-        try:
-            last = None
+        last = None
+        with self.holding(adapter):
             stream = llm.generate(tokens_input(ids, prompt=text), sampling, request_id, lora_request=lora)
             async with aclosing(stream):
                 async for output in stream:
                     last = output
-        finally:
-            if adapter is not None:
-                self._in_flight[adapter] -= 1
-                self._idle.set()
-                self._idle = anyio.Event()
         if last is None or last.prompt_logprobs is None:
             raise EngineError("vLLM returned no prompt log-probabilities")
         return [float(entry[t].logprob) for t, entry in zip(ids[1:], last.prompt_logprobs[1:], strict=True)]
