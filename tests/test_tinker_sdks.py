@@ -321,6 +321,16 @@ async def test_requests_of_a_model_run_in_seq_id_order(
             ]
             assert results[1]["metrics"]["step:max"] == 1.0
             assert results[2]["metrics"]["loss:sum"] < results[0]["metrics"]["loss:sum"]
+            # An unnamed sampler snapshot lives until its session finishes.
+            snap = {"model_id": model_id, "seq_id": 4, "sampling_session_seq_id": 0}
+            pending = (await http.post("/save_weights_for_sampler", json=snap)).json()
+            sampler_id = (await http.post("/retrieve_future", json=pending)).json()["sampling_session_id"]
+            assert (await http.get(f"/samplers/{sampler_id}")).json()["base_model"] == "tiny"
+            snapshots = list((tmp_path / "tinker" / "checkpoints").glob("*/sampler_weights/.snapshot-*"))
+            assert len(snapshots) == 1
+            await http.post(f"/sessions/{model_id.split(':')[0]}/finish", json={})
+            assert (await http.get(f"/samplers/{sampler_id}")).status_code == 404
+            assert not snapshots[0].exists()
 
 
 async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:

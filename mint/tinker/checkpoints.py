@@ -97,6 +97,11 @@ class CheckpointDirectory:
         staging.rename(final)
         return sum(f.stat().st_size for f in final.iterdir())
 
+    def forget_snapshots(self, model_id: str) -> None:
+        """Delete a model's unnamed sampler snapshots (named checkpoints stay)."""
+        for directory in (self.root / model_id.replace(":", "-") / "sampler_weights").glob(".snapshot-*"):
+            shutil.rmtree(directory, ignore_errors=True)
+
     def info(self, path: TinkerPath) -> CheckpointInfo:
         file = self.directory(path) / "info.json"
         if not file.is_file():

@@ -98,7 +98,7 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def create_session(request: Request, owner: Grant) -> dict[str, Any]:
         wire.decode(await request.body(), wire.CreateSession)
-        return {"session_id": service.create_session(owner), "type": "create_session"}
+        return {"session_id": await service.create_session(owner), "type": "create_session"}
 
     async def heartbeat(request: Request, owner: Grant) -> Response | dict[str, Any]:
         body = wire.decode(await request.body(), wire.SessionRef)
@@ -110,7 +110,7 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def finish(request: Request, owner: Grant) -> dict[str, Any]:
         session = service.session(request.path_params["session_id"], owner)
-        service.finish_session(session.session_id)
+        await service.finish_session(session.session_id)
         return {}
 
     # -- training ----------------------------------------------------------------------------------

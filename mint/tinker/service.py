@@ -161,27 +161,24 @@ class TinkerService:
 
     # -- sessions ----------------------------------------------------------------------------------
 
-    def create_session(self, owner: Grant) -> str:
+    async def create_session(self, owner: Grant) -> str:
         idle = time.time() - SESSION_IDLE_S
         for stale in [s.session_id for s in self.sessions.values() if s.last_seen < idle]:
-            self.finish_session(stale)
+            await self.finish_session(stale)
         session = Session(f"sess-{os.urandom(5).hex()}", owner.tenant)
         self.sessions[session.session_id] = session
         return session.session_id
 
-    def finish_session(self, session_id: str) -> None:
+    async def finish_session(self, session_id: str) -> None:
         """Free what a session held: its training clients' slots (each slot costs every forward pass
-        on its base) and its samplers. Checkpoints, exports and facts stay."""
+        on its base), their snapshots and its samplers. Named checkpoints, exports and facts stay."""
         self.sessions.pop(session_id, None)
-        for model in [m for m in self.models.values() if m.session_id == session_id]:
-            del self.models[model.model_id]
-
-            async def close(model: TrainingModel = model) -> None:
-                await self.on_base(model.base, model.close)
-
-            self.submit(model.policy.split("/", 1)[0], close)
         for sampler_id in [s for s in self.samplers if s.startswith(f"{session_id}:")]:
             del self.samplers[sampler_id]
+        for model in [m for m in self.models.values() if m.session_id == session_id]:
+            del self.models[model.model_id]
+            await self.on_base(model.base, model.close)
+            self.checkpoints.forget_snapshots(model.model_id)
 
     def session(self, session_id: str, owner: Grant, field_name: str = "session_id") -> Session:
         session = self.sessions.get(session_id)
