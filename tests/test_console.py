@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,7 @@ from playwright.async_api import BrowserContext, async_playwright, expect
 
 from actors.system import System
 from events.catalog import Promote
-from events.serving import AdapterLoaded, EngineRegistered
+from events.serving import AdapterLoaded, EngineRegistered, RevisionTraffic, TrafficObserved
 from events.training import StepCompleted, TrainingStarted
 from mint.commands.up import serve_http
 from tests.api_system import two_revisions_served
@@ -64,7 +65,13 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
     engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=4)
     loaded = AdapterLoaded.create(engine="e1", policy="acme/a", revision="r2", tier="gpu", ms=3.5)
     held_back = [exported("acme/a", "r3", parent="r2"), evaluated("acme/a", "r3", verdict="fail", score=0.1)]
-    await bare_system.log.append([run, *steps, engine, loaded, *held_back])
+    traffic = TrafficObserved.create(
+        engine="e1",
+        interval_start=datetime.now(UTC),
+        interval_s=1.0,
+        traffic={"acme/a@r2": RevisionTraffic(requests=7, errors=2, scored=4, score_sum=3.0)},
+    )
+    await bare_system.log.append([run, *steps, engine, loaded, *held_back, traffic])
     await bare_system.settle()
     async with anyio.create_task_group() as tg:
         address = await tg.start(serve_http, bare_system, "127.0.0.1", 0)
@@ -87,6 +94,8 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
         pointer = page.locator("#pointer")
         await expect(pointer).to_have_text("r2", timeout=WAIT_MS)
         await expect(page.locator("#lineage circle")).to_have_count(3)  # r1 <- r2 <- r3
+        await expect(page.locator("#rules")).to_contain_text("no gate")
+        await expect(page.locator("td", has_text="0.750 on 4")).to_be_visible()  # live traffic of r2
         await page.fill("#reason", "regression seen by on-call")
         await page.click("#rollback")
         await expect(pointer).to_have_text("r1", timeout=WAIT_MS)

@@ -239,6 +239,7 @@ def routes(
             "evaluations": msgspec.to_builtins(view.evaluations(name)),
             "serving": msgspec.to_builtins(view.serving_history(name)),
             "rejections": msgspec.to_builtins(view.rejections(name)),
+            "traffic": msgspec.to_builtins(view.traffic(name)),
         }
         detail["lineage"] = _lineage(detail["revisions"], list(row.served), row.pointer)
         detail["audit"] = _audit(detail)

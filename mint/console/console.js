@@ -102,6 +102,19 @@ function lineageSvg(lineage) {
   return `<svg id="lineage" width="${width}" height="${height}">${edges.join("")}${nodes.join("")}</svg>`;
 }
 
+// The gate a revision must pass and the watch that rolls it back, in words.
+function rules(p) {
+  const gate = p.gate
+    ? `gate ${esc(p.gate.suite)}, tolerance ${esc(p.gate.tolerance)}` +
+      (p.gate.min_score !== null ? `, at least ${esc(p.gate.min_score)}` : "")
+    : "no gate";
+  const watch = p.watch
+    ? `watch: roll back above ${esc(p.watch.max_error_rate)} errors over ${esc(p.watch.min_requests)} requests` +
+      (p.watch.max_score_drop !== null ? ` or a live score ${esc(p.watch.max_score_drop)} below the evaluation` : "")
+    : "no watch";
+  return `${gate} · ${watch}`;
+}
+
 async function renderPolicy(policy) {
   const d = await api(`/policies/${policy}`);
   const p = d.policy;
@@ -124,18 +137,25 @@ async function renderPolicy(policy) {
     ${admin ? `<p><button id="rollback">Roll back</button>
        <select id="rollback-to"><option value="">to the previous revision</option>${options}</select>
        <input id="reason" placeholder="reason" size="30"></p>` : ""}
+    <p id="rules">${rules(p)}</p>
     <p id="outcome" class="muted">${lastCommand && lastCommand.policy === policy ? esc(lastCommand.text) : ""}</p>
     <h3>Revisions</h3>
     ${table(["revision", "parent", "run", "eval score", "verdict", "exported", ""], revisions)}
     <h3>Lineage</h3>
     ${lineageSvg(d.lineage)}
     <h3>Evaluations</h3>
-    ${table(["at", "revision", "suite", "score", "baseline", "delta", "verdict"], d.evaluations.map((e) => [
-      esc(e.at), esc(e.revision), esc(`${e.suite} v${e.suite_version}`), esc(e.score), esc(e.baseline_score ?? "-"),
-      esc(e.delta ?? "-"), esc(e.verdict)]))}
+    ${table(["at", "revision", "suite", "score", "baseline", "delta", "verdict", "why"], d.evaluations.map((e) => [
+      esc(e.at), esc(e.revision), esc(`${e.suite} v${e.suite_version}`), esc(e.score),
+      esc(`${e.baseline_score ?? "-"} (${e.baseline_revision || "base model"})`),
+      esc(e.delta ?? "-"), esc(e.verdict), esc(e.detail || "")]))}
+    <h3>Live traffic</h3>
+    ${table(["revision", "requests", "failed", "live score", "updated"], d.traffic.map((t) => [
+      esc(t.revision), esc(t.requests), esc(t.errors),
+      esc(t.scored ? `${(t.score_sum / t.scored).toFixed(3)} on ${t.scored}` : "-"), esc(t.updated_at)]))}
     <h3>Serving history</h3>
-    ${table(["at", "move", "revision", "from", "reason"], d.serving.map((m) => [
-      esc(m.at), esc(m.kind), esc(m.revision), esc(m.previous || "-"), esc(m.reason)]))}
+    ${table(["at", "move", "revision", "from", "reason", "evidence"], d.serving.map((m) => [
+      esc(m.at), esc(m.kind), esc(m.revision), esc(m.previous || "-"), esc(m.reason),
+      esc(Object.entries(m.evidence || {}).map(([k, v]) => `${k}=${v}`).join(", "))]))}
     <h3>Audit trail</h3>
     ${table(["at", "what", "revision", "detail", "record", "caused by"], d.audit.map((a) => [
       esc(a.at), esc(a.what), esc(a.revision || ""), esc(a.detail), `<code>${esc(a.id || "")}</code>`,
