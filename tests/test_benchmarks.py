@@ -65,3 +65,10 @@ def test_bench_serve_on_the_tiny_base(tmp_path: Path) -> None:
     assert mixed["mixed_tokens_per_s"] > 0 and mixed["swap_tokens_per_s"] > 0
     loads = packed_loads(base, rank=4, repeats=2, say=lambda line: None)
     assert loads["per_tensor_load_ms"] > 0 and loads["packed_load_ms"] > 0
+
+
+def test_bench_tinker_runs_the_step_both_ways() -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    report = _bench("tinker", "--steps", "2", "--rows", "2")
+    for key in ("direct_step_ms", "api_step_ms", "asample_8x16_ms", "api_overhead_ratio"):
+        assert isinstance(report[key], float) and report[key] > 0

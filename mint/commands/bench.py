@@ -166,6 +166,24 @@ def serve(base_dir: Path | None, requests: int, tokens: int, as_json: bool) -> N
         _report("serve", bench_serve(base, packed_base, _say, requests, tokens), as_json)
 
 
+@bench_group.command("tinker")
+@click.option("--steps", default=20, show_default=True, help="Training steps (and samples) measured.")
+@click.option("--rows", default=8, show_default=True, help="Datums per batch (32 tokens each).")
+@json_option
+def tinker(steps: int, rows: int, as_json: bool) -> None:
+    """The Tinker API's cost over training in-process, on the tiny base; asample latency."""
+    import tempfile
+
+    from mint.bases.tiny import create_tiny_base
+    from mint.bench.tinker_bench import bench_tinker
+    from mint.home import Home
+
+    with tempfile.TemporaryDirectory(prefix="mint-bench-tinker-") as tmp:
+        home = Home(Path(tmp))
+        create_tiny_base(home.base("tiny"), seed=0)
+        _report("tinker", bench_tinker(home, steps, rows, _say), as_json)
+
+
 @bench_group.command("sim")
 @click.option("--policies", default=1_000_000, show_default=True, help="Catalog size (ranks drawn lazily).")
 @click.option("--requests", default=200_000, show_default=True)
