@@ -28,7 +28,7 @@ pytest.importorskip("torch", reason="needs the [train] extra (torch)")
 
 from actors.runtime import Backoff
 from actors.system import System, running
-from events.catalog import Promote
+from events.catalog import Promote, RegisterPolicy
 from events.sqlite_log import SqliteLog
 from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
 from events.training import RevisionExported, StepCompleted
@@ -154,6 +154,15 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     assert {"TrainingClientCreated", "StepCompleted", "RevisionExported", "RevisionPromoted"} <= audited
 
 
+def _registered(home: Home, policy: str) -> bool:
+    """Whether the catalog knows `policy` at all."""
+    catalog = Catalog(home.catalog)
+    try:
+        return catalog.policy(policy) is not None
+    finally:
+        catalog.close()
+
+
 def _pointer(home: Home, policy: str) -> str | None:
     catalog = Catalog(home.catalog)
     try:
@@ -211,6 +220,16 @@ async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Pat
                 "lora_config.rank",
             )
             await refused("/create_model", {"session_id": session}, 400, "base_model")
+            # A training client of an existing policy must be on the policy's base.
+            await server.system.log.append([RegisterPolicy.create(policy="acme/elsewhere", base_id="other")])
+            with anyio.fail_after(30):
+                await server.system.until(lambda: _registered(server.system.home, "acme/elsewhere"))
+            await refused(
+                "/create_model",
+                {"session_id": session, "base_model": "tiny", "user_metadata": {"policy": "elsewhere"}},
+                400,
+                "user_metadata.policy",
+            )
             await refused("/create_model", {"session_id": "sess-x", "base_model": "tiny"}, 404, "session_id")
             created = (
                 await http.post("/create_model", json={"session_id": session, "base_model": "tiny"})

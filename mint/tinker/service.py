@@ -37,6 +37,7 @@ from events.training import RevisionExported, StepCompleted
 from mint.artifacts.keys import adapter_key
 from mint.artifacts.store import ArtifactStore
 from mint.catalog.queries import Catalog, ProjectionMissing
+from mint.catalog.rows import PolicyRow
 from mint.home import Home
 from mint.tinker.auth import Grant
 from mint.tinker.checkpoints import CheckpointDirectory, CheckpointInfo, TinkerPath, check_name
@@ -120,9 +121,12 @@ class TinkerService:
             return []
         return sorted(d.name for d in self.home.bases.iterdir() if (d / "config.json").is_file())
 
+    def base_config(self, base_id: str) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads((self.home.base(base_id) / "config.json").read_text())
+        return config
+
     def context_length(self, base_id: str) -> int:
-        config = json.loads((self.home.base(base_id) / "config.json").read_text())
-        return int(config.get("max_position_embeddings", 0))
+        return int(self.base_config(base_id).get("max_position_embeddings", 0))
 
     def check_base(self, base_id: str, field_name: str = "base_model") -> None:
         if base_id not in self.base_ids():
@@ -195,12 +199,28 @@ class TinkerService:
             raise WireError("model_id", f"no training client {model_id!r}", 404)
         return model
 
-    def _policy_for(self, owner: Grant, model_id: str, metadata: dict[str, Any] | None) -> str:
-        name = str((metadata or {}).get("policy") or model_id.replace(":", "-"))
+    def _policy_for(
+        self,
+        owner: Grant,
+        model_id: str,
+        metadata: dict[str, Any] | None,
+        base_id: str,
+        default: str | None = None,
+    ) -> str:
+        """The policy a training client trains: `user_metadata.policy`, else `default` (the policy of
+        the checkpoint it starts from), else one named after the client. An existing one must be
+        active and on the same base."""
+        name = str((metadata or {}).get("policy") or default or model_id.replace(":", "-"))
         policy = name if "/" in name else f"{owner.tenant}/{name}"
         if not _POLICY.match(policy) or policy.split("/", 1)[0] != owner.tenant:
             raise WireError(
                 "user_metadata.policy", f"{name!r} is not a policy name of tenant {owner.tenant!r}"
+            )
+        row = self._catalog_policy(policy)
+        if row is not None and (row.base_id != base_id or row.status != "active"):
+            raise WireError(
+                "user_metadata.policy",
+                f"policy {policy!r} is {row.status} on base {row.base_id!r}, not active on {base_id!r}",
             )
         return policy
 
@@ -215,7 +235,7 @@ class TinkerService:
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
         if model_id in self.models or model_id in self.created:
             raise WireError("model_seq_id", f"{model_id!r} already exists")
-        policy = self._policy_for(owner, model_id, body.user_metadata)
+        policy = self._policy_for(owner, model_id, body.user_metadata, body.base_model)
         self.created[model_id] = anyio.Event()
 
         async def create() -> dict[str, Any]:
@@ -256,7 +276,7 @@ class TinkerService:
             base, lambda: TrainingModel.create(base, model_id, session_id, policy, run, rank, targets, seed)
         )
         facts: list[Record] = []
-        if self._catalog_policy_base(policy) is None:
+        if self._catalog_policy(policy) is None:
             facts.append(
                 RegisterPolicy.create(
                     id=f"{model_id}/register", source=SOURCE, policy=policy, base_id=base_id
@@ -281,16 +301,25 @@ class TinkerService:
         self.models[model_id] = model
         return model
 
-    def _catalog_policy_base(self, policy: str) -> str | None:
+    def _catalog_policy(self, policy: str) -> PolicyRow | None:
         try:
             catalog = self.catalog()
         except ProjectionMissing:
             return None
         try:
-            row = catalog.policy(policy)
+            return catalog.policy(policy)
         finally:
             catalog.close()
-        return None if row is None else row.base_id
+
+    def _catalog_revisions(self, policy: str) -> set[str]:
+        try:
+            catalog = self.catalog()
+        except ProjectionMissing:
+            return set()
+        try:
+            return {row.revision for row in catalog.revisions(policy)}
+        finally:
+            catalog.close()
 
     async def info(self, model_id: str, owner: Grant) -> dict[str, Any]:
         pending = self.created.get(model_id)
@@ -301,7 +330,11 @@ class TinkerService:
         return {
             "type": "get_info",
             "model_id": model_id,
-            "model_data": {"arch": "llama", "model_name": model.base.base_id, "tokenizer_id": directory},
+            "model_data": {
+                "arch": self.base_config(model.base.base_id).get("model_type", "unknown"),
+                "model_name": model.base.base_id,
+                "tokenizer_id": directory,
+            },
             "is_lora": True,
             "lora_rank": model.rank,
             "model_name": model.base.base_id,
@@ -422,6 +455,8 @@ class TinkerService:
             path = TinkerPath(model.model_id, "sampler_weights", name)
             if self.checkpoints.directory(path).exists():
                 raise RequestFailed(f"path: {path} already exists")
+            if name in self._catalog_revisions(model.policy):
+                raise RequestFailed(f"path: policy {model.policy!r} already has a revision {name!r}")
             revision = await self._export(model, name)
             await self.log.append([revision, await self._save(model, path, False, revision)])
             return {"path": str(path), "type": "save_weights_for_sampler"}
@@ -502,7 +537,7 @@ class TinkerService:
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
         if model_id in self.models or model_id in self.created:
             raise WireError("model_seq_id", f"{model_id!r} already exists")
-        policy = self._policy_for(owner, model_id, body.user_metadata)
+        policy = self._policy_for(owner, model_id, body.user_metadata, info.base_id, info.policy)
         attention, mlp, unembed = (
             any(t in info.targets for t in group) for group in (ATTENTION, MLP, UNEMBED)
         )
