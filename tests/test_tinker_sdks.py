@@ -272,10 +272,19 @@ async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Pat
             assert response.status_code == 400 and "JSON" in response.json()["detail"]
             response = await http.post("/create_session", json={}, headers={"X-API-Key": "wrong"})
             assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
-            # The refused seq_ids 1-6 did not block the model's queue: seq 7 runs.
+            # A protobuf batch with an image chunk (not served) is refused and gives its seq_id 7 up.
+            mid = model_id.encode()
+            chunk = b"\x12\x00"  # Chunk{image: {}}
+            image = b"\x0a" + bytes([len(chunk)]) + chunk  # Datum{model_input: [chunk]}
+            body = b"\x0a" + bytes([len(mid)]) + mid + b"\x10\x07" + b"\x1a" + bytes([len(image)]) + image
+            response = await http.post(
+                "/forward_backward", content=body, headers={"Content-Type": "application/x-protobuf"}
+            )
+            assert response.status_code == 400 and "data[0].model_input" in response.json()["detail"]
+            # The refused seq_ids 1-7 did not block the model's queue: seq 8 runs.
             good = {
                 **fb,
-                "seq_id": 7,
+                "seq_id": 8,
                 "forward_backward_input": {"data": [datum], "loss_fn": "cross_entropy"},
             }
             pending = (await http.post("/forward_backward", json=good)).json()
@@ -283,8 +292,8 @@ async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Pat
             assert result["metrics"]["loss:sum"] > 0
             # A sampler checkpoint is a revision: a second one under the same name is refused.
             save = {"model_id": model_id, "path": "r1"}
-            first = (await http.post("/save_weights_for_sampler", json={**save, "seq_id": 8})).json()
-            again = (await http.post("/save_weights_for_sampler", json={**save, "seq_id": 9})).json()
+            first = (await http.post("/save_weights_for_sampler", json={**save, "seq_id": 9})).json()
+            again = (await http.post("/save_weights_for_sampler", json={**save, "seq_id": 10})).json()
             assert (await http.post("/retrieve_future", json=first)).json()["path"].endswith("/r1")
             failed = (await http.post("/retrieve_future", json=again)).json()
             assert failed["category"] == "user" and "already exists" in failed["error"]

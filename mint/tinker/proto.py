@@ -145,6 +145,20 @@ def _datum(buf: bytes, index: int) -> Datum:
     return Datum.checked(tokens, inputs, index)
 
 
+def request_ids(body: bytes) -> tuple[str, int] | None:
+    """(model_id, seq_id) of a ForwardBackwardRequest whose batch may be malformed, or None."""
+    model_id, seq_id = "", None
+    try:
+        for number, value in _fields(body):
+            if number == 1 and isinstance(value, bytes):
+                model_id = value.decode()
+            elif number == 2 and isinstance(value, int):
+                seq_id = value
+    except (WireError, UnicodeDecodeError):
+        pass
+    return (model_id, seq_id) if model_id and seq_id is not None else None
+
+
 def decode_forward_backward(body: bytes) -> Sequenced[ForwardBackwardInput]:
     """A `ForwardBackwardRequest`: the model, its seq_id, and the batch (`forward_only` included)."""
     model_id, seq_id, loss_fn, forward_only = "", 0, "", False

@@ -62,7 +62,8 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
                     response = error(exc)
                     response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
                     return response
-                await _release_seq(request)
+                if exc.status != 429:  # the SDK resends a 429 with the same seq_id
+                    await _release_seq(request)
                 return error(exc)
             return reply if isinstance(reply, Response) else JSONResponse(reply)
 
@@ -70,8 +71,14 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def _release_seq(request: Request) -> None:
         """A refused training request still uses up its seq_id, or later ones would wait forever."""
+        raw = await request.body()
+        if PROTOBUF in request.headers.get("content-type", ""):
+            ids = proto.request_ids(raw)
+            if ids is not None:
+                service.refused(*ids)
+            return
         try:
-            body = msgspec.json.decode(await request.body())
+            body = msgspec.json.decode(raw)
         except msgspec.DecodeError:
             return
         if isinstance(body, dict) and isinstance(body.get("seq_id"), int) and "model_id" in body:
