@@ -48,11 +48,13 @@ class DemoBase:
     base_id: str
     steps: int  # GRPO steps that take this base from chance to a clear pass
     lr: float
+    group_size: int  # completions per prompt in a GRPO group
 
 
-# On the tiny base the reward takes off after 25-45 steps at this rate, whatever the seed (measured).
-TINY = DemoBase("tiny", 60, 1e-2)
-SMOLLM2 = DemoBase("smollm2", 20, 5e-3)
+# Measured: on the tiny base the reward takes off after 25-45 steps at this rate, whatever the seed;
+# SmolLM2 (pretrained) says " the" often already and passes 0.9 within 10 steps, each ~1000x dearer.
+TINY = DemoBase("tiny", 60, 1e-2, 8)
+SMOLLM2 = DemoBase("smollm2", 10, 5e-3, 4)
 
 
 def pick_base(choice: str) -> DemoBase:
@@ -70,6 +72,11 @@ class Demo:
         self.api = api
         self.say = say
         self.runs = 0
+        self.chapters = 0
+
+    def chapter(self, title: str) -> None:
+        self.chapters += 1
+        self.say(f"\n{self.chapters}. {title}")
 
     # -- reading the catalog, as any client would -------------------------------------------------
 
@@ -125,7 +132,7 @@ class Demo:
                     algo="grpo",
                     task=task,
                     steps=steps,
-                    config={"seed": self.runs, "lr": self.base.lr},
+                    config={"seed": self.runs, "lr": self.base.lr, "group_size": self.base.group_size},
                 )
             ]
         )
@@ -181,12 +188,32 @@ class Demo:
         return reply.status_code, reply.headers.get("x-mint-revision", "-"), text
 
 
+async def regression(
+    demo: Demo, client: httpx.AsyncClient, engine: FaultyEngine, first: str, second: str
+) -> None:
+    say = demo.say
+    demo.chapter("A regression only live traffic can see")
+    bad = f"{SUPPORT}@{second}"
+    engine.fail(bad, 0.5)
+    say(f"  Injected: the engine now fails half of the requests served by {bad}.")
+    failed = sent = 0
+    while demo.pointer(SUPPORT) == second and sent < 200:
+        sent += 1
+        status, _, _ = await demo.ask(client, SUPPORT, PROMPTS[sent % len(PROMPTS)])
+        failed += status != 200
+    await demo.until(lambda c: demo.serves(c, SUPPORT, first))
+    moves = demo.read(lambda c: c.serving_history(SUPPORT))
+    rollback = [m for m in moves if m.kind == "rolled_back"][-1]
+    say(f"  {failed} of {sent} requests failed; the watch rolled {SUPPORT} back to {rollback.revision}:")
+    say(f"  reason: {rollback.reason}")
+    say(f"  evidence: {', '.join(f'{k}={v:g}' for k, v in rollback.evidence.items())}")
+    status, answered_by, text = await demo.ask(client, SUPPORT, PROMPTS[0])
+    say(f"  next request: HTTP {status}, answered by {answered_by}: {text!r}")
+
+
 async def run_demo(system: System, engine: FaultyEngine, base: DemoBase, api: str, say: Say) -> bool:
     demo = Demo(system, engine, base, api, say)
-    step = iter(range(1, 100))
-
-    def chapter(title: str) -> None:
-        say(f"\n{next(step)}. {title}")
+    chapter = demo.chapter
 
     chapter("Three policies on one resident base")
     await demo.register()
@@ -208,9 +235,13 @@ async def run_demo(system: System, engine: FaultyEngine, base: DemoBase, api: st
     )
 
     chapter("A better revision replaces the served one on its own")
-    second = await demo.train([SUPPORT], TASK, base.steps, "again, with another seed")
-    await demo.until(lambda c: demo.serves(c, SUPPORT, second))
-    say(f"  {SUPPORT} passed against {first} and now serves {second}.")
+    second = await demo.train([SUPPORT], TASK, base.steps * 3 // 2, "again, with another seed, for longer")
+    passed = demo.revision(SUPPORT, second).eval_verdict == "pass"
+    if passed:
+        await demo.until(lambda c: demo.serves(c, SUPPORT, second))
+        say(f"  {SUPPORT} passed against {first} and now serves {second}.")
+    else:  # seeds fix the tiny base's outcome; a larger base trained this briefly may fall short
+        say(f"  {SUPPORT}@{second} fell short of {first} this time and stays unserved.")
 
     token = TokenStore(system.home.tokens).issue("acme", ["reader"], label="mint demo").secret
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120.0) as client:
@@ -219,23 +250,10 @@ async def run_demo(system: System, engine: FaultyEngine, base: DemoBase, api: st
             status, answered_by, text = await demo.ask(client, policy, prompt)
             say(f"  {policy}: {prompt!r} -> {text!r}  (HTTP {status}, answered by {answered_by})")
 
-        chapter("A regression only live traffic can see")
-        bad = f"{SUPPORT}@{second}"
-        engine.fail(bad, 0.5)
-        say(f"  Injected: the engine now fails half of the requests served by {bad}.")
-        failed = sent = 0
-        while demo.pointer(SUPPORT) == second and sent < 200:
-            sent += 1
-            status, _, _ = await demo.ask(client, SUPPORT, PROMPTS[sent % len(PROMPTS)])
-            failed += status != 200
-        await demo.until(lambda c: demo.serves(c, SUPPORT, first))
-        moves = demo.read(lambda c: c.serving_history(SUPPORT))
-        rollback = [m for m in moves if m.kind == "rolled_back"][-1]
-        say(f"  {failed} of {sent} requests failed; the watch rolled {SUPPORT} back to {rollback.revision}:")
-        say(f"  reason: {rollback.reason}")
-        say(f"  evidence: {', '.join(f'{k}={v:g}' for k, v in rollback.evidence.items())}")
-        status, answered_by, text = await demo.ask(client, SUPPORT, PROMPTS[0])
-        say(f"  next request: HTTP {status}, answered by {answered_by}: {text!r}")
+        if passed:
+            await regression(demo, client, engine, first, second)
+        else:
+            say(f"\n(The regression step needs a second served revision of {SUPPORT}: skipped.)")
 
     chapter("Replay: rebuild the catalog from the log and compare")
     await system.settle()
