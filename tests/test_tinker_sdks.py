@@ -428,5 +428,10 @@ async def test_mint_up_serves_the_tinker_api_beside_the_others(tmp_path: Path) -
                 {"model_name": "tiny", "max_context_length": 512, "trainable": True, "sampleable": True}
             ]
             assert (await http.post("/api/v1/client/config", json={})).json()["pjwt_auth_enabled"] is True
+            # The operator's admin token belongs to no tenant, so it trains nothing.
+            session = (await http.post("/api/v1/create_session", json={})).json()["session_id"]
+            body = {"session_id": session, "base_model": "tiny"}
+            response = await http.post("/api/v1/create_model", json=body)
+            assert response.status_code == 403 and "tenant's token" in response.json()["detail"]
             assert (await http.get("/healthz")).status_code == 200
         tg.cancel_scope.cancel()

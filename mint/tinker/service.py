@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from events.catalog import RegisterPolicy
 from events.envelope import Record
 from events.log import EventLog
-from events.names import POLICY_PATTERN
+from events.names import POLICY_PATTERN, TENANT_PATTERN
 from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
 from events.training import RevisionExported, StepCompleted
 from mint.artifacts.keys import adapter_key
@@ -67,6 +67,7 @@ MAX_RANK = 256
 SESSION_IDLE_S = 600.0  # a session without heartbeats (every 10 s) for this long is finished
 T = TypeVar("T")
 _POLICY = re.compile(POLICY_PATTERN)
+_TENANT = re.compile(rf"^{TENANT_PATTERN}$")
 
 
 @dataclass
@@ -210,6 +211,10 @@ class TinkerService:
         """The policy a training client trains: `user_metadata.policy`, else `default` (the policy of
         the checkpoint it starts from), else one named after the client. An existing one must be
         active and on the same base."""
+        if not _TENANT.match(owner.tenant):
+            raise WireError(
+                "X-API-Key", f"tenant {owner.tenant!r} owns no policies: use a tenant's token", 403
+            )
         name = str((metadata or {}).get("policy") or default or model_id.replace(":", "-"))
         policy = name if "/" in name else f"{owner.tenant}/{name}"
         if not _POLICY.match(policy) or policy.split("/", 1)[0] != owner.tenant:
