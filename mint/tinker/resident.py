@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ class ResidentBase:
     tokenizer: Any
     multi: MultiLora
     lock: anyio.Lock = field(default_factory=anyio.Lock)
-    # slot name -> checkpoint directory, least recently used first
-    sampler_slots: OrderedDict[str, Path] = field(default_factory=OrderedDict)
+    # snapshot slots, least recently used first
+    sampler_slots: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     @classmethod
     def load(cls, base_id: str, directory: Path) -> ResidentBase:
@@ -69,17 +70,20 @@ class ResidentBase:
 
     # -- sampler slots (call with the lock held) -------------------------------------------------
 
-    def sampler_slot(self, name: str, checkpoint: Path, load: Any) -> str:
-        """Make the snapshot at `checkpoint` resident as slot `name`, evicting the least recently used
-        snapshot beyond SAMPLER_SLOTS. `load(slot)` fills it."""
+    def sampler_slot(self, name: str, load: Callable[[], tuple[dict[str, torch.Tensor], int, float]]) -> str:
+        """Make the snapshot `load()` reads (tensors, rank, alpha) resident as slot `name`, evicting the
+        least recently used snapshot beyond SAMPLER_SLOTS."""
         if name in self.sampler_slots:
             self.sampler_slots.move_to_end(name)
             return name
         while len(self.sampler_slots) >= SAMPLER_SLOTS:
             old, _ = self.sampler_slots.popitem(last=False)
             self.multi.remove(old)
-        load(name)
-        self.sampler_slots[name] = checkpoint
+        tensors, rank, alpha = load()
+        self.multi.load(name, tensors, rank, alpha)
+        for param in self.multi.parameters(name):
+            param.requires_grad_(False)  # a snapshot never trains: keep it out of every backward
+        self.sampler_slots[name] = None
         return name
 
     # -- sampling (call in a worker thread with the lock held) ------------------------------------

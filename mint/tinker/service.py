@@ -57,6 +57,8 @@ from mint.tinker.wire import (
 )
 
 if TYPE_CHECKING:  # torch loads with the first base a request needs, not with `mint up`
+    import torch
+
     from mint.tinker.resident import ResidentBase
     from mint.tinker.training import TrainingModel
 
@@ -649,8 +651,7 @@ class TinkerService:
                     slot = base.sampler_slot(
                         # Slot names become parameter names: no dots or slashes.
                         "sampler-" + hashlib.sha256(str(checkpoint).encode()).hexdigest()[:16],
-                        self.checkpoints.directory(checkpoint),
-                        lambda name: self._load_sampler_slot(base, name, checkpoint),
+                        lambda: self._snapshot_tensors(checkpoint),
                     )
                 sequences, prompt_logprobs = base.generate(slot, prompt, generation)
                 return SampleResult(sequences, prompt_logprobs)
@@ -661,11 +662,9 @@ class TinkerService:
         ids = [f"seq-{os.urandom(6).hex()}" for _ in range(body.num_samples)]
         return future, ids
 
-    def _load_sampler_slot(self, base: ResidentBase, slot: str, checkpoint: TinkerPath) -> None:
+    def _snapshot_tensors(self, checkpoint: TinkerPath) -> tuple[dict[str, torch.Tensor], int, float]:
         info = self.checkpoints.info(checkpoint)
-        base.multi.load(slot, self.checkpoints.tensors(checkpoint), info.rank, info.alpha)
-        for param in base.multi.parameters(slot):
-            param.requires_grad_(False)  # a snapshot never trains: keep it out of every backward
+        return self.checkpoints.tensors(checkpoint), info.rank, info.alpha
 
     def _generation(
         self, params: SamplingParamsBody, n: int, prompt_logprobs: bool, prompt_length: int, base_id: str
