@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 pytest.importorskip("torch", reason="needs the [train] extra (torch)")
 
@@ -54,6 +56,20 @@ class Server:
     system: System
     url: str
     tokens: TokenStore
+    requests: Counter[str]  # by path
+
+
+class CountRequests:
+    """ASGI middleware counting requests by path."""
+
+    def __init__(self, app: ASGIApp, counts: Counter[str]) -> None:
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.counts[scope["path"]] += 1
+        await self.app(scope, receive, send)
 
 
 @asynccontextmanager
@@ -69,13 +85,17 @@ async def tinker_server(home: Home) -> AsyncIterator[Server]:
         SqliteLog(home.log, partitions=2) as log,
         running(home, log, backoff=Backoff(0.001, 0.01), engines={"e1": engine}) as system,
         anyio.create_task_group() as tg,
-        tinker_routes(home, log, system.artifacts, partial(Catalog, home.catalog), tokens) as tinker,
+        # Batches of more than 2 datums reach the server in concurrent chunks (tinker 0.38).
+        tinker_routes(
+            home, log, system.artifacts, partial(Catalog, home.catalog), tokens, chunk_datums=2
+        ) as tinker,
     ):
         listener = socket.create_server(("127.0.0.1", 0))
-        app = create_app(system, tokens, tinker=tinker)
+        requests: Counter[str] = Counter()
+        app = CountRequests(create_app(system, tokens, tinker=tinker), requests)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         tg.start_soon(lambda: server.serve(sockets=[listener]))
-        yield Server(system, f"http://127.0.0.1:{listener.getsockname()[1]}", tokens)
+        yield Server(system, f"http://127.0.0.1:{listener.getsockname()[1]}", tokens, requests)
         tg.cancel_scope.cancel()
 
 
@@ -148,7 +168,9 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {reader}"}) as http:
         body = {"model": sl_policy, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
         with anyio.fail_after(60):
-            completion = (await http.post("/v1/completions", json=body)).json()
+            response = await http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    completion = response.json()
     assert completion["choices"][0]["text"].startswith(" Paris."), completion
     audited = {entry.stored.type for entry in await history(system.log, sl_policy)}
     assert {"TrainingClientCreated", "StepCompleted", "RevisionExported", "RevisionPromoted"} <= audited
@@ -186,6 +208,8 @@ async def test_tinker_038_supervised_and_rl_loops(tmp_path: Path) -> None:
         key = server.tokens.issue("acme", ["trainer", "reader"]).secret
         report = await run_client(".venv-tinker038", {"TINKER_BASE_URL": server.url, "TINKER_API_KEY": key})
         assert report["sdk"] == "0.38.0"
+        # The RL batches (32 datums) arrived as 16 concurrent chunks each, and still trained in order.
+        assert server.requests["/api/v1/forward_backward"] > 10 * 16
         await check_loops_and_facts(server, report, key)
 
 

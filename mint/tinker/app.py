@@ -21,7 +21,12 @@ logger = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def tinker_routes(
-    home: Home, log: EventLog, artifacts: ArtifactStore, catalog: Callable[[], Catalog], tokens: TokenStore
+    home: Home,
+    log: EventLog,
+    artifacts: ArtifactStore,
+    catalog: Callable[[], Catalog],
+    tokens: TokenStore,
+    chunk_datums: int = 1024,
 ) -> AsyncIterator[list[BaseRoute]]:
     """/api/v1 routes over a running TinkerService (none where training is not installed); requests
     in flight are cancelled on exit."""
@@ -37,5 +42,5 @@ async def tinker_routes(
     keys = Keys(tokens, home.root / "tinker" / "jwt.key")
     async with anyio.create_task_group() as tg:
         await tg.start(service.run)
-        yield list(routes(service, keys))
+        yield list(routes(service, keys, chunk_datums))
         tg.cancel_scope.cancel()

@@ -40,7 +40,10 @@ def future_reply(future: Future, **extra: Any) -> dict[str, Any]:
     return {"request_id": future.request_id, "model_id": future.model_id, **extra}
 
 
-def routes(service: TinkerService, keys: Keys) -> list[Route]:
+def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list[Route]:
+    """`chunk_datums`: tinker 0.38 splits a larger forward_backward batch into requests of this many
+    datums, sent concurrently (the first one last); their seq_ids keep them in order here."""
+
     def caller(request: Request, role: str) -> Grant:
         presented = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
             "Bearer "
@@ -88,7 +91,11 @@ def routes(service: TinkerService, keys: Keys) -> list[Route]:
 
     async def client_config(request: Request, owner: Grant) -> dict[str, Any]:
         # The JWT exchange is what lets MinT's SDK use its `sk-` keys (see mint/tinker/auth.py).
-        return {"pjwt_auth_enabled": True, "sample_use_retrieve_futures": False}
+        return {
+            "pjwt_auth_enabled": True,
+            "sample_use_retrieve_futures": False,
+            "fwdbwd_max_chunk_len": chunk_datums,
+        }
 
     async def dynamic_config(request: Request, owner: Grant) -> dict[str, Any]:
         return {}
