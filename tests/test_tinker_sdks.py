@@ -165,6 +165,7 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     await system.log.append([Promote.create(policy=sl_policy, revision="sl-final")])
     with anyio.fail_after(30):
         await system.until(lambda: _pointer(system.home, sl_policy) == "sl-final")
+        await system.settle()  # the engine host folds the promotion too
     async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {reader}"}) as http:
         body = {"model": sl_policy, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
         with anyio.fail_after(60):

@@ -333,7 +333,7 @@ class TinkerService:
         if pending is not None:
             await pending.wait()
         model = self.model(model_id, owner)
-        directory = str(self.home.base(model.base.base_id))
+        directory = str(model.base.directory)  # the tokenizer loads from it offline
         return {
             "type": "get_info",
             "model_id": model_id,
