@@ -348,9 +348,12 @@ async def test_requests_of_a_model_run_in_seq_id_order(
             batch = {"data": [_datum([5, 6, 7, 8, 9, 10])], "loss_fn": "cross_entropy"}
             # Sent last-first, as the SDK sends the chunks of a large batch: forward (seq 3) must see
             # the update of optim_step (seq 2), which must see the gradients of seq 1.
-            after = await http.post(
-                "/forward", json={"model_id": model_id, "seq_id": 3, "forward_input": batch}
-            )
+            forward = {"model_id": model_id, "seq_id": 3, "forward_input": batch}
+            retry = {"X-Idempotency-Key": "stainless-python-retry-1"}  # as the SDK sends it
+            after = await http.post("/forward", json=forward, headers=retry)
+            # The SDK's retry of a request (same idempotency key) gets the first reply: one future.
+            again = await http.post("/forward", json=forward, headers=retry)
+            assert again.json() == after.json()
             monkeypatch.setattr("mint.tinker.routes.LONG_POLL_S", 0.05)
             pending = (await http.post("/retrieve_future", json=after.json())).json()
             assert pending == {

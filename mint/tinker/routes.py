@@ -19,6 +19,7 @@ from starlette.routing import Route
 from mint.tinker import proto, wire
 from mint.tinker.auth import Grant, Keys
 from mint.tinker.futures import Future
+from mint.tinker.idempotency import Replies
 from mint.tinker.results import ForwardBackwardResult, SampleResult
 from mint.tinker.service import TinkerService
 from mint.tinker.wire import Sequenced, WireError
@@ -55,11 +56,23 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
             raise WireError("X-API-Key", f"this key may not act as {role}", 403)
         return owner
 
-    def endpoint(role: str | None, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    replies = Replies()
+
+    def endpoint(
+        role: str | None, handler: Handler, starts: bool
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """`starts`: the request starts something (a future, a session), so an SDK retry of it (same
+        X-Idempotency-Key) gets the first reply instead of starting it again."""
+
         async def respond(request: Request) -> Response:
+            retry_key = request.headers.get("x-idempotency-key") if starts else None
             try:
                 owner = caller(request, role) if role else _ANONYMOUS
+                if retry_key and (first := replies.get(owner.tenant, retry_key)) is not None:
+                    return JSONResponse(first)
                 reply = await handler(request, owner)
+                if retry_key and isinstance(reply, dict):
+                    replies.put(owner.tenant, retry_key, reply)
             except WireError as exc:
                 if exc.status == 401:
                     response = error(exc)
@@ -268,8 +281,20 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
         ("GET", "/training_runs/{run_id}/checkpoints", READ, run_checkpoints),
         ("GET", "/checkpoints", READ, user_checkpoints),
     ]
+    starting = {
+        "/create_session",
+        "/create_model",
+        "/forward_backward",
+        "/forward",
+        "/optim_step",
+        "/save_weights",
+        "/save_weights_for_sampler",
+        "/load_weights",
+        "/create_sampling_session",
+        "/asample",
+    }
     return [
-        Route(PREFIX + path, endpoint(role, handler), methods=[method])
+        Route(PREFIX + path, endpoint(role, handler, path in starting), methods=[method])
         for method, path, role, handler in table
     ]
 
