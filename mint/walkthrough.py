@@ -1,8 +1,9 @@
 """The scripted session `mint up --walkthrough` runs: the control plane end to end, in plain words.
 
-It registers policies, produces the facts a trainer and an evaluator would, promotes, is refused,
-rolls back, retries a command (the log refuses the duplicate) — all while the actors crash at random
-points and are restarted — then checks that replaying the log rebuilds the live catalog exactly.
+It registers policies, writes the facts a trainer and an evaluator would (under its own source, so an
+audit never mistakes them for the real actors'), promotes, is refused, rolls back, retries a command
+(the log refuses the duplicate) — all while the actors crash at random points and are restarted — then
+checks that replaying the log rebuilds the live catalog exactly. `mint demo` does it all for real.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ POLICIES = ("acme/support", "acme/search", "globex/triage")
 
 def _export(policy: str, revision: str, parent: str | None, run: str) -> RevisionExported:
     return RevisionExported.create(
-        source="trainer",
+        source=SOURCE,
         policy=policy,
         revision=revision,
         base_id="tiny",
@@ -44,7 +45,7 @@ def _export(policy: str, revision: str, parent: str | None, run: str) -> Revisio
 def _evaluate(policy: str, revision: str, score: float, baseline: float | None) -> EvaluationCompleted:
     verdict = "pass" if baseline is None or score >= baseline - 0.01 else "fail"
     return EvaluationCompleted.create(
-        source="evaluator",
+        source=SOURCE,
         policy=policy,
         revision=revision,
         suite="smoke",
@@ -59,7 +60,7 @@ def _evaluate(policy: str, revision: str, score: float, baseline: float | None) 
 def _training(run: str, policies: list[str], revision: str, parent: str | None) -> list[Record]:
     records: list[Record] = [
         TrainingStarted.create(
-            source="trainer",
+            source=SOURCE,
             run=run,
             policies=policies,
             base_id="tiny",
@@ -72,7 +73,7 @@ def _training(run: str, policies: list[str], revision: str, parent: str | None) 
         for policy in policies:
             records.append(
                 StepCompleted.create(
-                    source="trainer",
+                    source=SOURCE,
                     run=run,
                     policy=policy,
                     step=step,
@@ -81,7 +82,7 @@ def _training(run: str, policies: list[str], revision: str, parent: str | None) 
                 )
             )
     records += [_export(p, revision, parent, run) for p in policies]
-    records.append(TrainingFinished.create(source="trainer", run=run, steps=3))
+    records.append(TrainingFinished.create(source=SOURCE, run=run, steps=3))
     return records
 
 
