@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 from actors.catalog import CatalogActor
 from actors.projector import CatalogProjector
 from actors.runtime import StoreActor
-from events.catalog import RegisterPolicy, RetirePolicy, Rollback
+from events.catalog import ConfigurePolicy, Gate, RegisterPolicy, RetirePolicy, Rollback
 from events.envelope import Command, Record
 from events.log import Stored, Subscription
 from events.sqlite_log import SqliteLog
@@ -34,6 +34,7 @@ from tests.records import evaluated, exported, promote
 POLICIES = ("acme/a", "acme/b", "beta/c")
 REVISIONS = ("r1", "r2", "r3")
 CRASHES = (None, "before append", "before commit", "after commit")
+GATE = Gate(suite="reward:token:the")
 
 
 async def _open_log(path: Path) -> SqliteLog:
@@ -95,13 +96,25 @@ class CatalogUnderFaults(RuleBasedStateMachine):
         self.portal.call(self.log.append, records)
         self.appended.extend(records)
 
-    @rule(policy=st.sampled_from(POLICIES))
-    def register(self, policy: str) -> None:
-        self._append([RegisterPolicy.create(policy=policy, base_id="tiny")])
+    @rule(policy=st.sampled_from(POLICIES), auto=st.booleans())
+    def register(self, policy: str, auto: bool) -> None:
+        gated = {"promotion": "auto", "gate": GATE} if auto else {}
+        self._append([RegisterPolicy.create(policy=policy, base_id="tiny", **gated)])
 
-    @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS), passed=st.booleans())
-    def export_and_evaluate(self, policy: str, revision: str, passed: bool) -> None:
-        self._append([exported(policy, revision), evaluated(policy, revision, "pass" if passed else "fail")])
+    @rule(policy=st.sampled_from(POLICIES), auto=st.booleans())
+    def configure(self, policy: str, auto: bool) -> None:
+        mode = "auto" if auto else "manual"
+        self._append([ConfigurePolicy.create(policy=policy, promotion=mode, gate=GATE)])
+
+    @rule(
+        policy=st.sampled_from(POLICIES),
+        revision=st.sampled_from(REVISIONS),
+        passed=st.booleans(),
+        baseline=st.sampled_from((None, *REVISIONS)),
+    )
+    def export_and_evaluate(self, policy: str, revision: str, passed: bool, baseline: str | None) -> None:
+        verdict = evaluated(policy, revision, "pass" if passed else "fail", baseline_revision=baseline)
+        self._append([exported(policy, revision), verdict])  # an auto policy may promote on it
 
     @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS))
     def promote(self, policy: str, revision: str) -> None:
@@ -158,13 +171,15 @@ class CatalogUnderFaults(RuleBasedStateMachine):
 
     def _check_each_command_decided_once(self, stored: list[Stored]) -> None:
         commands = {s.id for s in stored if isinstance(s.decode(), Command)}
-        decided = Counter(
-            r.causation
-            for s in stored
-            if (r := s.decode()) and isinstance(r, Record) and r.source == "catalog"
-        )
+        answers = [r for s in stored if (r := s.decode()) and isinstance(r, Record) and r.source == "catalog"]
+        decided = Counter(r.causation for r in answers if r.causation in commands)
         assert set(decided) == commands, "every command is decided"
         assert all(n == 1 for n in decided.values()), f"a command was decided twice: {decided}"
+        # The rest are automatic promotions, each caused by one passed evaluation, once.
+        reactions = Counter(r.causation for r in answers if r.causation not in commands)
+        assert all(n == 1 for n in reactions.values()), f"an evaluation promoted twice: {reactions}"
+        evaluations = {s.id for s in stored if s.type == "EvaluationCompleted"}
+        assert set(reactions) <= evaluations
         assert len({s.id for s in stored}) == len(stored), "the SQLite log holds each id once"
 
     def _check_replay_equals_live(self) -> None:

@@ -154,7 +154,7 @@ def auto_promote(fact: EvaluationCompleted, rows: Rows) -> list[Fact]:
         return []
     if fact.baseline_revision != policy.pointer:
         return []
-    reason = f"auto: passed {fact.suite} v{fact.suite_version} ({fact.detail})"
+    reason = f"auto: passed {fact.suite} v{fact.suite_version}" + (f" ({fact.detail})" if fact.detail else "")
     promoted = RevisionPromoted.create(
         id=f"{fact.id}/promote",
         cause=fact,
