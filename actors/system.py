@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import ParamSpec
 
 import anyio
 
@@ -86,25 +87,27 @@ class System:
                 return
 
 
-@asynccontextmanager
-async def running(
-    home: Home,
-    log: EventLog,
-    faults: Faults = NO_FAULTS,
-    backoff: Backoff = DEFAULT_BACKOFF,
-    only: frozenset[str] | None = None,
-    artifacts: ArtifactStore | None = None,
-    engines: Mapping[str, Engine] | None = None,
-    evaluation_engines: EngineFactory | None = None,
-) -> AsyncIterator[System]:
-    """Start the actors (returns once all are ready); cancel them all on exit."""
-    system = System(home, log, faults, backoff, only, artifacts, engines, evaluation_engines)
-    with actor_locks(home, [a.name for a in system.actors]):
-        async with anyio.create_task_group() as tg:
-            for host in system.engines:
-                await tg.start(host.engine.serve)
-            await tg.start(system.supervisor.run)
-            try:
-                yield system
-            finally:
-                tg.cancel_scope.cancel()
+P = ParamSpec("P")
+
+
+def _started(build: Callable[P, System]) -> Callable[P, AbstractAsyncContextManager[System]]:
+    """`running` takes exactly System's arguments, so a new option is declared once, on System."""
+
+    @asynccontextmanager
+    async def running(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[System]:
+        """Start the actors (returns once all are ready); cancel them all on exit."""
+        system = build(*args, **kwargs)
+        with actor_locks(system.home, [a.name for a in system.actors]):
+            async with anyio.create_task_group() as tg:
+                for host in system.engines:
+                    await tg.start(host.engine.serve)
+                await tg.start(system.supervisor.run)
+                try:
+                    yield system
+                finally:
+                    tg.cancel_scope.cancel()
+
+    return running
+
+
+running = _started(System)
