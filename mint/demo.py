@@ -188,13 +188,11 @@ class Demo:
         return reply.status_code, reply.headers.get("x-mint-revision", "-"), text
 
 
-async def regression(
-    demo: Demo, client: httpx.AsyncClient, engine: FaultyEngine, first: str, second: str
-) -> None:
+async def regression(demo: Demo, client: httpx.AsyncClient, first: str, second: str) -> None:
     say = demo.say
     demo.chapter("A regression only live traffic can see")
     bad = f"{SUPPORT}@{second}"
-    engine.fail(bad, 0.5)
+    demo.engine.fail(bad, 0.5)
     say(f"  Injected: the engine now fails half of the requests served by {bad}.")
     failed = sent = 0
     while demo.pointer(SUPPORT) == second and sent < 200:
@@ -251,7 +249,7 @@ async def run_demo(system: System, engine: FaultyEngine, base: DemoBase, api: st
             say(f"  {policy}: {prompt!r} -> {text!r}  (HTTP {status}, answered by {answered_by})")
 
         if passed:
-            await regression(demo, client, engine, first, second)
+            await regression(demo, client, first, second)
         else:
             say(f"\n(The regression step needs a second served revision of {SUPPORT}: skipped.)")
 
