@@ -89,8 +89,6 @@ class EvaluatorActor(StoreActor):
         return []
 
     def _refusal(self, command: RequestEvaluation, store: ProjectionStore) -> tuple[str, str] | None:
-        if command.tenant != command.policy.split("/", 1)[0]:
-            return f"tenant {command.tenant!r} may not evaluate {command.policy!r}", "tenant"
         policy: PolicyRow | None = store.rows.get(POLICIES, command.policy)
         if policy is None or policy.status != "active":
             return f"policy {command.policy!r} is not registered and active", "policy"

@@ -66,7 +66,12 @@ class StoreActor:
             record = store.apply(stored)
             if record is not None:
                 self.seen.append(record)
-                decided = self.on_record(record, store)
+                try:
+                    decided = self.on_record(record, store)
+                except Exception as exc:  # a record that breaks the decider must not stop it: set it aside
+                    log.exception("%s: deciding %s failed", self.name, stored.id)
+                    store.dead_letter(stored, f"deciding {stored.type} failed: {type(exc).__name__}: {exc}")
+                    continue
                 for fact in decided:
                     store.apply_own(fact)
                 out.extend(decided)

@@ -80,15 +80,9 @@ class TrainerActor(StoreActor):
             return "this MinT has no training installed: pip install 'mint-lora[train]'", "run"
         from mint.training.multi_policy import TrainConfig  # torch: only once there is a run to train
 
-        tenant = command.run.split("/", 1)[0]
-        if command.tenant != tenant:
-            return f"tenant {command.tenant!r} may not start run {command.run!r}", "tenant"
+        # The schema already holds a run to its tenant's policies, each once, and steps to a range.
         if store.rows.get(RUNS, command.run) is not None:
             return f"run {command.run!r} already exists", "run"
-        if not command.policies:
-            return "a run trains at least one policy", "policies"
-        if command.steps < 1:
-            return f"steps must be at least 1, got {command.steps}", "steps"
         if not (self.home.base(command.base_id) / "config.json").is_file():
             return (
                 f"base {command.base_id!r} is not installed at {self.home.base(command.base_id)}",
@@ -98,8 +92,6 @@ class TrainerActor(StoreActor):
             row: PolicyRow | None = store.rows.get(POLICIES, policy)
             if row is None or row.status != "active":
                 return f"policy {policy!r} is not registered and active", "policies"
-            if row.tenant != tenant:
-                return f"policy {policy!r} belongs to another tenant", "policies"
             if row.base_id != command.base_id:
                 return f"policy {policy!r} is on base {row.base_id!r}, not {command.base_id!r}", "base_id"
         try:
@@ -133,7 +125,11 @@ class TrainerActor(StoreActor):
         store = super().open_store(log)
         self._store = store
         for (data,) in store.query("SELECT data FROM runs WHERE status = 'running'"):
-            self._enqueue(RUNS.from_data(data))  # interrupted by a crash: resume them
+            run = RUNS.from_data(data)
+            # Interrupted by a crash: resume it, if this trainer decided it. A run started by any
+            # other writer (the walkthrough's script, a Tinker client) is not this actor's to train.
+            if run.decided_by == SOURCE:
+                self._enqueue(run)
         return store
 
     def _enqueue(self, run: RunRow) -> None:

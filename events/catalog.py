@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
 from events.envelope import Command, Fact
-from events.names import Name, PolicyName, RevisionId
+from events.names import INT64_MAX, SYSTEM_TENANT, Name, PolicyName, RevisionId
 
 PromotionMode = Literal["manual", "auto"]
 Share = Annotated[float, Meta(ge=0.0, le=1.0)]
-Count = Annotated[int, Meta(ge=1)]
+AtLeastOne = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 
 
-class Gate(msgspec.Struct, kw_only=True, frozen=True):
+class Gate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """What a revision must show on `suite` before it may serve: no worse than the revision served
     (or the base, when nothing is served yet) by more than `tolerance`, and at least `min_score`."""
 
@@ -24,17 +25,17 @@ class Gate(msgspec.Struct, kw_only=True, frozen=True):
     min_score: float | None = None
 
 
-class Watch(msgspec.Struct, kw_only=True, frozen=True):
+class Watch(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Live signals that roll a served revision back on their own: its error rate over at least
     `min_requests` requests, or its mean score on sampled live traffic (the gate suite's scorer, on
     `sample_rate` of requests, at least `min_scored` of them) falling more than `max_score_drop`
     below the score its evaluation gave it. Counted from the moment it started serving."""
 
     max_error_rate: Share = 0.05
-    min_requests: Count = 20
+    min_requests: AtLeastOne = 20
     sample_rate: Share = 0.25
     max_score_drop: Annotated[float, Meta(ge=0.0)] | None = 0.15
-    min_scored: Count = 10
+    min_scored: AtLeastOne = 10
 
 
 class RegisterPolicy(Command, kw_only=True, frozen=True):
@@ -149,6 +150,11 @@ class CommandRejected(Fact, kw_only=True, frozen=True):
     command_type: str
     reason: str
     field: str | None = None
+
+    def tenant_names(self) -> Iterator[tuple[str, str]]:
+        # The refusal of an infrastructure command (keyed by engine) belongs to the system tenant.
+        if self.tenant != SYSTEM_TENANT:
+            yield "key", self.key
 
     @classmethod
     def refusing(cls, command: Command, source: str, reason: str, field: str | None) -> CommandRejected:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -52,7 +52,8 @@ def field_of(message: str) -> str | None:
 
 class _Header(msgspec.Struct):
     type: str
-    v: int | None = None  # absent means current: the published schema gives `v` that default
+    # absent means current: the published schema gives `v` that default
+    v: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     id: str = ""
     key: str = ""
 
@@ -73,12 +74,24 @@ def _where(header: _Header | None) -> str:
     return f"record{ident} ({header.type})"
 
 
+# Bytes that are not a record: not JSON, nested deeper than the decoder's stack allows, or the wrong shape.
+_UNDECODABLE = (msgspec.DecodeError, RecursionError)
+
+
+def _read_header(raw: bytes) -> _Header:
+    try:
+        return _header_decoder.decode(raw)
+    except _UNDECODABLE as exc:
+        raise RecordError("record", _why(exc)) from None
+
+
+def _why(exc: BaseException) -> str:
+    return "nested too deeply to decode" if isinstance(exc, RecursionError) else str(exc)
+
+
 def read_header(raw: bytes) -> tuple[str, int, str, str]:
     """(type, v, id, key) of an encoded record, without validating the rest."""
-    try:
-        header = _header_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise RecordError("record", str(exc)) from None
+    header = _read_header(raw)
     return header.type, _version(header), header.id, header.key
 
 
@@ -91,14 +104,11 @@ def decode(raw: bytes, type_name: str | None = None, version: int | None = None)
     fast path: one typed decode). Unknown types come back as UnknownRecord; invalid ones raise."""
     header: _Header | None = None
     if type_name is None or version is None:
-        try:
-            header = _header_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise RecordError("record", str(exc)) from None
+        header = _read_header(raw)
         type_name, version = header.type, _version(header)
     cls = BY_NAME.get(type_name)
     if cls is None:
-        header = header or _header_decoder.decode(raw)
+        header = header or _read_header(raw)
         return UnknownRecord(type=type_name, v=version, id=header.id, key=header.key, raw=raw)
     try:
         if version == CURRENT_VERSION[type_name]:
@@ -108,8 +118,8 @@ def decode(raw: bytes, type_name: str | None = None, version: int | None = None)
         lifted = upcast(cls, fields, version, CURRENT_VERSION[type_name])
         upcasted: Record = msgspec.convert(lifted, cls)
         return upcasted
-    except (msgspec.DecodeError, UpcastError) as exc:
-        raise RecordError(_where(header or _safe_header(raw)), str(exc)) from None
+    except (*_UNDECODABLE, UpcastError) as exc:
+        raise RecordError(_where(header or _safe_header(raw)), _why(exc)) from None
 
 
 def validate(raw: bytes) -> Record:
@@ -125,7 +135,7 @@ def validate(raw: bytes) -> Record:
 def _safe_header(raw: bytes) -> _Header | None:
     try:
         return _header_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except _UNDECODABLE:
         return None
 
 

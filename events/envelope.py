@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import time
+import typing
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, ClassVar, Self
 
 import msgspec
 
-from events.names import SYSTEM_TENANT, RecordId, tenant_of
+from events.names import POLICY_PATTERN, SYSTEM_TENANT, RecordId, tenant_of
 
 
 def new_record_id() -> str:
@@ -31,9 +34,36 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=True, gc=False):
+def _names_policy(hint: Any) -> bool:
+    """Whether a field annotation is a policy name (`tenant/name`), alone, optional or in a list."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return any(getattr(meta, "pattern", None) == POLICY_PATTERN for meta in hint.__metadata__)
+    return any(_names_policy(arg) for arg in typing.get_args(hint))
+
+
+@cache
+def _policy_fields(cls: type[Record]) -> tuple[str, ...]:
+    """The fields of `cls` that hold policy names (run names are policy-shaped too)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple(f.name for f in msgspec.structs.fields(cls) if _names_policy(hints[f.name]))
+
+
+class Record(
+    msgspec.Struct,
+    kw_only=True,
+    frozen=True,
+    tag_field="type",
+    tag=True,
+    gc=False,
+    forbid_unknown_fields=True,
+):
     """Envelope fields. `key` is the partition key: the policy for catalog and training records, the
-    engine for serving records, the run for run-level records. One writer decides per key."""
+    engine for serving records, the run for run-level records. One writer decides per key.
+
+    Tenancy is part of the schema: a tenant's record names only that tenant's policies and runs (its
+    key included), and an infrastructure record belongs to the system tenant. A record that breaks
+    this does not decode, so a fold never sees it: a run of globex cannot name acme's policies,
+    whether it came through the HTTP door or straight onto Kafka."""
 
     id: RecordId
     v: int = 1
@@ -54,6 +84,24 @@ class Record(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag=Tr
         expected = getattr(self, self.KEY_FIELD)
         if self.key != expected:
             raise ValueError(f"key: must equal {self.KEY_FIELD} {expected!r}, got {self.key!r}")
+        if self.SYSTEM:
+            if self.tenant != SYSTEM_TENANT:
+                raise ValueError(
+                    f"tenant: {type(self).__name__} belongs to {SYSTEM_TENANT!r}, not {self.tenant!r}"
+                )
+            return
+        for field, name in self.tenant_names():
+            if tenant_of(name) != self.tenant:
+                raise ValueError(f"{field}: {name!r} belongs to another tenant than {self.tenant!r}")
+
+    def tenant_names(self) -> Iterator[tuple[str, str]]:
+        """(field, name) of every name in this record that must belong to its tenant."""
+        yield "key", self.key
+        for field in _policy_fields(type(self)):
+            value = getattr(self, field)
+            for name in value if isinstance(value, list) else [value]:
+                if name is not None:
+                    yield field, name
 
     @classmethod
     def create(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from events.envelope import Command, Fact
-from events.names import Name, PolicyName, RevisionId
+from events.names import Count, Name, PolicyName, RevisionId
 
 Verdict = Literal["pass", "fail"]
 
@@ -29,13 +29,13 @@ class EvaluationCompleted(Fact, kw_only=True, frozen=True):
     policy: PolicyName
     revision: RevisionId
     suite: Name
-    suite_version: int
+    suite_version: Count
     score: float
     verdict: Verdict
     baseline_revision: RevisionId | None = None
     baseline_score: float | None = None
     delta: float | None = None
-    samples: int = 0
+    samples: Count = 0
     detail: str = ""
 
 

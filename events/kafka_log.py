@@ -1,7 +1,9 @@
 """The production log: one Kafka topic through aiokafka.
 
 Each record is one Kafka message: value = the record's JSON bytes, key = the record key, timestamp = the
-record's time, and headers `id`, `type`, `v` so a consumer can route without decoding the value. The
+record's time, and headers `id`, `type`, `v` so a consumer can route without decoding the value, and
+`seal` (events/seal.py) so a reader can tell MinT's own records from those written straight onto the
+topic. The
 partition is chosen here with events/partitioning.py (murmur2, as Kafka's default partitioner), so a
 record sits on the same partition number as in the SQLite log.
 
@@ -26,10 +28,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError, for_code
 from anyio.abc import AsyncResource
 
-from events.codec import RecordError, read_header
+from events.codec import read_header
 from events.envelope import Record
-from events.log import DEFAULT_PARTITIONS, Appended, Encoded, Position, Stored
+from events.log import DEFAULT_PARTITIONS, UNREADABLE, Appended, Encoded, Position, Stored
 from events.partitioning import partition_for
+from events.seal import Seal
 
 DEFAULT_TOPIC = "mint.records"
 # Produce batches stay under a broker's default message.max.bytes (about 1 MB).
@@ -52,41 +55,30 @@ def _v_bytes(v: int) -> bytes:
     return _V_BYTES.get(v) or str(v).encode()
 
 
-def _stored(message: Any) -> Stored:
+def _stored(message: Any, seal: Seal) -> Stored:
     """A consumed message as a Stored record. Our producer's headers give id/type/v without decoding;
-    a message from a foreign producer without them has its header read from the JSON value."""
-    raw = message.value
+    a message from a foreign producer without them has its header read from the JSON value. It never
+    raises: a message that is no record comes back as UNREADABLE, for the reader's dead letters, so one
+    bad message cannot stop every consumer of its partition."""
+    raw = message.value if isinstance(message.value, bytes) else b""
     headers: dict[str, bytes] = dict(message.headers) if message.headers else {}
     rid, rtype, rv = headers.get("id"), headers.get("type"), headers.get("v")
-    key = message.key.decode() if message.key is not None else None
-    where = f"{message.topic}[{message.partition}]@{message.offset}"
-    if not isinstance(raw, bytes):
-        raise RecordError(where, "message has no value")
-    if rid is None or rtype is None or rv is None or key is None:
-        try:
+    key = message.key.decode(errors="replace") if message.key is not None else None
+    place = {"partition": message.partition, "offset": message.offset, "at_ms": message.timestamp}
+    sealed = seal.verifies(raw, headers.get("seal"))
+    try:
+        if rid is None or rtype is None or rv is None or key is None:
             type_name, version, ident, header_key = read_header(raw)
-        except RecordError as exc:
-            raise RecordError(where, exc.message) from None
-        return Stored(
-            partition=message.partition,
-            offset=message.offset,
-            id=rid.decode() if rid is not None else ident,
-            key=key if key is not None else header_key,
-            type=rtype.decode() if rtype is not None else type_name,
-            v=int(rv) if rv is not None else version,
-            at_ms=message.timestamp,
-            raw=raw,
-        )
-    return Stored(
-        partition=message.partition,
-        offset=message.offset,
-        id=rid.decode(),
-        key=key,
-        type=rtype.decode(),
-        v=int(rv),
-        at_ms=message.timestamp,
-        raw=raw,
-    )
+            rid_s = rid.decode() if rid is not None else ident
+            key_s = key if key is not None else header_key
+            type_s = rtype.decode() if rtype is not None else type_name
+            v = int(rv) if rv is not None else version
+        else:
+            rid_s, key_s, type_s, v = rid.decode(), key, rtype.decode(), int(rv)
+    except ValueError:  # a RecordError, or a header that is not UTF-8 or not a number
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        return Stored(id=where, key=key or "", type=UNREADABLE, v=0, raw=raw, sealed=sealed, **place)
+    return Stored(id=rid_s, key=key_s, type=type_s, v=v, raw=raw, sealed=sealed, **place)
 
 
 class KafkaLog(AsyncResource):
@@ -106,8 +98,11 @@ class KafkaLog(AsyncResource):
         client_id: str = "mint",
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         request_timeout: float = 30.0,
+        seal: Seal | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # Without the cluster's key this log trusts only this process's decisions (events/seal.py).
+        self.seal = seal or Seal.of_this_process()
         self.topic = topic
         self.partitions = partitions or DEFAULT_PARTITIONS
         self._requested = partitions
@@ -235,7 +230,12 @@ class KafkaLog(AsyncResource):
         for i, r in enumerate(records):
             open_batches = batches.setdefault(partition_for(r.key, self.partitions), [])
             key = r.key.encode()
-            headers = [("id", r.id.encode()), ("type", r.type.encode()), ("v", _v_bytes(r.v))]
+            headers = [
+                ("id", r.id.encode()),
+                ("type", r.type.encode()),
+                ("v", _v_bytes(r.v)),
+                ("seal", self.seal.of(r.raw)),
+            ]
             placed = bool(open_batches) and (
                 open_batches[-1][0].append(timestamp=r.at_ms, key=key, value=r.raw, headers=headers)
                 is not None
@@ -289,7 +289,7 @@ class KafkaLog(AsyncResource):
                     following = begin
                     continue
                 for message in got.get(tp, ()):
-                    out.append(_stored(message))
+                    out.append(_stored(message, self.seal))
                     following = message.offset + 1
         return out
 
@@ -434,7 +434,7 @@ class KafkaSubscription(AsyncResource):
         batch: list[Stored] = []
         for tp in sorted(got, key=lambda tp: tp.partition):
             for message in got[tp]:
-                batch.append(_stored(message))
+                batch.append(_stored(message, self._log.seal))
             if got[tp]:
                 self._position[tp.partition] = got[tp][-1].offset + 1
         return batch

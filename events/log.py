@@ -19,6 +19,8 @@ from events.envelope import Record
 
 Position = dict[int, int]
 DEFAULT_PARTITIONS = 8
+# The type of a stored message that is no record at all (not JSON, no header): readers dead-letter it.
+UNREADABLE = "<unreadable>"
 
 
 class Stored(msgspec.Struct, frozen=True, gc=False):
@@ -33,6 +35,9 @@ class Stored(msgspec.Struct, frozen=True, gc=False):
     v: int
     at_ms: int
     raw: bytes
+    # Appended by a MinT process (events/seal.py); False for a record written straight onto Kafka,
+    # which may then be a command or a producer's fact but never a decider's (events/authority.py).
+    sealed: bool = True
 
     def decode(self) -> Record | UnknownRecord:
         return codec.decode(self.raw, self.type, self.v)

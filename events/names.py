@@ -25,6 +25,15 @@ RevisionId = Annotated[str, Meta(pattern=REVISION_PATTERN, description="revision
 Name = Annotated[str, Meta(pattern=NAME_PATTERN, description="an identifier: run, engine, suite, base")]
 RecordId = Annotated[str, Meta(min_length=1, max_length=200, description="unique; the idempotency key")]
 
+# Integers are bounded at the door: SQLite stores int64, and a count of 10**30 would be accepted by JSON
+# and then raise in every fold that stores it (OverflowError), stopping each actor at that record.
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX, description="a count, 0 to 2**63-1")]
+Steps = Annotated[int, Meta(ge=1, le=1_000_000, description="training steps, 1 to 1,000,000")]
+StepNumber = Annotated[int, Meta(ge=0, le=1_000_000, description="a step of a run, 0 to 1,000,000")]
+Rank = Annotated[int, Meta(ge=1, le=4096, description="LoRA rank, 1 to 4096")]
+Slots = Annotated[int, Meta(ge=0, le=1_000_000, description="adapter slots, 0 to 1,000,000")]
+
 _POLICY = re.compile(POLICY_PATTERN)
 _REVISION = re.compile(REVISION_PATTERN)
 

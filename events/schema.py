@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from events.authority import COMMAND_WRITERS, FACT_WRITERS, PRODUCER
 from events.catalog import (
     CommandRejected,
     ConfigurePolicy,
@@ -84,6 +85,27 @@ COMMAND_TYPES = frozenset(name for name, cls in BY_NAME.items() if issubclass(cl
 FACT_TYPES = frozenset(name for name, cls in BY_NAME.items() if issubclass(cls, Fact))
 
 
+# Who may write each type (events/authority.py); a fact type missing from FACT_WRITERS fails here.
+WRITERS: dict[str, tuple[str, ...]] = {
+    name: COMMAND_WRITERS if name in COMMAND_TYPES else FACT_WRITERS[name] for name in BY_NAME
+}
+# The types an upstream producer may append: at the door, and unsealed on Kafka.
+PRODUCER_TYPES = frozenset(name for name, writers in WRITERS.items() if PRODUCER in writers)
+
+
+def producer_may_write(type_name: str) -> bool:
+    return type_name in PRODUCER_TYPES
+
+
+def refusal_for_producer(type_name: str) -> str:
+    """Why a producer may not append a record of `type_name`, naming who does write it."""
+    writers = " or ".join(WRITERS[type_name])
+    return (
+        f"{type_name} is written only by MinT's {writers} actor; producers may append commands and "
+        f"{', '.join(sorted(PRODUCER_TYPES - COMMAND_TYPES))}"
+    )
+
+
 def current_version(cls: type[Record]) -> int:
     default = msgspec.structs.fields(cls)[1].default
     assert isinstance(default, int)
@@ -112,5 +134,10 @@ def json_schema() -> dict[str, Any]:
         definition = schema["$defs"][name]
         kind = "command" if name in COMMAND_TYPES else "fact"
         doc = (cls.__doc__ or "").strip()
-        definition["description"] = f"{kind} v{CURRENT_VERSION[name]}; key = {cls.KEY_FIELD}. {doc}".strip()
+        writers = ", ".join(WRITERS[name])
+        definition["description"] = (
+            f"{kind} v{CURRENT_VERSION[name]}; key = {cls.KEY_FIELD}; written by: {writers}. {doc}".strip()
+        )
+        definition["x-mint-writers"] = list(WRITERS[name])
+    schema["x-mint-producer-types"] = sorted(PRODUCER_TYPES)
     return schema

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import msgspec
 
 from events.envelope import Command, Fact
-from events.names import Name, PolicyName, RevisionId
+from events.names import Count, Name, PolicyName, RevisionId, Slots
 
 Tier = Literal["gpu", "cpu", "disk"]
 # Where a load found the adapter: the engine's host cache, the local disk cache, or the artifact store.
@@ -24,7 +24,7 @@ class ReportDemand(Command, kw_only=True, frozen=True):
     engine: Name
     interval_start: datetime
     interval_s: float
-    counts: dict[str, int]
+    counts: dict[str, Count]
     waiting: dict[str, float] = {}
 
 
@@ -34,8 +34,8 @@ class EngineRegistered(Fact, kw_only=True, frozen=True):
     engine: Name
     base_id: Name
     kind: Name
-    gpu_slots: int
-    cpu_slots: int
+    gpu_slots: Slots
+    cpu_slots: Slots
 
 
 class WavePlanned(Fact, kw_only=True, frozen=True):
@@ -45,7 +45,7 @@ class WavePlanned(Fact, kw_only=True, frozen=True):
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
     engine: Name
-    wave: int
+    wave: Count
     load: list[str]
     keep: list[str]
     evict: list[str]
@@ -90,10 +90,10 @@ class EngineLost(Fact, kw_only=True, frozen=True):
     reason: str
 
 
-class RevisionTraffic(msgspec.Struct, kw_only=True, frozen=True):
-    requests: int = 0
-    errors: int = 0
-    scored: int = 0
+class RevisionTraffic(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    requests: Count = 0
+    errors: Count = 0
+    scored: Count = 0
     score_sum: float = 0.0
 
 

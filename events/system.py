@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from events.envelope import Fact
-from events.names import Name
+from events.names import Count, Name
 
 
 class ActorRestarted(Fact, kw_only=True, frozen=True):
@@ -14,6 +14,6 @@ class ActorRestarted(Fact, kw_only=True, frozen=True):
     KEY_FIELD: ClassVar[str] = "actor"
     SYSTEM: ClassVar[bool] = True
     actor: Name
-    attempt: int
+    attempt: Count
     error: str
     backoff_s: float

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from events.envelope import Fact
-from events.names import Name, PolicyName, RevisionId
+from events.names import Count, Name, PolicyName, Rank, RevisionId
 
 CheckpointKind = Literal["training", "sampler"]
 
@@ -25,7 +25,7 @@ class TrainingClientCreated(Fact, kw_only=True, frozen=True):
     session_id: str
     run: PolicyName
     base_id: Name
-    rank: int
+    rank: Rank
     alpha: float
     targets: list[str]
     loaded_from: str | None = None  # a tinker:// checkpoint the client started from
@@ -40,7 +40,7 @@ class CheckpointSaved(Fact, kw_only=True, frozen=True):
     model_id: str
     path: str  # tinker://<model_id>/<weights|sampler_weights>/<name>
     kind: CheckpointKind
-    bytes: int
+    bytes: Count
     revision: RevisionId | None = None
 
 

@@ -6,9 +6,18 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from events.envelope import Command, Fact
-from events.names import Name, PolicyName, RevisionId
+from events.names import Count, Name, PolicyName, Rank, RevisionId, StepNumber, Steps
 
 Algorithm = Literal["grpo", "sft"]
+
+
+def unique_policies(policies: list[str]) -> None:
+    """A run trains each policy once: a policy listed twice would only fail once the run starts."""
+    repeated = sorted({p for p in policies if policies.count(p) > 1})
+    if repeated:
+        raise ValueError(f"policies: {', '.join(repeated)} listed more than once")
+    if not policies:
+        raise ValueError("policies: a run trains at least one policy")
 
 
 class StartTraining(Command, kw_only=True, frozen=True):
@@ -18,8 +27,12 @@ class StartTraining(Command, kw_only=True, frozen=True):
     base_id: Name
     algo: Algorithm
     task: str
-    steps: int
+    steps: Steps
     config: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unique_policies(self.policies)
 
 
 class TrainingStarted(Fact, kw_only=True, frozen=True):
@@ -31,15 +44,19 @@ class TrainingStarted(Fact, kw_only=True, frozen=True):
     base_id: Name
     algo: Algorithm
     task: str
-    steps: int
+    steps: Steps
     config: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unique_policies(self.policies)
 
 
 class StepCompleted(Fact, kw_only=True, frozen=True):
     KEY_FIELD: ClassVar[str] = "policy"
     run: PolicyName
     policy: PolicyName
-    step: int
+    step: StepNumber
     loss: float
     reward_mean: float | None = None
     reward_std: float | None = None
@@ -56,8 +73,8 @@ class RevisionExported(Fact, kw_only=True, frozen=True):
     base_id: Name
     uri: str
     sha256: str
-    bytes: int
-    rank: int
+    bytes: Count
+    rank: Rank
     alpha: float
     targets: list[str]
     parent: RevisionId | None = None
@@ -67,7 +84,7 @@ class RevisionExported(Fact, kw_only=True, frozen=True):
 class TrainingFinished(Fact, kw_only=True, frozen=True):
     KEY_FIELD: ClassVar[str] = "run"
     run: PolicyName
-    steps: int
+    steps: StepNumber
 
 
 class TrainingFailed(Fact, kw_only=True, frozen=True):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from events.log import EventLog
+from events.seal import Seal
 from events.sqlite_log import SqliteLog
 from mint.artifacts.local import LocalArtifactStore
 from mint.artifacts.store import ArtifactStore
@@ -33,6 +35,7 @@ class LogSpec:
     bootstrap: str = ""
     topic: str = DEFAULT_TOPIC
     partitions: int | None = None  # None: the existing log's count, or the backend's default
+    seal: Seal | None = None  # Kafka: the cluster's key, which every process of one cluster shares
 
     @classmethod
     def parse(cls, spec: str | None, home: Home) -> LogSpec:
@@ -51,7 +54,8 @@ class LogSpec:
             if not url.netloc:
                 raise ConfigError(f"log: {spec!r} names no broker (kafka://HOST:PORT[/TOPIC])")
             topic = url.path.strip("/") or DEFAULT_TOPIC
-            return cls("kafka", bootstrap=url.netloc, topic=topic, partitions=partitions)
+            seal = cluster_seal(home)
+            return cls("kafka", bootstrap=url.netloc, topic=topic, partitions=partitions, seal=seal)
         raise ConfigError(f"log: {spec!r} is not sqlite, sqlite:///PATH or kafka://HOST:PORT[/TOPIC]")
 
 
@@ -62,7 +66,33 @@ def open_log(spec: LogSpec) -> EventLog:
         return SqliteLog(spec.path, partitions=spec.partitions)
     from events.kafka_log import KafkaLog  # only Kafka deployments pay for aiokafka's import
 
-    return KafkaLog(spec.bootstrap, topic=spec.topic, partitions=spec.partitions)
+    return KafkaLog(spec.bootstrap, topic=spec.topic, partitions=spec.partitions, seal=spec.seal)
+
+
+def cluster_seal(home: Home) -> Seal:
+    """The key MinT's processes seal their records with (events/seal.py): `$MINT_CLUSTER_KEY`, else
+    `$MINT_HOME/cluster.key`, created (mode 0600) on first use. Processes on one Kafka topic must share
+    it: a record sealed under another key counts as a producer's, so its decisions are refused."""
+    secret = os.environ.get("MINT_CLUSTER_KEY")
+    if secret:
+        return Seal.from_secret(secret)
+    path = home.root / "cluster.key"
+    if not path.exists():
+        home.root.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".cluster.key.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(draft, path)  # atomic and never overwrites: a process that got here first wins
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    secret = path.read_text().strip()
+    if not secret:
+        raise ConfigError(f"cluster key: {path} is empty (delete it to make a new one)")
+    return Seal.from_secret(secret)
 
 
 @dataclass(frozen=True)

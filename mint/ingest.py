@@ -1,10 +1,12 @@
 """Ingest for upstream producers: a batch of records, validated whole before anything is appended.
 
 The body is a JSON array of records or NDJSON (one record per line); either way every record is
-decoded against the published schema (`mint events schema`), checked against the producer's tenant and
-the route's kind (commands or facts), and only a batch without a single error is appended, in one
-`append` (one SQLite transaction; one produce batch on Kafka). Ids make it idempotent: a record whose
-id the log already holds comes back as a duplicate, not a second copy (on Kafka, readers skip it).
+decoded against the published schema (`mint events schema`), checked against the producer's tenant, the
+route's kind (commands or facts) and who may write it (events/authority.py: a producer appends commands
+and `RevisionExported`, never a decider's facts, whatever its role), and only a batch without a single
+error is appended, in one `append` (one SQLite transaction; one produce batch on Kafka). Ids make it
+idempotent: a record whose id the log already holds comes back as a duplicate, not a second copy (on
+Kafka, readers skip it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from events import codec
 from events.codec import RecordError
 from events.envelope import Command, Record
 from events.names import tenant_of
+from events.schema import producer_may_write, refusal_for_producer
 from mint.auth.tokens import Principal
 
 Kind = Literal["command", "fact"]
@@ -94,9 +97,11 @@ def _refusal(record: Record, kind: Kind, principal: Principal) -> tuple[str, str
             "type",
             f"{type(record).__name__} is a {'command' if is_command else 'fact'}: send it to {route}",
         )
+    if not producer_may_write(type(record).__name__):
+        return "type", refusal_for_producer(type(record).__name__)
     if principal.operator:
         return None
-    if getattr(type(record), "SYSTEM", False):
+    if record.SYSTEM:
         return "type", f"{type(record).__name__} is an infrastructure record: only the operator appends it"
     if record.tenant != principal.tenant:
         return "tenant", f"{record.tenant!r} is not this token's tenant {principal.tenant!r}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from events import codec
 from events.catalog import PolicyRegistered, Promote, RegisterPolicy
 from events.envelope import Record
 from events.evaluation import EvaluationCompleted
@@ -40,3 +43,10 @@ def evaluated(policy: str, revision: str, verdict: str = "pass", score: float = 
 
 def promote(policy: str, revision: str, **kw: object) -> Promote:
     return Promote.create(policy=policy, revision=revision, **kw)
+
+
+def forged(record: Record, **changes: object) -> bytes:
+    """The JSON of `record` with fields changed past the schema's checks, as a hostile or careless
+    producer could write it (e.g. another tenant than its key's): bytes no MinT process would make."""
+    fields = {**msgspec.json.decode(codec.encode(record)), **changes}
+    return msgspec.json.encode(fields)

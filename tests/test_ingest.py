@@ -15,13 +15,13 @@ from events import codec
 from events.catalog import Promote
 from events.envelope import Record
 from events.evaluation import RequestEvaluation
-from events.serving import EngineRegistered
+from events.serving import EngineRegistered, ReportDemand
 from events.training import StartTraining
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from tests.api_system import client_for
 from tests.log_contract import read_all
-from tests.records import evaluated, exported, register
+from tests.records import evaluated, exported, forged, register
 
 pytestmark = pytest.mark.anyio
 
@@ -42,17 +42,24 @@ async def test_commands_and_facts_land_once_and_are_decided(
     first = await producer.post("/v1/commands", content=_ndjson(commands))
     assert first.status_code == 200, first.text
     assert first.json()["appended"] == 1
-    facts = [exported("acme/a", "r1"), evaluated("acme/a", "r1")]
-    assert (await producer.post("/v1/events", content=_array(facts))).json()["appended"] == 2
+    # RevisionExported is the fact meant for producers: an adapter trained outside MinT.
+    facts = [exported("acme/a", "r1")]
+    assert (await producer.post("/v1/events", content=_array(facts))).json()["appended"] == 1
     # A producer's retry of the same batch appends nothing new.
     again = (await producer.post("/v1/events", content=_array(facts))).json()
-    assert (again["appended"], again["duplicates"]) == (0, 2)
+    assert (again["appended"], again["duplicates"]) == (0, 1)
+    # Its evaluation is the evaluator's word, not the producer's: refused on `type`.
+    forged = await producer.post("/v1/events", content=_array([evaluated("acme/a", "r1")]))
+    assert forged.status_code == 400 and forged.json()["error"]["param"] == "type"
+    assert "evaluator" in forged.json()["error"]["records"][0]["message"]
     promote = Promote.create(policy="acme/a", revision="r1")
     assert (await producer.post("/v1/commands", content=_ndjson([promote]))).status_code == 200
     with anyio.fail_after(30):
-        await bare_system.until(lambda: Catalog(bare_system.home.catalog).resolve("acme/a") == "r1")
+        await bare_system.until(lambda: bool(Catalog(bare_system.home.catalog).rejections("acme/a")))
+    (rejection,) = Catalog(bare_system.home.catalog).rejections("acme/a")
+    assert rejection.command_id == promote.id, "an unevaluated revision is not promoted"
     types = [s.type for s in await read_all(bare_system.log)]
-    assert types.count("RevisionExported") == 1 and "RevisionPromoted" in types
+    assert types.count("RevisionExported") == 1 and "RevisionPromoted" not in types
 
 
 async def test_one_bad_record_refuses_the_batch_naming_record_and_field(
@@ -85,13 +92,17 @@ async def test_tenants_roles_and_limits(
     acme = client_for(api_app, token_store, "acme", "producer")
     foreign = await acme.post("/v1/commands", content=_ndjson([register("globex/a")]))
     assert foreign.status_code == 400 and foreign.json()["error"]["records"][0]["field"] == "tenant"
-    spoofed = register("globex/a", tenant="acme")
-    assert (await acme.post("/v1/commands", content=_ndjson([spoofed]))).json()["error"]["param"] == "key"
+    spoofed = forged(register("globex/a", tenant="globex"), tenant="acme")
+    assert (await acme.post("/v1/commands", content=spoofed)).json()["error"]["param"] == "key"
     engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=1, cpu_slots=1)
     infra = await acme.post("/v1/events", content=_ndjson([engine]))
     assert infra.json()["error"]["records"][0]["field"] == "type"
+    # An engine's facts are its host's to write, so not even the operator appends them.
     operator = client_for(api_app, token_store, "_system", "admin")
-    assert (await operator.post("/v1/events", content=_ndjson([engine]))).status_code == 200
+    assert (await operator.post("/v1/events", content=_ndjson([engine]))).json()["error"]["param"] == "type"
+    demand = ReportDemand.create(engine="e1", interval_start=engine.at, interval_s=1.0, counts={"acme/a": 1})
+    assert (await acme.post("/v1/commands", content=_ndjson([demand]))).json()["error"]["param"] == "type"
+    assert (await operator.post("/v1/commands", content=_ndjson([demand]))).status_code == 200
     reader = client_for(api_app, token_store, "acme", "reader")
     assert (await reader.post("/v1/commands", content=_ndjson([register("acme/a")]))).status_code == 403
     anonymous = httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://mint")
@@ -123,20 +134,22 @@ async def test_a_tenant_cannot_train_or_evaluate_another_tenants_policy(
     evaluate = RequestEvaluation.create(policy="globex/b", revision="r1")
     refused = await acme.post("/v1/commands", content=_ndjson([evaluate]))
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "tenant"
-    # A run of acme's that names globex's policy passes the door (its key is acme's) and is refused
-    # by the trainer, which owns the decision (it looks at the policies once the base is there).
-    bare_system.home.base("tiny").mkdir(parents=True)
-    (bare_system.home.base("tiny") / "config.json").write_text("{}")
-    train = StartTraining.create(
-        run="acme/run1",
-        policies=["acme/a", "globex/b"],
-        base_id="tiny",
-        algo="sft",
-        task="sft-repeat:hi",
-        steps=1,
-    )
-    assert (await acme.post("/v1/commands", content=_ndjson([train]))).status_code == 200
-    with anyio.fail_after(30):
-        await bare_system.until(lambda: bool(Catalog(bare_system.home.catalog).rejections("acme/run1")))
-    (rejection,) = Catalog(bare_system.home.catalog).rejections("acme/run1")
-    assert rejection.command_id == train.id and "globex/b" in rejection.reason
+    # A run of acme's that names globex's policy does not even pass the schema: the door names the field.
+    train = {
+        **json.loads(
+            codec.encode(
+                StartTraining.create(
+                    run="acme/run1",
+                    policies=["acme/a"],
+                    base_id="tiny",
+                    algo="sft",
+                    task="sft-repeat:hi",
+                    steps=1,
+                )
+            )
+        ),
+        "policies": ["acme/a", "globex/b"],
+    }
+    crossing = await acme.post("/v1/commands", content=json.dumps(train).encode())
+    assert crossing.status_code == 400 and crossing.json()["error"]["param"] == "policies"
+    assert "globex/b" in crossing.json()["error"]["message"]

@@ -25,7 +25,6 @@ from events.catalog import (
 )
 from events.envelope import Command, Fact, Record
 from events.evaluation import EvaluationCompleted
-from events.names import tenant_of
 from mint.catalog.rows import POLICIES, REVISIONS, PolicyRow, RevisionRow
 from mint.projection.store import Rows
 
@@ -47,7 +46,6 @@ def _answer(command: Command, fact: type[F], **fields: Any) -> F:
 
 
 def _policy(command: Promote | Rollback | RetirePolicy | ConfigurePolicy, rows: Rows) -> PolicyRow:
-    _owner(command, command.policy)
     row: PolicyRow | None = rows.get(POLICIES, command.policy)
     if row is None:
         raise Refusal(f"unknown policy {command.policy!r}", "policy")
@@ -56,13 +54,7 @@ def _policy(command: Promote | Rollback | RetirePolicy | ConfigurePolicy, rows: 
     return row
 
 
-def _owner(command: Command, policy: str) -> None:
-    if command.tenant != tenant_of(policy):
-        raise Refusal(f"tenant {command.tenant!r} may not act on policy {policy!r}", "tenant")
-
-
 def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
-    _owner(command, command.policy)
     existing: PolicyRow | None = rows.get(POLICIES, command.policy)
     if existing is not None:
         state = "retired; register a new name" if existing.status == "retired" else "already registered"

@@ -1,5 +1,8 @@
 """The catalog fold: one small handler per fact type. The live projector, the catalog actor's
-decision state and `mint replay` all run these same handlers, so replay equals live by construction."""
+decision state and `mint replay` all run these same handlers, so replay equals live by construction.
+
+Tenancy needs no check here: a record whose names cross its tenant does not decode (events/envelope.py),
+and a fact only a decider may write reaches a handler only when it is sealed (events/authority.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from events.catalog import (
 )
 from events.envelope import Record
 from events.evaluation import EvaluationCompleted, EvaluationFailed
-from events.names import tenant_of
 from events.serving import (
     AdapterEvicted,
     AdapterLoaded,
@@ -63,13 +65,7 @@ def _at(fact: Record) -> str:
     return fact.at.isoformat()
 
 
-def _check_tenant(fact: Record, name: str) -> None:
-    if fact.tenant != tenant_of(name):
-        raise Poison(f"tenant: {fact.tenant!r} does not own {name!r}")
-
-
 def _policy(fact: Record, rows: Rows, policy: str) -> PolicyRow:
-    _check_tenant(fact, policy)
     row: PolicyRow | None = rows.get(POLICIES, policy)
     if row is None:
         raise Poison(f"policy: {policy!r} is not registered")
@@ -77,7 +73,6 @@ def _policy(fact: Record, rows: Rows, policy: str) -> PolicyRow:
 
 
 def policy_registered(fact: PolicyRegistered, rows: Rows) -> None:
-    _check_tenant(fact, fact.policy)
     if rows.get(POLICIES, fact.policy) is not None:
         return  # a second registration decided under another command id: the first one stands
     tenant, name = fact.policy.split("/", 1)
@@ -117,7 +112,10 @@ def policy_retired(fact: PolicyRetired, rows: Rows) -> None:
 def revision_exported(fact: RevisionExported, rows: Rows) -> None:
     # Only the revision row: a trainer's export may land before or after the catalog actor's
     # PolicyRegistered in the key's order, so nothing derived from both may live in one row.
-    _check_tenant(fact, fact.policy)
+    if f"/{fact.policy}/" not in f"/{fact.uri}":
+        # Artifacts live under their policy's name; a revision pointing at another policy's object
+        # would serve that tenant's weights under this tenant's name.
+        raise Poison(f"uri: {fact.uri!r} is not an artifact of {fact.policy!r}")
     if rows.get(REVISIONS, fact.policy, fact.revision) is not None:
         return  # revisions are immutable: a re-export under the same id changes nothing
     rows.put(
@@ -197,7 +195,6 @@ def evaluation_failed(fact: EvaluationFailed, rows: Rows) -> None:
 
 
 def _revision(fact: Record, rows: Rows, policy: str, revision: str) -> RevisionRow:
-    _check_tenant(fact, policy)
     row: RevisionRow | None = rows.get(REVISIONS, policy, revision)
     if row is None:
         raise Poison(f"revision: {policy}@{revision} was never exported")
@@ -278,7 +275,6 @@ def command_rejected(fact: CommandRejected, rows: Rows) -> None:
 
 
 def training_started(fact: TrainingStarted, rows: Rows) -> None:
-    _check_tenant(fact, fact.run)
     if rows.get(RUNS, fact.run) is not None:
         return
     rows.put(
@@ -296,6 +292,7 @@ def training_started(fact: TrainingStarted, rows: Rows) -> None:
             _at(fact),
             None,
             None,
+            decided_by=fact.source,
         ),
     )
 

@@ -103,6 +103,8 @@ class RunRow(Row, frozen=True):
     finished_at: str | None
     reason: str | None
     failed_policies: dict[str, str] = {}
+    # The `source` of the TrainingStarted: a trainer resumes only the runs it decided itself.
+    decided_by: str = ""
 
 
 class StepRow(Row, frozen=True):

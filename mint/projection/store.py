@@ -22,10 +22,11 @@ from typing import Any
 
 import msgspec
 
-from events.codec import RecordError, UnknownRecord
+from events.codec import RecordError, UnknownRecord, read_header
 from events.dedupe import remember
 from events.envelope import Record
-from events.log import Position, Stored
+from events.log import UNREADABLE, Position, Stored
+from events.schema import producer_may_write, refusal_for_producer
 from mint.projection.table import Row, Table
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,8 @@ class ProjectionStore:
 
     def apply(self, stored: Stored) -> Record | None:
         """Fold one record from the log. Returns the decoded record when its type is one this store
-        folds or was asked to decode (a decider's commands), None when it was skipped."""
+        folds or was asked to decode (a decider's commands), None when it was skipped or refused.
+        Nothing a record holds can stop the fold: whatever fails sends it to the dead letters."""
         p = stored.partition
         if stored.offset < self.position.get(p, 0):
             return None  # redelivered below the checkpoint
@@ -231,16 +233,28 @@ class ProjectionStore:
             self._own.discard(stored.id)
             self._own_changed = True
             return None  # a decider's own fact, folded when it was decided
+        if stored.type == UNREADABLE:
+            self.dead_letter(stored, f"not a record: {unreadable_reason(stored.raw)}")
+            return None
         if stored.type not in self._decode:
+            return None
+        if not stored.sealed and not producer_may_write(stored.type):
+            self.dead_letter(
+                stored, f"type: unsealed, so not MinT's own: {refusal_for_producer(stored.type)}"
+            )
             return None
         if self.dedupe and not self._first_time(stored.key, stored.id):
             return None
         try:
             record = stored.decode()
-        except RecordError as exc:
-            self._dead_letter(stored, str(exc))
+        except Exception as exc:  # a RecordError, or an upcaster that met fields it did not expect
+            self.dead_letter(stored, _reason(exc))
             return None
         if isinstance(record, UnknownRecord):
+            return None
+        mismatch = _envelope_mismatch(stored, record)
+        if mismatch is not None:
+            self.dead_letter(stored, mismatch)
             return None
         if self._fold(record, stored):
             return record
@@ -261,11 +275,11 @@ class ProjectionStore:
         self.rows.begin_record()
         try:
             handler(record, self.rows)
-        except (Poison, ValueError) as exc:
+        except Exception as exc:  # a Poison, or one the fold did not foresee: the record is set aside
             self.rows.undo_record()
             if stored is None:
                 raise
-            self._dead_letter(stored, f"{type(record).__name__} {record.id!r}: {exc}")
+            self.dead_letter(stored, f"{type(record).__name__} {record.id!r}: {_reason(exc)}")
             return False
         return True
 
@@ -277,7 +291,8 @@ class ProjectionStore:
         self.rows.put(RECENT_IDS, RecentIdsRow(key, remember(recent, record_id)))
         return True
 
-    def _dead_letter(self, stored: Stored, reason: str) -> None:
+    def dead_letter(self, stored: Stored, reason: str) -> None:
+        """Keep `stored` aside with why it could not be applied; it commits with the batch."""
         log.warning("%s: dead letter at %s/%s: %s", self.fold.name, stored.partition, stored.offset, reason)
         self.dead_letters += 1
         raw = stored.raw.decode("utf-8", errors="replace")
@@ -319,6 +334,30 @@ class ProjectionStore:
 
     def digest(self) -> str:
         return combined_digest(self.table_digests())
+
+
+def _reason(exc: Exception) -> str:
+    """A dead letter's reason: our own errors say what is wrong; others also say what they are."""
+    return str(exc) if isinstance(exc, RecordError | Poison) else f"{type(exc).__name__}: {exc}"
+
+
+def _envelope_mismatch(stored: Stored, record: Record) -> str | None:
+    """Why the log's header of a record disagrees with the record itself. A Kafka message keyed
+    other than its record sits on a partition its key's other records are not on, so per-key order
+    would not hold for it."""
+    if record.key != stored.key:
+        return f"key: the message key {stored.key!r} differs from the record's key {record.key!r}"
+    if record.id != stored.id:
+        return f"id: the message header id {stored.id!r} differs from the record's id {record.id!r}"
+    return None
+
+
+def unreadable_reason(raw: bytes) -> str:
+    try:
+        read_header(raw)
+    except RecordError as exc:
+        return exc.message
+    return "its header names no type"
 
 
 def table_digests(con: sqlite3.Connection, tables: Iterable[Table]) -> dict[str, str]:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import torch
 from torch import nn
 
@@ -52,10 +53,34 @@ class TrainConfig:
             raise ValueError(
                 f"config: unknown setting {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
             )
-        fields = {**values, "steps": steps}
-        if "targets" in fields:
-            fields["targets"] = tuple(fields["targets"])
-        return cls(**fields)
+        try:
+            config = msgspec.convert({**values, "steps": steps}, cls)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"config: {exc}") from None
+        for name, (low, high) in _BOUNDS.items():
+            value = getattr(config, name)
+            if not low <= value <= high:  # also refuses NaN
+                raise ValueError(f"config.{name}: {value!r} is outside [{low}, {high}]")
+        return config
+
+
+# A run's settings come from upstream commands: bounded, so one record cannot ask for a batch that
+# never fits in memory or a loop that never ends (each refusal names the setting).
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "rank": (1, 4096),
+    "alpha": (1e-6, 1e6),
+    "lr": (0.0, 10.0),
+    "seed": (0, 2**63 - 1),
+    "group_size": (1, 1024),
+    "prompts_per_step": (1, 1024),
+    "max_new_tokens": (1, 4096),
+    "temperature": (0.0, 100.0),
+    "clip": (0.0, 100.0),
+    "kl_beta": (0.0, 100.0),
+    "updates_per_batch": (1, 100),
+    "batch_size": (1, 4096),
+    "max_grad_norm": (0.0, 1e6),
+}
 
 
 @dataclass
