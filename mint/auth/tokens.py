@@ -104,6 +104,9 @@ class TokenStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Born owner-only whatever the umask (SQLite gives its -wal and -shm files the same mode): the
+        # file names every tenant and token, even though it holds no secret.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self.path = path
         self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._con.execute("PRAGMA journal_mode=WAL")
