@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 import anyio
@@ -244,9 +245,10 @@ class EngineHost(StoreActor):
             raise ModelNotFound(model, f"no revision {revision!r}")
         return f"{policy}@{revision}"
 
-    async def generate(self, model: str, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def generate(self, model: str, prompt: str, params: SamplingParams) -> AsyncGenerator[Delta, None]:
         """Stream the completion; count the request, its failure, and (on a sample) its live score,
-        for the TrafficObserved reports the evaluator's watch reads."""
+        for the TrafficObserved reports the evaluator's watch reads. Closing it closes the engine's
+        stream at once (its client went away), so the engine stops decoding for it."""
         ref = self.resolve(model)
         self._demand[ref] += 1
         self._traffic[ref].requests += 1
@@ -254,9 +256,10 @@ class EngineHost(StoreActor):
         scorer = self.live.sample(policy.gate, policy.watch) if policy else None
         completion = Completion()
         try:
-            async for delta in self._generate(ref, prompt, params):
-                completion.add(delta)
-                yield delta
+            async with aclosing(self._generate(ref, prompt, params)) as deltas:
+                async for delta in deltas:
+                    completion.add(delta)
+                    yield delta
         except Exception:
             self._traffic[ref].errors += 1
             raise
@@ -270,7 +273,7 @@ class EngineHost(StoreActor):
         row: PolicyRow | None = self._store.rows.get(POLICIES, split_ref(ref)[0])
         return row
 
-    async def _generate(self, ref: str, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def _generate(self, ref: str, prompt: str, params: SamplingParams) -> AsyncGenerator[Delta, None]:
         if ref not in self.engine.resident():
             self._waiting_since.setdefault(ref, anyio.current_time())
             self._cold.set()
@@ -280,8 +283,15 @@ class EngineHost(StoreActor):
             self._waiting_since.pop(ref, None)
             if ref not in self.engine.resident():
                 raise ColdLoadTimeout(ref, self.load_deadline_s)
-        async for delta in self.engine.generate(prompt, ref, params):
-            yield delta
+        deltas = self.engine.generate(prompt, ref, params)
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            # Both engines stream from an async generator: close it now that this one is closed (its
+            # client went away), so the engine drops the request at once, not when it is collected.
+            if isinstance(deltas, AsyncGenerator):
+                await deltas.aclose()
 
     async def _report_demand(self, log: EventLog) -> None:
         while True:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -37,35 +38,37 @@ from mint.catalog.queries import Catalog, ProjectionMissing
 
 
 class InFlight:
-    """Inference requests per engine between arrival and their last token."""
+    """Inference requests per key (an engine; a bearer token) between arrival and their last token."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self._changed = anyio.Event()  # set (and replaced) each time a request leaves
 
-    def enter(self, engine: str) -> Callable[[], None]:
+    def enter(self, key: str) -> Callable[[], None]:
         """Count one request; the returned callable uncounts it (once, however often it is called)."""
-        self.counts[engine] += 1
+        self.counts[key] += 1
         done = False
 
         def leave() -> None:
             nonlocal done
             if not done:
                 done = True
-                self.counts[engine] -= 1
+                self.counts[key] -= 1
+                self._changed.set()
+                self._changed = anyio.Event()
 
         return leave
 
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    async def drained(self) -> None:
+        """Return once no request is in flight (what a shutdown waits for, within its grace)."""
+        while self.total():
+            await self._changed.wait()
+
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)
-
-
-async def released(stream: AsyncIterator[bytes], leave: Callable[[], None]) -> AsyncIterator[bytes]:
-    """A streamed body that uncounts its request when it ends, however it ends."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        leave()
 
 
 class _Scrape(Collector):
@@ -138,10 +141,10 @@ def _family(
 
 
 class Metrics:
-    def __init__(self, system: System, catalog: Callable[[], Catalog]) -> None:
+    def __init__(self, system: System, catalog: Callable[[], Catalog], in_flight: InFlight) -> None:
         self.system = system
         self.catalog = catalog
-        self.in_flight = InFlight()
+        self.in_flight = in_flight  # inference requests per engine, counted by the inference routes
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "mint_http_request_duration_seconds",

@@ -2,75 +2,148 @@
 
 `model` is `tenant/name` (follows the serving pointer) or `tenant/name@rev` (pinned). Every route
 needs a token with the reader role; a model of a tenant the token does not see is answered exactly like
-a missing one (404), so names do not leak across tenants. Errors use
-OpenAI's shape and say which field or model is at fault: 400 for a bad request, 404 for an unknown
-model, 429 with Retry-After when the engine's queue is full, 503 with Retry-After when a cold adapter
-was not loaded within the deadline, 500 when the engine failed the request. Every answer names the
-revision that produced it in the `x-mint-revision` header (`tenant/name@rev`), so a client (and the
-demo) sees a rollback take effect.
+a missing one (404), so names do not leak across tenants. Errors use OpenAI's shape
+(`{"error": {"message", "type", "param", "code"}}`) and say which field or model is at fault: 400 for a
+bad request (an unknown field, a value out of range, a prompt plus max_tokens beyond the model's
+context), 404 for an unknown model, 429 with Retry-After over the token's concurrency or rate limit or
+when the engine's queue is full, 503 with Retry-After when a cold adapter was not loaded within the
+deadline or the server is shutting down, 500 when the engine failed the request. Every answer names
+the revision that produced it in the `x-mint-revision` header (`tenant/name@rev`), so a client (and
+the demo) sees a rollback take effect. A client that goes away cancels its generation, streaming or
+not: the engine stops decoding for it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from actors.engine_host import ColdLoadTimeout, EngineHost, ModelNotFound
 from events.codec import field_of
 from events.names import tenant_of
 from mint.api.auth import AuthError, require
-from mint.api.metrics import InFlight, released
+from mint.api.metrics import InFlight
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
-from mint.serving.engine import AdapterNotLoaded, Completion, Delta, EngineError, SamplingParams
-from mint.serving.torch_engine import Overloaded
+from mint.ingest import IngestLimits, RateLimited, RateLimiter
+from mint.serving.engine import (
+    AdapterNotLoaded,
+    Completion,
+    ContextExceeded,
+    Delta,
+    EngineError,
+    Overloaded,
+    SamplingParams,
+)
 
 RETRY_AFTER_S = "1"
+# What vLLM's OpenAI server accepts for `seed` (a torch long).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+T = TypeVar("T")
 
 
-class Message(msgspec.Struct):
-    role: str
+class InferenceLimits(msgspec.Struct, frozen=True):
+    """Per bearer token: requests in flight at once, and a bucket of `burst` requests refilled at
+    `requests_per_s`. Over either, a request gets 429 with Retry-After; other tokens are unaffected."""
+
+    concurrency: int = 8
+    requests_per_s: float = 10.0
+    burst: int = 20
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.burst < 1 or not self.requests_per_s > 0:
+            raise ValueError(
+                f"inference limits: concurrency and burst must be >= 1 and requests_per_s > 0, got {self}"
+            )
+
+
+class Admission:
+    """Who may start an inference request now: not while the server drains (503), nor over the
+    token's concurrency or rate (429). Counts requests per engine too (/metrics, the console, the drain)."""
+
+    def __init__(self, limits: InferenceLimits) -> None:
+        self.limits = limits
+        self.in_flight = InFlight()  # per engine
+        self.per_token = InFlight()
+        # The ingest routes' token bucket, counting requests instead of records.
+        self.rate = RateLimiter(IngestLimits(records_per_s=limits.requests_per_s, burst=limits.burst))
+        self.draining = False
+
+    def admit(self, token_id: str) -> Callable[[], None]:
+        """Count a request of `token_id` (the returned callable ends it), or refuse it (ApiError)."""
+        if self.draining:
+            raise ApiError(503, "the server is shutting down: retry", headers={"Retry-After": RETRY_AFTER_S})
+        running = self.per_token.counts[token_id]
+        if running >= self.limits.concurrency:
+            raise ApiError(
+                429,
+                f"token {token_id}: {running} requests in flight, the limit is {self.limits.concurrency}",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        try:
+            self.rate.take(token_id, 1)
+        except RateLimited as exc:
+            raise ApiError(
+                429, f"token {token_id}: {exc}", headers={"Retry-After": str(math.ceil(exc.retry_after_s))}
+            ) from None
+        return self.per_token.enter(token_id)
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
 
 
-class _Sampling(msgspec.Struct, kw_only=True):
+class _Sampling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    # The ceiling is the model's context (checked by the engine against the prompt's length).
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] = 16
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    seed: Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)] | None = None
     stream: bool = False
     n: int = 1
 
     def params(self, logprobs: bool) -> SamplingParams:
         if self.n != 1:
             raise ApiError(400, "n: only n=1 is supported", "n")
-        if self.max_tokens < 1:
-            raise ApiError(400, "max_tokens: must be at least 1", "max_tokens")
-        if self.temperature < 0:
-            raise ApiError(400, "temperature: must be >= 0", "temperature")
-        if not 0 < self.top_p <= 1:
-            raise ApiError(400, "top_p: must be in (0, 1]", "top_p")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(self.max_tokens, self.temperature, self.top_p, stop, self.seed, logprobs)
 
 
-class CompletionRequest(_Sampling, kw_only=True):
+class CompletionRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
     prompt: str
-    logprobs: int | None = None
+    # How many alternatives per token OpenAI would list (0..5); the chosen token's is what is reported.
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None
+
+    def text(self, host: EngineHost) -> str:
+        return self.prompt
 
 
-class ChatRequest(_Sampling, kw_only=True):
-    messages: list[Message]
+class ChatRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     logprobs: bool = False
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs
+
+    def text(self, host: EngineHost) -> str:
+        return host.engine.render_chat([msgspec.to_builtins(m) for m in self.messages])
 
 
 class ApiError(Exception):
@@ -84,9 +157,19 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        kind = (
+            "rate_limit_error"
+            if self.status == 429
+            else "invalid_request_error"
+            if self.status < 500
+            else "server_error"
+        )
         body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready: its generation was cancelled."""
 
 
 async def _decode(request: Request, kind: type[Any]) -> Any:
@@ -111,11 +194,13 @@ def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> Engi
     raise ApiError(404, str(errors[0]) if errors else f"model {model!r}: no engine serves it", "model")
 
 
-def _errors(exc: Exception) -> ApiError | AuthError:
+def _errors(exc: Exception, prompt_field: str) -> ApiError | AuthError:
     if isinstance(exc, ApiError | AuthError):
         return exc
     if isinstance(exc, ModelNotFound):
         return ApiError(404, str(exc), "model")
+    if isinstance(exc, ContextExceeded):
+        return ApiError(400, str(exc), prompt_field if exc.prompt_too_long else "max_tokens")
     if isinstance(exc, Overloaded):
         return ApiError(429, str(exc), headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(exc, ColdLoadTimeout | AdapterNotLoaded):
@@ -125,13 +210,72 @@ def _errors(exc: Exception) -> ApiError | AuthError:
     raise exc
 
 
-async def _first(stream: AsyncIterator[Delta]) -> tuple[Delta, AsyncIterator[Delta]]:
-    """Start the stream before answering, so errors (unknown model, overload) become status codes."""
-    first = await anext(stream)
-    return first, stream
+async def _until_disconnected(request: Request, scope: anyio.CancelScope) -> None:
+    # Called once the body is read: what the server delivers next is the client's disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
-def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], in_flight: InFlight) -> list[Route]:
+async def _unless_gone(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """`work`'s result, or ClientGone if the client disconnects first: the disconnect cancels `work`
+    (and with it the generation it awaits), so a request nobody waits for holds no engine row."""
+    done: list[T] = []
+    failed: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_until_disconnected, request, tg.cancel_scope)
+        try:
+            done.append(await work())
+        except Exception as exc:  # re-raised as itself below, not wrapped in the task group's group
+            failed.append(exc)
+        tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    if not done:
+        raise ClientGone()
+    return done[0]
+
+
+async def _collect(first: Delta, stream: AsyncIterator[Delta], host: EngineHost, prompt: str) -> Completion:
+    # A prompt may be megabytes: count its tokens off the event loop.
+    out = Completion(prompt_tokens=await anyio.to_thread.run_sync(host.engine.count_tokens, prompt))
+    out.add(first)
+    async for delta in stream:
+        out.add(delta)
+    return out
+
+
+class _Streamed(StreamingResponse):
+    """Server-sent events that close the generation and end the request's accounting however the
+    stream ends: a client that leaves mid-stream stops its generation at once, not when the
+    abandoned generators are collected."""
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        generation: AsyncGenerator[Delta, None],
+        leave: Callable[[], None],
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._closing = (events, generation)
+        self._leave = leave
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for generator in self._closing:
+                    await generator.aclose()
+            self._leave()
+
+
+def _nothing() -> None:
+    pass
+
+
+def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], admission: Admission) -> list[Route]:
     async def models(request: Request) -> Response:
         try:
             principal = require(request, "reader")
@@ -151,44 +295,51 @@ def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], in_flight: I
         return JSONResponse({"object": "list", "data": data})
 
     async def serve(request: Request, chat: bool) -> Response:
+        leave_token = leave_engine = _nothing
+
+        def leave() -> None:
+            leave_engine()
+            leave_token()
+
+        prompt_field = "messages" if chat else "prompt"
+        started: AsyncGenerator[Delta, None] | None = None
         try:
             principal = require(request, "reader")
-            body = await _decode(request, ChatRequest if chat else CompletionRequest)
-            params = body.params(bool(body.logprobs))
-            host = _host_for(hosts, body.model, principal)
-            prompt = (
-                host.engine.render_chat([msgspec.to_builtins(m) for m in body.messages])
-                if chat
-                else body.prompt
+            leave_token = admission.admit(principal.token_id)
+            body: CompletionRequest | ChatRequest = await _decode(
+                request, ChatRequest if chat else CompletionRequest
             )
+            logprobs = body.wants_logprobs()
+            params = body.params(logprobs)
+            host = _host_for(hosts, body.model, principal)
+            prompt = body.text(host)
             ref = host.resolve(body.model)  # pinned here, so the header names what really answered
-            leave = in_flight.enter(host.engine_id)
-            try:
-                first, stream = await _first(host.generate(ref, prompt, params))
-            except BaseException:
-                leave()
-                raise
+            leave_engine = admission.in_flight.enter(host.engine_id)
+            started = generation = host.generate(ref, prompt, params)
+            first = await _unless_gone(request, lambda: anext(generation))
         except Exception as exc:
-            return _errors(exc).response()
+            leave()
+            if started is not None:
+                await started.aclose()
+            if isinstance(exc, ClientGone):
+                return Response(status_code=499)  # nobody reads it: the status is for the access log
+            return _errors(exc, prompt_field).response()
         answered = {"x-mint-revision": ref}
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
-            return StreamingResponse(
-                released(_sse(ident, created, body.model, chat, first, stream), leave),
-                media_type="text/event-stream",
-                headers=answered,
-            )
+            events = _sse(ident, created, body.model, chat, first, generation)
+            return _Streamed(events, generation, leave, answered)
         try:
-            out = Completion(prompt_tokens=host.engine.count_tokens(prompt))
-            out.add(first)
-            async for delta in stream:
-                out.add(delta)
+            async with aclosing(generation):
+                out = await _unless_gone(request, lambda: _collect(first, generation, host, prompt))
+        except ClientGone:
+            return Response(status_code=499)
+        except Exception as exc:
+            return _errors(exc, prompt_field).response()
         finally:
             leave()
-        return JSONResponse(
-            _whole(ident, created, body.model, chat, out, bool(body.logprobs)), headers=answered
-        )
+        return JSONResponse(_whole(ident, created, body.model, chat, out, logprobs), headers=answered)
 
     async def completions(request: Request) -> Response:
         return await serve(request, chat=False)
@@ -235,7 +386,7 @@ def _whole(
 
 async def _sse(
     ident: str, created: int, model: str, chat: bool, first: Delta, rest: AsyncIterator[Delta]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def event(delta: Delta) -> bytes:

@@ -29,6 +29,35 @@ class SlotsFull(EngineError):
     pass
 
 
+class Overloaded(EngineError):
+    """The admission queue is full: retry later (HTTP 429)."""
+
+
+class ContextExceeded(EngineError):
+    """The prompt and `max_tokens` do not fit the model's context (HTTP 400): refused before any
+    work, so a request can never run past the positions the base was trained for."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+        self.prompt_too_long = prompt_tokens >= context_length
+        if self.prompt_too_long:
+            why = f"the prompt is {prompt_tokens} tokens; the model's context is {context_length}"
+        else:
+            why = (
+                f"max_tokens: {max_tokens} more tokens after a {prompt_tokens}-token prompt exceed the "
+                f"model's context of {context_length} (at most {context_length - prompt_tokens})"
+            )
+        super().__init__(why)
+
+
+def check_context(prompt_tokens: int, params: SamplingParams, context_length: int) -> None:
+    """Refuse (ContextExceeded) a request whose prompt plus `max_tokens` exceeds the context."""
+    if prompt_tokens + params.max_tokens > context_length:
+        raise ContextExceeded(prompt_tokens, params.max_tokens, context_length)
+
+
 @dataclass(frozen=True)
 class AdapterRef:
     """A revision ready to load: a local PEFT-layout directory whose sha256 was checked on fetch."""

@@ -4,7 +4,10 @@ The base is held once; every adapter is a slot of stacked A/B tensors, and one f
 batch that mixes adapters (a gathered LoRA matmul per row). A scheduling loop admits new requests at
 every iteration: it prefills them together, merges their KV caches into the running batch (left-padded
 to a common length, the padding masked out), decodes one token for every running row, streams it, and
-drops finished rows. Model work runs in a worker thread so the event loop keeps serving.
+drops finished rows. Model work (and tokenizing a prompt, which may be megabytes) runs in a worker
+thread so the event loop keeps serving. A request must fit the base's context (prompt + max_tokens), and
+one whose client went away is dropped at its next token (or before admission): `active` counts the
+requests the engine holds, queued or decoding.
 """
 
 from __future__ import annotations
@@ -32,15 +35,13 @@ from mint.serving.engine import (
     Delta,
     EngineError,
     FinishReason,
+    Overloaded,
     SamplingParams,
     SlotsFull,
+    check_context,
 )
 from mint.serving.in_flight import InFlight
 from mint.serving.prompts import TokenizerPrompts
-
-
-class Overloaded(EngineError):
-    """The admission queue is full: retry later (HTTP 429)."""
 
 
 @dataclass
@@ -54,6 +55,11 @@ class _Request:
     logprob: float = 0.0  # of the newest token
     sent: int = 0  # characters of the decoded text already streamed
     done: bool = False
+
+    @property
+    def abandoned(self) -> bool:
+        """Its client went away: nobody reads what it would generate."""
+        return self.out.statistics().open_receive_streams == 0
 
 
 @dataclass
@@ -88,10 +94,14 @@ class TorchEngine(TokenizerPrompts, InFlight):
         self.max_batch = max_batch
         self.max_rank = max_rank
         model, self.tokenizer = load_base(self.base_dir)
+        self.context_length = int(model.config.max_position_embeddings)
         targets = sorted({name.rsplit(".", 1)[-1] for name in self.info.linear_shapes})
         self.multi = MultiLora(model, targets)
         self._send, self._receive = anyio.create_memory_object_stream[_Request](queue)
         self._draining: set[str] = set()
+        self._active = 0  # requests queued or in the batch
+        self._accounted = anyio.Event()  # set (and replaced) each time a request enters or leaves
+        self.generated_tokens = 0  # sampled for every request since the engine started
         InFlight.__init__(self)
         # The batching loop and text scoring both run the model in worker threads; the multi-LoRA
         # routing is state on the shared model, so one forward at a time.
@@ -147,9 +157,14 @@ class TorchEngine(TokenizerPrompts, InFlight):
     async def generate(
         self, prompt: str, adapter: str | None, params: SamplingParams
     ) -> AsyncIterator[Delta]:
+        encoded = await anyio.to_thread.run_sync(
+            lambda: self.tokenizer.encode(prompt, add_special_tokens=False)
+        )
+        ids: list[int] = encoded or [self.pad_id]
+        check_context(len(ids), params, self.context_length)
+        # From this check to holding the adapter nothing awaits, so an unload cannot slip between.
         if adapter is not None and (adapter not in self.multi.slots or adapter in self._draining):
             raise AdapterNotLoaded(adapter)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False) or [self.pad_id]
         send, receive = anyio.create_memory_object_stream[Delta](params.max_tokens + 1)
         generator = torch.Generator()
         if params.seed is not None:
@@ -161,10 +176,30 @@ class TorchEngine(TokenizerPrompts, InFlight):
             self._send.send_nowait(request)
         except anyio.WouldBlock:
             raise Overloaded("the engine's admission queue is full") from None
+        self._account(+1)
         with self.holding(adapter):
             async with receive:
                 async for delta in receive:
                     yield delta
+
+    @property
+    def active(self) -> int:
+        """Requests the engine holds (queued or decoding): 0 once every client is answered or gone."""
+        return self._active
+
+    async def until_active(self, count: int) -> None:
+        """Return once the engine holds exactly `count` requests."""
+        while self._active != count:
+            await self._accounted.wait()
+
+    def _account(self, change: int) -> None:
+        self._active += change
+        self._accounted.set()
+        self._accounted = anyio.Event()
+
+    def _retire(self, request: _Request) -> None:
+        request.done = True
+        self._account(-1)
 
     async def text_logprobs(self, text: str, adapter: str | None) -> list[float]:
         if adapter is not None and (adapter not in self.multi.slots or adapter in self._draining):
@@ -213,9 +248,13 @@ class TorchEngine(TokenizerPrompts, InFlight):
         admitted: list[_Request] = []
         while len(admitted) < room:
             try:
-                admitted.append(self._receive.receive_nowait())
+                request = self._receive.receive_nowait()
             except anyio.WouldBlock:
                 break
+            if request.abandoned:  # its client left while it queued: no prefill for nobody
+                self._retire(request)
+            else:
+                admitted.append(request)
         return admitted
 
     def _route(self, rows: list[_Request]) -> list[str | None]:
@@ -262,6 +301,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
         for i, r in enumerate(rows):
             token = _pick(logprobs[i], r.params, r.generator)
             r.tokens.append(token)
+            self.generated_tokens += 1
             r.logprob = float(logprobs[i, token])
             chosen.append(token)
         return torch.tensor(chosen, dtype=torch.long)
@@ -286,7 +326,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 finish = "stop"  # the client went away: stop generating for it
             if finish is not None:
-                r.done = True
+                self._retire(r)
                 await r.out.aclose()
 
     async def _finish_rows(self, batch: _Batch | None) -> _Batch | None:

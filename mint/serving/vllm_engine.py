@@ -58,6 +58,7 @@ from mint.serving.engine import (
     FinishReason,
     SamplingParams,
     SlotsFull,
+    check_context,
 )
 from mint.serving.in_flight import InFlight
 from mint.serving.prompts import TokenizerPrompts
@@ -341,9 +342,16 @@ class VllmEngine(TokenizerPrompts, InFlight):
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
+        # A prompt may be megabytes: tokenize it off the event loop, and refuse what vLLM's context
+        # (max_model_len, which may be below the base's own) cannot hold before vLLM sees it.
+        encoded = await anyio.to_thread.run_sync(
+            lambda: self.tokenizer.encode(prompt, add_special_tokens=False)
+        )
+        ids: list[int] = encoded or [self.pad_id]
         llm = self._started()
+        check_context(len(ids), params, int(llm.model_config.max_model_len))
+        # From here to holding the adapter nothing awaits, so an unload cannot slip between.
         lora = self._lora(adapter)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False) or [self.pad_id]
         sampling = _sampling_params(params)
         request_id = f"{self._prefix}-{next(self._request_ids)}"
         try:
