@@ -46,3 +46,18 @@ def actor_locks(home: Home, names: list[str]) -> Iterator[None]:
         for name in names:
             stack.enter_context(_lock(home.root / "actors" / f"{name}.lock", name))
         yield
+
+
+def actor_runs(home: Home, name: str) -> bool:
+    """Whether some process holds actor `name`'s lock on this home now."""
+    path = home.root / "actors" / f"{name}.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False

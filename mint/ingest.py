@@ -20,7 +20,7 @@ from events import codec
 from events.codec import RecordError
 from events.envelope import Command, Record
 from events.names import tenant_of
-from events.schema import producer_may_write, refusal_for_producer
+from events.schema import BY_NAME, producer_may_write, refusal_for_producer
 from mint.auth.tokens import Principal
 
 Kind = Literal["command", "fact"]
@@ -88,6 +88,18 @@ def _problem(index: int, raw: bytes, message: str, field: str | None) -> RecordP
     return RecordProblem(index, ident or None, type_name or None, field, message)
 
 
+def _unwritable(index: int, raw: bytes) -> RecordProblem | None:
+    """The problem of a record of a type that no producer may append (a decider's fact)."""
+    try:
+        type_name, _, ident, _ = codec.read_header(raw)
+    except RecordError:
+        return None  # validation names what is wrong with it
+    if type_name not in BY_NAME or producer_may_write(type_name):
+        return None
+    message = f"record {ident!r} ({type_name}): type: {refusal_for_producer(type_name)}"
+    return RecordProblem(index, ident or None, type_name, "type", message)
+
+
 def _refusal(record: Record, kind: Kind, principal: Principal) -> tuple[str, str] | None:
     """(field, why) when this producer may not append this record on this route."""
     is_command = isinstance(record, Command)
@@ -97,8 +109,6 @@ def _refusal(record: Record, kind: Kind, principal: Principal) -> tuple[str, str
             "type",
             f"{type(record).__name__} is a {'command' if is_command else 'fact'}: send it to {route}",
         )
-    if not producer_may_write(type(record).__name__):
-        return "type", refusal_for_producer(type(record).__name__)
     if principal.operator:
         return None
     if record.SYSTEM:
@@ -123,6 +133,10 @@ def validate_batch(body: bytes, kind: Kind, principal: Principal, limits: Ingest
     problems: list[RecordProblem] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raws):
+        unwritable = _unwritable(index, raw)
+        if unwritable is not None:  # who may write it is settled before its fields are read
+            problems.append(unwritable)
+            continue
         try:
             record = codec.validate(raw)
         except RecordError as exc:

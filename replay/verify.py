@@ -30,6 +30,7 @@ class Verdict:
     live_digest: str
     rebuilt_digest: str
     diffs: list[TableDiff] = field(default_factory=list)
+    dead_letters: int = 0  # records the rebuild set aside (undecodable, refused): the live one did too
 
     @property
     def equal(self) -> bool:
@@ -78,7 +79,12 @@ async def verify(
             finally:
                 rebuilt.close()
         return Verdict(
-            until, rebuilt_info.records, combined_digest(live_tables), combined_digest(rebuilt_tables), diffs
+            until,
+            rebuilt_info.records,
+            combined_digest(live_tables),
+            combined_digest(rebuilt_tables),
+            diffs,
+            rebuilt_info.dead_letters,
         )
     finally:
         live.close()

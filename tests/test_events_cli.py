@@ -11,6 +11,7 @@ import msgspec
 from click.testing import CliRunner
 
 from events import codec
+from events.catalog import RevisionPromoted
 from events.sqlite_log import SqliteLog
 from mint.cli import cli
 from tests.records import promote, register
@@ -57,6 +58,17 @@ def test_a_bad_line_refuses_the_whole_input(tmp_path: Path) -> None:
     assert not (tmp_path / "log.db").exists() or _count(tmp_path) == 0
 
 
+def test_produce_refuses_a_deciders_fact_naming_its_writer(tmp_path: Path) -> None:
+    forged = RevisionPromoted.create(policy="acme/a", revision="r1")
+    result = CliRunner().invoke(
+        cli, ["events", "produce", "-", "--home", str(tmp_path)], input=_ndjson([register("acme/a"), forged])
+    )
+    assert result.exit_code == 2
+    assert f"line 2: record {forged.id!r} (RevisionPromoted): type: " in result.output
+    assert "written only by MinT's catalog actor" in result.output
+    assert not (tmp_path / "log.db").exists() or _count(tmp_path) == 0
+
+
 def test_produce_reads_stdin(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["events", "produce", "-", "--home", str(tmp_path)], input=_ndjson([register("acme/b")])
@@ -68,6 +80,11 @@ def test_schema_is_json_schema_with_every_type() -> None:
     result = CliRunner().invoke(cli, ["events", "schema"])
     schema = json.loads(result.output)
     assert "RegisterPolicy" in schema["$defs"] and schema["$schema"].endswith("2020-12/schema")
+    # Who may write each type is published with it.
+    assert schema["$defs"]["RevisionPromoted"]["x-mint-writers"] == ["catalog"]
+    assert "written by: catalog" in schema["$defs"]["RevisionPromoted"]["description"]
+    assert "RevisionExported" in schema["x-mint-producer-types"]
+    assert "EvaluationCompleted" not in schema["x-mint-producer-types"]
     one = json.loads(CliRunner().invoke(cli, ["events", "schema", "--type", "Promote"]).output)
     assert one["title"] == "Promote"
     missing = CliRunner().invoke(cli, ["events", "schema", "--type", "Nope"])

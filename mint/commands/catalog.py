@@ -7,6 +7,7 @@ import click
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.commands.common import context, home_option
 from mint.home import Home
+from mint.projection.states import dead_letters_of, projection_states
 
 
 def _open(home: Home) -> Catalog:
@@ -89,7 +90,10 @@ def show(policy: str, home_dir: str | None) -> None:
 @catalog_group.command("dead-letters")
 @home_option
 def dead_letters(home_dir: str | None) -> None:
-    """Records the projector could not fold, with the reason."""
+    """Records an actor could not fold or decide (the projector's and every other actor's), with the
+    reason: one line per actor and record."""
     home, _ = context(home_dir, None)
-    for letter in _open(home).dead_letters():
-        click.echo(f"{letter.partition}:{letter.offset} {letter.type} {letter.id}: {letter.reason}")
+    for actor, path in projection_states(home).items():
+        for letter in dead_letters_of(path):
+            where = f"{letter.partition}:{letter.offset}"
+            click.echo(f"{actor} {where} {letter.type} {letter.id}: {letter.reason}")

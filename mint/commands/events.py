@@ -13,7 +13,7 @@ import msgspec
 from events import codec
 from events.codec import RecordError
 from events.log import Encoded, EventLog, Stored
-from events.schema import BY_NAME, json_schema
+from events.schema import BY_NAME, json_schema, producer_may_write, refusal_for_producer
 from mint.commands.common import context, home_option, log_option, run
 from mint.config import open_log
 
@@ -42,14 +42,19 @@ class BadLines(Exception):
 
 
 def parse_ndjson(stream: IO[bytes], max_errors: int = 20) -> list[Encoded]:
-    """Validate every line; any bad line refuses the whole input (nothing is appended)."""
+    """Validate every line; any bad line refuses the whole input (nothing is appended). Like the HTTP
+    door, it takes commands and the facts producers may write, never a decider's facts."""
     records: list[Encoded] = []
     errors: list[str] = []
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
         try:
-            records.append(Encoded.of(codec.validate(line.strip())))
+            record = codec.validate(line.strip())
+            name = type(record).__name__
+            if not producer_may_write(name):  # the same door as POST /v1/events
+                raise RecordError(f"record {record.id!r} ({name})", f"type: {refusal_for_producer(name)}")
+            records.append(Encoded.of(record))
         except RecordError as exc:
             errors.append(f"line {number}: {exc}")
             if len(errors) >= max_errors:
@@ -91,7 +96,7 @@ def produce(source: IO[bytes], home_dir: str | None, log_url: str | None) -> Non
 
 def _line(stored: Stored, as_json: bool) -> str:
     if as_json:
-        return stored.raw.decode()
+        return stored.raw.decode(errors="replace")
     try:
         record = stored.decode()
         fields = {

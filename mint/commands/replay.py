@@ -11,14 +11,17 @@ from pathlib import Path
 
 import click
 
+from actors.locks import actor_runs
 from events.codec import UnknownRecord
 from events.envelope import Record
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
 from mint.commands.common import ProgressBar, context, home_option, log_option, run
 from mint.config import open_log
+from mint.projection.states import projection_states
 from replay import audit as audit_tool
 from replay import point_in_time, recovery
+from replay.lag import stuck
 from replay.rebuild import rebuild as rebuild_projection
 from replay.verify import verify as verify_projection
 
@@ -65,22 +68,39 @@ def rebuild(out: Path | None, replace: bool, home_dir: str | None, log_url: str 
 
 
 @replay_group.command("verify")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="How long a running actor may take to reach the log's end before it counts as stuck.",
+)
 @home_option
 @log_option
-def verify(home_dir: str | None, log_url: str | None) -> None:
-    """Rebuild up to the live projection's checkpoint and compare digests; exit 1 and diff if unequal."""
+def verify(wait_s: float, home_dir: str | None, log_url: str | None) -> None:
+    """Rebuild up to the live projection's checkpoint and compare digests; exit 1 and diff if unequal.
+    Also exit 1 when a running actor's checkpoint stays behind the log's end (a stuck actor)."""
     home, spec = context(home_dir, log_url)
     bar = ProgressBar("verify")
 
     async def go() -> bool:
         async with open_log(spec) as log:
             verdict = await verify_projection(log, CATALOG_FOLD, home.catalog, on_progress=bar)
-        bar.close()
+            bar.close()
+            running = {n: p for n, p in projection_states(home).items() if actor_runs(home, n)}
+            behind = await stuck(log, running, wait_s)
+        for name, count in sorted(behind.items()):
+            click.echo(f"STUCK: actor {name} is {count:,} records behind the log's end after {wait_s:g}s")
+        if verdict.dead_letters:
+            click.echo(
+                f"{verdict.dead_letters:,} records were set aside as dead letters (mint catalog dead-letters)"
+            )
         if verdict.equal:
             click.echo(
                 f"OK: replay equals live over {verdict.records:,} records (digest {verdict.live_digest[:16]})"
             )
-            return True
+            return not behind
         click.echo(f"MISMATCH: live {verdict.live_digest[:16]} != rebuilt {verdict.rebuilt_digest[:16]}")
         for diff in verdict.diffs:
             click.echo(f"  table {diff.table}:")

@@ -240,7 +240,7 @@ class ProjectionStore:
             return None
         if not stored.sealed and not producer_may_write(stored.type):
             self.dead_letter(
-                stored, f"type: unsealed, so not MinT's own: {refusal_for_producer(stored.type)}"
+                stored, f"type: unsealed, so not written by MinT: {refusal_for_producer(stored.type)}"
             )
             return None
         if self.dedupe and not self._first_time(stored.key, stored.id):
