@@ -72,9 +72,10 @@ def split_body(body: bytes) -> list[bytes]:
     if text.startswith(b"["):
         try:
             raws = msgspec.json.decode(text, type=list[msgspec.Raw])
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise BatchRefused(
-                [RecordProblem(0, None, None, None, f"body: not a JSON array: {exc}")]
+                [RecordProblem(0, None, None, "body", f"body: not a JSON array: {why}")]
             ) from None
         return [bytes(r) for r in raws]
     return [line.strip() for line in body.splitlines() if line.strip()]

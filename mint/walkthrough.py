@@ -11,13 +11,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
+import msgspec
+
 from actors.system import System
+from events import codec
 from events.catalog import Promote, RegisterPolicy, Rollback
 from events.envelope import Record
 from events.evaluation import EvaluationCompleted
+from events.log import Encoded
 from events.training import RevisionExported, StepCompleted, TrainingFinished, TrainingStarted
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
+from mint.projection.states import dead_letters_of, projection_states
 from replay.verify import Verdict, verify
 
 Say = Callable[[str], None]
@@ -112,7 +117,10 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     )
 
     say("4. globex tries to promote an acme policy; an upstream producer retries a command")
-    await log.append([Promote.create(source=SOURCE, policy="acme/support", revision="r1", tenant="globex")])
+    own = Promote.create(source=SOURCE, policy="acme/support", revision="r1", tenant="acme")
+    # Bytes no MinT process would make (they cross tenants), as a careless producer could write them.
+    crossing = {**msgspec.json.decode(codec.encode(own)), "tenant": "globex"}
+    await log.append_encoded([msgspec.structs.replace(Encoded.of(own), raw=msgspec.json.encode(crossing))])
     retried = Rollback.create(
         source="canary",
         policy="acme/support",
@@ -135,6 +143,10 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     for policy in POLICIES:
         for rejected in catalog.rejections(policy):
             say(f"   - {rejected.command_type} {policy}: {rejected.reason}")
+    say("   records set aside (dead letters), with their reasons:")
+    for actor, path in projection_states(system.home).items():
+        for letter in dead_letters_of(path):
+            say(f"   - {actor}: {letter.type} {letter.id}: {letter.reason}")
     restarts = system.supervisor.restarts
     say(f"   actor crashes injected and recovered from: {restarts}")
     catalog.close()

@@ -19,7 +19,7 @@ from actors.runtime import Backoff  # noqa: E402
 from actors.system import System, running  # noqa: E402
 from events.catalog import RegisterPolicy  # noqa: E402
 from events.sqlite_log import SqliteLog  # noqa: E402
-from events.training import StartTraining, StepCompleted  # noqa: E402
+from events.training import StartTraining, StepCompleted, TrainingStarted  # noqa: E402
 from mint.adapters.peft_layout import read_peft  # noqa: E402
 from mint.artifacts.keys import embedded_sha256  # noqa: E402
 from mint.bases.info import read_base_info  # noqa: E402
@@ -179,3 +179,33 @@ async def test_a_run_that_cannot_go_on_fails_and_the_trainer_goes_on(tmp_path: P
         await trainer._work(log, receive)
         (stored,) = await read_all(log)
     assert stored.type == "TrainingFailed" and "tiny" in stored.raw.decode()
+
+
+async def test_the_trainer_resumes_only_the_runs_it_decided(tmp_path: Path) -> None:
+    """A TrainingStarted no trainer decided (the walkthrough's script writes such runs) is in the
+    trainer's state as running, but a restarted trainer does not take it up: it is not its run."""
+    home = _home(tmp_path)
+    foreign = TrainingStarted.create(
+        source="walkthrough",
+        run="acme/foreign",
+        policies=["acme/a"],
+        base_id="tiny",
+        algo="sft",
+        task="sft-repeat:hi",
+        steps=2,
+    )
+    async with SqliteLog(home.log, partitions=2) as log:
+        async with running(home, log, backoff=FAST) as system:
+            await log.append([RegisterPolicy.create(policy="acme/a", base_id="tiny"), foreign])
+            await system.settle()
+        async with running(home, log, backoff=FAST) as system:  # a restart reopens the trainer's state
+            own = StartTraining.create(
+                run="acme/own", policies=["acme/a"], base_id="tiny", algo="sft", task="sft-repeat:hi", steps=1
+            )
+            await log.append([own])
+            # Runs are trained one after another, in the order they were queued: a resumed foreign
+            # run would have run first.
+            with anyio.fail_after(120):
+                await system.until(lambda: _outcome(system, "acme/own") is not None)
+            assert _outcome(system, "acme/own") == "finished"
+            assert Catalog(home.catalog).steps("acme/foreign") == []

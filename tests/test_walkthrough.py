@@ -21,7 +21,7 @@ def test_the_walkthrough_ends_with_replay_equal_to_live(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "acme/support    serves r1  (served so far: r1)" in result.output
     assert "failed evaluation smoke v1: score 0.48" in result.output
-    assert "tenant 'globex' may not act on policy 'acme/support'" in result.output
+    assert "key: 'acme/support' belongs to another tenant than 'globex'" in result.output
     assert "the retry was refused as a duplicate" in result.output
     assert "replay equal" in result.output
     verify = CliRunner().invoke(cli, ["replay", "verify", "--home", str(tmp_path)])
