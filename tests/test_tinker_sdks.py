@@ -324,14 +324,14 @@ async def test_malformed_requests_get_a_4xx_that_names_the_problem(tmp_path: Pat
             assert failed["category"] == "user" and "already exists" in failed["error"]
 
 
-def _datum(tokens: list[int]) -> dict[str, object]:
+def json_datum(tokens: list[int]) -> dict[str, object]:
     return {
         "model_input": {"chunks": [{"type": "encoded_text", "tokens": tokens[:-1]}]},
         "loss_fn_inputs": {"target_tokens": {"data": tokens[1:], "dtype": "int64"}},
     }
 
 
-async def _model(http: httpx.AsyncClient) -> str:
+async def new_model(http: httpx.AsyncClient) -> str:
     session = (await http.post("/create_session", json={})).json()["session_id"]
     created = (await http.post("/create_model", json={"session_id": session, "base_model": "tiny"})).json()
     model_id: str = (await http.post("/retrieve_future", json=created)).json()["model_id"]
@@ -344,8 +344,8 @@ async def test_requests_of_a_model_run_in_seq_id_order(
     async with tinker_server(Home(tmp_path)) as server:
         key = server.tokens.issue("acme", ["trainer"]).secret
         async with httpx.AsyncClient(base_url=server.url + "/api/v1", headers={"X-API-Key": key}) as http:
-            model_id = await _model(http)
-            batch = {"data": [_datum([5, 6, 7, 8, 9, 10])], "loss_fn": "cross_entropy"}
+            model_id = await new_model(http)
+            batch = {"data": [json_datum([5, 6, 7, 8, 9, 10])], "loss_fn": "cross_entropy"}
             # Sent last-first, as the SDK sends the chunks of a large batch: forward (seq 3) must see
             # the update of optim_step (seq 2), which must see the gradients of seq 1.
             forward = {"model_id": model_id, "seq_id": 3, "forward_input": batch}
@@ -395,7 +395,7 @@ async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
         globex = server.tokens.issue("globex", ["trainer"]).secret
         reader = server.tokens.issue("acme", ["reader"]).secret
         async with httpx.AsyncClient(base_url=server.url + "/api/v1", headers={"X-API-Key": acme}) as http:
-            model_id = await _model(http)
+            model_id = await new_model(http)
             other = {"X-API-Key": globex}
             response = await http.post("/get_info", json={"model_id": model_id}, headers=other)
             assert response.status_code == 404 and model_id in response.json()["detail"]
@@ -404,7 +404,7 @@ async def test_tenants_are_walls_and_roles_are_checked(tmp_path: Path) -> None:
                 json={
                     "model_id": model_id,
                     "seq_id": 1,
-                    "forward_input": {"data": [_datum([5, 6, 7])], "loss_fn": "cross_entropy"},
+                    "forward_input": {"data": [json_datum([5, 6, 7])], "loss_fn": "cross_entropy"},
                 },
             )
             response = await http.post("/retrieve_future", json=pending.json(), headers=other)

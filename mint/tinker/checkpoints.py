@@ -27,6 +27,8 @@ KINDS: tuple[CheckpointKind, ...] = ("weights", "sampler_weights")
 SCHEME = "tinker://"
 SLOT_FILE = "lora"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A training client's id (`sess-…:train:N`) names a directory: never `.`, `..` or a hidden one.
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class TinkerPath:
     @classmethod
     def parse(cls, path: str, field: str = "path") -> TinkerPath:
         parts = path.removeprefix(SCHEME).split("/") if path.startswith(SCHEME) else []
-        if len(parts) != 3 or parts[1] not in ("weights", "sampler_weights") or not parts[0]:
+        if len(parts) != 3 or parts[1] not in KINDS or not _MODEL_ID.match(parts[0]):
             raise WireError(field, f"{path!r} is not tinker://<model_id>/<weights|sampler_weights>/<name>")
         kind: CheckpointKind = "weights" if parts[1] == "weights" else "sampler_weights"
         return cls(parts[0], kind, check_name(parts[2], field))

@@ -61,6 +61,9 @@ class Futures:
     def pending(self) -> int:
         return sum(1 for f in self._futures.values() if not f.done.is_set())
 
+    def pending_of(self, tenant: str) -> int:
+        return sum(1 for f in self._futures.values() if f.tenant == tenant and not f.done.is_set())
+
     async def complete(self, future: Future, work: Callable[[], Awaitable[Any]]) -> None:
         """Run `work` and settle `future` with its result or failure. A failure of the server's own is
         reported as a "server" error, so one bad request never takes the service down."""

@@ -14,9 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from mint.tinker.wire import Datum, FloatArray, ForwardBackwardInput, Sequenced, WireError
+from mint.tinker.wire import (
+    INT64_MAX,
+    Datum,
+    FloatArray,
+    ForwardBackwardInput,
+    RawTensor,
+    Sequenced,
+    WireError,
+)
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+MAX_VARINT_BYTES = 10  # a 64-bit value; protobuf never writes a longer one
 
 DTYPES: dict[int, np.dtype[Any]] = {
     1: np.dtype("<f4"),
@@ -32,16 +41,36 @@ STOP, LENGTH_LIMIT = 0, 1
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
+    result = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         if pos >= len(buf):
             raise WireError("body", "truncated protobuf varint")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
         if not byte & 0x80:
-            return result, pos
-        shift += 7
+            return result & (1 << 64) - 1, pos
+    raise WireError("body", f"a protobuf varint longer than {MAX_VARINT_BYTES} bytes")
+
+
+def _int64(value: int) -> int:
+    """A varint read as protobuf's int64 (two's complement)."""
+    return value - (1 << 64) if value > INT64_MAX else value
+
+
+def _text(value: bytes, field: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise WireError(field, "not UTF-8 text") from None
+
+
+def _array(raw: bytes, dtype: np.dtype[Any] | str, field: str) -> np.ndarray:
+    """Packed little-endian values, refused unless the bytes hold a whole number of them."""
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) % itemsize:
+        raise WireError(field, f"{len(raw)} bytes is not a whole number of {itemsize}-byte values")
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
@@ -53,10 +82,11 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
         value: int | bytes
         if wire == VARINT:
             value, pos = _varint(buf, pos)
-        elif wire == FIXED64:
-            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
-        elif wire == FIXED32:
-            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
+        elif wire in (FIXED64, FIXED32):
+            size = 8 if wire == FIXED64 else 4
+            if pos + size > len(buf):
+                raise WireError("body", "truncated protobuf field")
+            value, pos = int.from_bytes(buf[pos : pos + size], "little"), pos + size
         elif wire == LENGTH:
             size, pos = _varint(buf, pos)
             if pos + size > len(buf):
@@ -67,12 +97,12 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
         yield number, value
 
 
-def _map_entry(buf: bytes) -> tuple[str, int | bytes]:
+def _map_entry(buf: bytes, field: str) -> tuple[str, int | bytes]:
     key: str = ""
     value: int | bytes = b""
     for number, item in _fields(buf):
         if number == 1 and isinstance(item, bytes):
-            key = item.decode()
+            key = _text(item, f"{field} key")
         elif number == 2:
             value = item
     return key, value
@@ -80,15 +110,15 @@ def _map_entry(buf: bytes) -> tuple[str, int | bytes]:
 
 def _packed_int64(value: int | bytes) -> list[int]:
     if isinstance(value, int):
-        return [value]
+        return [_int64(value)]
     out, pos = [], 0
     while pos < len(value):
         item, pos = _varint(value, pos)
-        out.append(item)
+        out.append(_int64(item))
     return out
 
 
-def _tensor(buf: bytes, name: str) -> np.ndarray:
+def _tensor(buf: bytes, field: str) -> RawTensor:
     dense = b""
     sparse: dict[int, bytes] = {}
     dtype = 0
@@ -102,61 +132,56 @@ def _tensor(buf: bytes, name: str) -> np.ndarray:
             dtype = value
         elif number == 4:
             shape += _packed_int64(value)
+    data = sparse.get(1, dense)
     if dtype == BFLOAT16:
-        raw = np.frombuffer(sparse.get(1, dense), dtype="<u2").astype(np.uint32) << 16
-        values = raw.view(np.float32)
+        values = (_array(data, "<u2", field).astype(np.uint32) << 16).view(np.float32)
     elif dtype in DTYPES:
-        values = np.frombuffer(sparse.get(1, dense), dtype=DTYPES[dtype])
+        values = _array(data, DTYPES[dtype], field)
     else:
-        raise WireError(f"loss_fn_inputs.{name}.dtype", f"unsupported tensor dtype {dtype}")
-    if sparse:
-        crow = np.frombuffer(sparse.get(2, b""), dtype="<i8")
-        col = np.frombuffer(sparse.get(3, b""), dtype="<i8")
-        if len(shape) != 2 or len(crow) != shape[0] + 1:
-            raise WireError(
-                f"loss_fn_inputs.{name}", "a sparse tensor needs a 2-D shape and rows + 1 row offsets"
-            )
-        full = np.zeros(shape, dtype=values.dtype)
-        rows = np.repeat(np.arange(shape[0]), np.diff(crow))
-        full[rows, col] = values
-        return full
-    if shape and int(np.prod(shape)) != len(values):
-        raise WireError(f"loss_fn_inputs.{name}", f"shape {shape} does not hold {len(values)} values")
-    return values.reshape(shape) if shape else values
+        raise WireError(f"{field}.dtype", f"unsupported tensor dtype {dtype}")
+    if not sparse:
+        return RawTensor(values, shape or None)
+    return RawTensor(
+        values,
+        shape,
+        _array(sparse.get(2, b""), "<i8", f"{field}.sparse_crow_indices"),
+        _array(sparse.get(3, b""), "<i8", f"{field}.sparse_col_indices"),
+    )
 
 
 def _datum(buf: bytes, index: int) -> Datum:
     tokens: list[int] = []
-    inputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, RawTensor] = {}
+    field = f"data[{index}]"
     for number, value in _fields(buf):
         if not isinstance(value, bytes):
             continue
         if number == 1:
             for kind, chunk in _fields(value):
                 if kind != 1 or not isinstance(chunk, bytes):
-                    raise WireError(f"data[{index}].model_input", "only encoded_text chunks are supported")
+                    raise WireError(f"{field}.model_input", "only encoded_text chunks are supported")
                 for field_number, raw in _fields(chunk):
                     if field_number == 1 and isinstance(raw, bytes):
-                        tokens += np.frombuffer(raw, dtype="<i4").tolist()
+                        tokens += _array(raw, "<i4", f"{field}.model_input").tolist()
         elif number == 2:
-            name, tensor = _map_entry(value)
+            name, tensor = _map_entry(value, f"{field}.loss_fn_inputs")
             if isinstance(tensor, bytes):
-                inputs[name] = _tensor(tensor, name)
+                inputs[name] = _tensor(tensor, f"{field}.loss_fn_inputs.{name}")
     return Datum.checked(tokens, inputs, index)
 
 
 def request_ids(body: bytes) -> tuple[str, int] | None:
     """(model_id, seq_id) of a ForwardBackwardRequest whose batch may be malformed, or None."""
-    model_id, seq_id = "", None
+    model_id, seq_id = "", 0
     try:
         for number, value in _fields(body):
             if number == 1 and isinstance(value, bytes):
                 model_id = value.decode()
             elif number == 2 and isinstance(value, int):
-                seq_id = value
+                seq_id = _int64(value)
     except (WireError, UnicodeDecodeError):
         pass
-    return (model_id, seq_id) if model_id and seq_id is not None else None
+    return (model_id, seq_id) if model_id and seq_id >= 1 else None
 
 
 def decode_forward_backward(body: bytes) -> Sequenced[ForwardBackwardInput]:
@@ -166,22 +191,24 @@ def decode_forward_backward(body: bytes) -> Sequenced[ForwardBackwardInput]:
     config: dict[str, float] = {}
     for number, value in _fields(body):
         if number == 1 and isinstance(value, bytes):
-            model_id = value.decode()
+            model_id = _text(value, "model_id")
         elif number == 2 and isinstance(value, int):
-            seq_id = value
+            seq_id = _int64(value)
         elif number == 3 and isinstance(value, bytes):
             data.append(_datum(value, len(data)))
         elif number == 4 and isinstance(value, bytes):
-            loss_fn = value.decode()
+            loss_fn = _text(value, "loss_fn")
         elif number == 5 and isinstance(value, bytes):
-            key, raw = _map_entry(value)
-            if not isinstance(raw, int):  # a double is a fixed64 on the wire
+            key, raw = _map_entry(value, "loss_fn_config")
+            if not isinstance(raw, int) or raw >> 64:  # a double is a fixed64 on the wire
                 raise WireError(f"loss_fn_config.{key}", "expected a number")
             config[key] = struct.unpack("<d", raw.to_bytes(8, "little"))[0]
         elif number == 6 and isinstance(value, int):
             forward_only = bool(value)
     if not model_id:
         raise WireError("model_id", "required")
+    if seq_id < 1:
+        raise WireError("seq_id", f"must be in 1..{INT64_MAX}, got {seq_id}")
     work = ForwardBackwardInput(data, loss_fn, config, forward_only)
     work.check()
     return Sequenced(model_id, seq_id, work)

@@ -3,15 +3,17 @@
 Clients set their base URL to the server's root (`http://HOST:PORT`); every path here starts with
 /api/v1. Slow calls answer with a future at once; `retrieve_future` long-polls it. Errors are JSON
 `{"detail": "<field>: <problem>", "field": ...}` with a 4xx status (the SDK shows the detail; it
-retries an empty 400 as if the network had failed, so there is never an empty one).
+retries an empty 400 as if the network had failed, so there is never an empty one). A request that
+fails in a way nobody foresaw is a JSON 500 (logged), never Starlette's plain-text one, and a refused
+or failed training request gives up its seq_id, so the client's later requests still run.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,6 +30,9 @@ PREFIX = "/api/v1"
 LONG_POLL_S = 30.0  # under the SDK's 45 s read timeout for retrieve_future
 PROTOBUF = "application/x-protobuf"
 TRAIN, READ = "trainer", "reader"
+MAX_PAGE = 1000  # the most listing entries one request returns
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request, Grant], Awaitable[Response | dict[str, Any]]]
 
@@ -59,13 +64,15 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
     replies = Replies()
 
     def endpoint(
-        role: str | None, handler: Handler, starts: bool
+        role: str | None, handler: Handler, starts: bool, sequenced: bool
     ) -> Callable[[Request], Awaitable[Response]]:
         """`starts`: the request starts something (a future, a session), so an SDK retry of it (same
-        X-Idempotency-Key) gets the first reply instead of starting it again."""
+        X-Idempotency-Key) gets the first reply instead of starting it again. `sequenced`: it takes
+        its turn among its training client's requests by seq_id, so refusing it gives the turn up."""
 
         async def respond(request: Request) -> Response:
             retry_key = request.headers.get("x-idempotency-key") if starts else None
+            owner: Grant | None = None
             try:
                 owner = caller(request, role) if role else _ANONYMOUS
                 if retry_key and (first := replies.get(owner.tenant, retry_key)) is not None:
@@ -78,27 +85,28 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
                     response = error(exc)
                     response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
                     return response
-                if exc.status != 429:  # the SDK resends a 429 with the same seq_id
-                    await _release_seq(request)
+                if sequenced and owner is not None and exc.status != 429:  # a 429 is resent as is
+                    await release_seq(request, owner)
                 return error(exc)
+            except Exception:
+                logger.exception("Tinker %s failed", request.url.path)
+                if sequenced and owner is not None:
+                    await release_seq(request, owner)
+                return error(WireError("request", "the server failed on this request (logged)", 500))
             return reply if isinstance(reply, Response) else JSONResponse(reply)
 
         return respond
 
-    async def _release_seq(request: Request) -> None:
-        """A refused training request still uses up its seq_id, or later ones would wait forever."""
+    async def release_seq(request: Request, owner: Grant) -> None:
+        """A refused training request still uses up its seq_id, or later ones would wait forever;
+        only a training client of the caller's own tenant is touched."""
         raw = await request.body()
         if PROTOBUF in request.headers.get("content-type", ""):
             ids = proto.request_ids(raw)
-            if ids is not None:
-                service.refused(*ids)
-            return
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            return
-        if isinstance(body, dict) and isinstance(body.get("seq_id"), int) and "model_id" in body:
-            service.refused(str(body["model_id"]), body["seq_id"])
+        else:
+            ids = wire.sequence_ids(raw)
+        if ids is not None:
+            service.refused(owner, *ids)
 
     # -- bootstrap ---------------------------------------------------------------------------------
 
@@ -122,6 +130,10 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
 
     async def telemetry(request: Request, owner: Grant) -> dict[str, Any]:
         return {"status": "accepted"}
+
+    async def healthz(request: Request, owner: Grant) -> dict[str, Any]:
+        # The SDK's `health_check()` (tinker 0.38) reads exactly this; probes carry no key.
+        return {"status": "ok"}
 
     async def create_session(request: Request, owner: Grant) -> dict[str, Any]:
         wire.decode(await request.body(), wire.CreateSession)
@@ -230,13 +242,12 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
     # -- REST --------------------------------------------------------------------------------------
 
     def page(request: Request, default_limit: int) -> tuple[int, int]:
-        try:
-            limit = int(request.query_params.get("limit", default_limit))
-            offset = int(request.query_params.get("offset", 0))
-        except ValueError:
-            raise WireError("limit", "limit and offset must be integers") from None
-        if limit < 1 or offset < 0:
-            raise WireError("limit", "limit must be >= 1 and offset >= 0")
+        limit = query_int(request, "limit", default_limit)
+        offset = query_int(request, "offset", 0)
+        if not 1 <= limit <= MAX_PAGE:
+            raise WireError("limit", f"must be in 1..{MAX_PAGE}, got {limit}")
+        if offset < 0:
+            raise WireError("offset", f"must be >= 0, got {offset}")
         return limit, offset
 
     async def capabilities(request: Request, owner: Grant) -> dict[str, Any]:
@@ -259,6 +270,7 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
         ("POST", "/client/dynamic_config", None, dynamic_config),
         ("POST", "/auth/token", None, auth_token),
         ("POST", "/telemetry", None, telemetry),
+        ("GET", "/healthz", None, healthz),
         ("POST", "/create_session", READ, create_session),
         ("POST", "/session_heartbeat", READ, heartbeat),
         ("POST", "/sessions/{session_id}/finish", READ, finish),
@@ -293,10 +305,32 @@ def routes(service: TinkerService, keys: Keys, chunk_datums: int = 1024) -> list
         "/create_sampling_session",
         "/asample",
     }
+    sequenced = {
+        "/forward_backward",
+        "/forward",
+        "/optim_step",
+        "/save_weights",
+        "/save_weights_for_sampler",
+        "/load_weights",
+    }
     return [
-        Route(PREFIX + path, endpoint(role, handler, path in starting), methods=[method])
+        Route(
+            PREFIX + path,
+            endpoint(role, handler, path in starting, path in sequenced),
+            methods=[method],
+        )
         for method, path, role, handler in table
     ]
 
 
 _ANONYMOUS = Grant("", "", frozenset())  # the caller of the routes that need no key
+
+
+def query_int(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise WireError(name, f"{raw[:40]!r} is not an integer") from None

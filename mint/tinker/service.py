@@ -54,6 +54,7 @@ from mint.tinker.wire import (
     SamplingParamsBody,
     Sequenced,
     WireError,
+    check_token_ids,
 )
 
 if TYPE_CHECKING:  # torch loads with the first base a request needs, not with `mint up`
@@ -64,8 +65,10 @@ if TYPE_CHECKING:  # torch loads with the first base a request needs, not with `
 
 SOURCE = "tinker"
 PAUSE_AT_PENDING = 256  # queue_state "paused_capacity" beyond this many unfinished futures
-REFUSE_AT_PENDING = 4096  # and 429 at submission beyond this many
+REFUSE_AT_PENDING = 4096  # and 429 at submission beyond this many of one tenant's
 MAX_RANK = 256
+MAX_SAMPLES = 128  # sequences per asample
+MAX_BATCH_POSITIONS = 1 << 21  # datums x longest datum, per forward_backward request
 SESSION_IDLE_S = 600.0  # a session without heartbeats (every 10 s) for this long is finished
 T = TypeVar("T")
 _POLICY = re.compile(POLICY_PATTERN)
@@ -104,7 +107,8 @@ class TinkerService:
         self.checkpoints = CheckpointDirectory(home.root / "tinker" / "checkpoints")
         self.sessions: dict[str, Session] = {}
         self.models: dict[str, TrainingModel] = {}
-        self.created: dict[str, anyio.Event] = {}  # model ids being created: get_info waits for them
+        # model ids being created, with their tenant: get_info waits for its own tenant's
+        self.created: dict[str, tuple[str, anyio.Event]] = {}
         self.samplers: dict[str, Sampler] = {}
         self._bases: dict[str, ResidentBase] = {}
         self._loading = anyio.Lock()
@@ -131,6 +135,9 @@ class TinkerService:
     def context_length(self, base_id: str) -> int:
         return int(self.base_config(base_id).get("max_position_embeddings", 0))
 
+    def vocab_size(self, base_id: str) -> int:
+        return int(self.base_config(base_id).get("vocab_size", 0))
+
     def check_base(self, base_id: str, field_name: str = "base_model") -> None:
         if base_id not in self.base_ids():
             raise WireError(
@@ -155,8 +162,11 @@ class TinkerService:
     # -- futures -------------------------------------------------------------------------------------
 
     def submit(self, tenant: str, work: Callable[[], Awaitable[Any]], model_id: str | None = None) -> Future:
-        if self.futures.pending >= REFUSE_AT_PENDING:
-            raise WireError("request", f"{self.futures.pending} requests are queued; retry later", 429)
+        # Per tenant, so one tenant's flood (say, seq_ids far ahead that never get their turn) never
+        # refuses another's requests.
+        queued = self.futures.pending_of(tenant)
+        if queued >= REFUSE_AT_PENDING:
+            raise WireError("request", f"{queued} requests of yours are queued; retry later", 429)
         assert self._tasks is not None, "TinkerService.run is not running"
         future = self.futures.create(tenant, model_id)
         self._tasks.start_soon(self.futures.complete, future, work)
@@ -197,10 +207,23 @@ class TinkerService:
     # -- training clients --------------------------------------------------------------------------
 
     def model(self, model_id: str, owner: Grant) -> TrainingModel:
-        model = self.models.get(model_id)
-        if model is None or model.policy.split("/", 1)[0] != owner.tenant:
+        model = self._owned_model(model_id, owner)
+        if model is None:
             raise WireError("model_id", f"no training client {model_id!r}", 404)
         return model
+
+    def _owned_model(self, model_id: str, owner: Grant) -> TrainingModel | None:
+        """The caller's training client `model_id`; another tenant's is as good as missing."""
+        model = self.models.get(model_id)
+        return model if model is not None and model.policy.split("/", 1)[0] == owner.tenant else None
+
+    def _creating(self, model_id: str, owner: Grant) -> anyio.Event:
+        """Mark `model_id` as being created (get_info waits for it); set the event when done."""
+        if model_id in self.models or model_id in self.created:
+            raise WireError("model_seq_id", f"{model_id!r} already exists")
+        done = anyio.Event()
+        self.created[model_id] = (owner.tenant, done)
+        return done
 
     def _policy_for(
         self,
@@ -240,10 +263,8 @@ class TinkerService:
         if not (lora.train_attn or lora.train_mlp or lora.train_unembed):
             raise WireError("lora_config", "train_attn, train_mlp and train_unembed are all false")
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
-        if model_id in self.models or model_id in self.created:
-            raise WireError("model_seq_id", f"{model_id!r} already exists")
         policy = self._policy_for(owner, model_id, body.user_metadata, body.base_model)
-        self.created[model_id] = anyio.Event()
+        created = self._creating(model_id, owner)
 
         async def create() -> dict[str, Any]:
             try:
@@ -258,7 +279,8 @@ class TinkerService:
                     None,
                 )
             finally:
-                self.created.pop(model_id).set()
+                del self.created[model_id]
+                created.set()
             return {"model_id": model.model_id, "type": "create_model"}
 
         return self.submit(owner.tenant, create, model_id)
@@ -329,9 +351,9 @@ class TinkerService:
             catalog.close()
 
     async def info(self, model_id: str, owner: Grant) -> dict[str, Any]:
-        pending = self.created.get(model_id)
-        if pending is not None:
-            await pending.wait()
+        tenant, created = self.created.get(model_id, ("", None))
+        if created is not None and tenant == owner.tenant:
+            await created.wait()
         model = self.model(model_id, owner)
         directory = str(model.base.directory)  # the tokenizer loads from it offline
         return {
@@ -358,25 +380,44 @@ class TinkerService:
 
         return self.submit(owner.tenant, in_turn, model.model_id)
 
-    def refused(self, model_id: str, seq_id: int) -> None:
-        """A training request refused before it was queued: later seq_ids must not wait for it."""
-        model = self.models.get(model_id)
+    def refused(self, owner: Grant, model_id: str, seq_id: int) -> None:
+        """A training request refused before it was queued: later seq_ids must not wait for it. Only
+        the caller's own training client is touched: another tenant cannot spend its turns."""
+        model = self._owned_model(model_id, owner)
         if model is not None:
             model.gate.skip(seq_id)
 
     def forward_backward(self, owner: Grant, request: Sequenced[ForwardBackwardInput]) -> Future:
+        self._check_batch(self.model(request.model_id, owner), request.work)
+
         async def run(model: TrainingModel) -> ForwardBackwardResult:
             outputs, metrics = await self.on_base(model.base, lambda: model.forward_backward(request.work))
             return ForwardBackwardResult(outputs, metrics)
 
         return self._ordered(request, owner, run)
 
+    def _check_batch(self, model: TrainingModel, work: ForwardBackwardInput) -> None:
+        """What the base can take: each datum within its context and vocabulary, the padded batch
+        within MAX_BATCH_POSITIONS."""
+        base_id = model.base.base_id
+        context, vocab = self.context_length(base_id), self.vocab_size(base_id)
+        longest = max(len(d.tokens) for d in work.data)
+        if len(work.data) * longest > MAX_BATCH_POSITIONS:
+            raise WireError(
+                "data",
+                f"{len(work.data)} datums of up to {longest} tokens exceed {MAX_BATCH_POSITIONS} positions"
+                " per request: send fewer at a time",
+            )
+        for row, datum in enumerate(work.data):
+            if len(datum.tokens) > context:
+                raise WireError(
+                    f"data[{row}].model_input", f"{len(datum.tokens)} tokens; {base_id!r} takes {context}"
+                )
+            check_token_ids(datum.tokens, vocab, f"data[{row}].model_input")
+            check_token_ids(datum.inputs["target_tokens"], vocab, f"data[{row}].loss_fn_inputs.target_tokens")
+
     def optim_step(self, owner: Grant, request: Sequenced[AdamParams]) -> Future:
         adam = request.work
-        if adam.learning_rate < 0:
-            raise WireError("adam_params.learning_rate", "must be >= 0")
-        if not (0 <= adam.beta1 < 1 and 0 <= adam.beta2 < 1):
-            raise WireError("adam_params.beta1", "beta1 and beta2 must be in [0, 1)")
 
         async def run(model: TrainingModel) -> dict[str, Any]:
             metrics, loss = await self.on_base(model.base, lambda: model.optim_step(adam))
@@ -514,6 +555,8 @@ class TinkerService:
         return path, info
 
     def load_weights(self, owner: Grant, body: LoadWeights) -> Future:
+        if body.model_id is not None and body.seq_id is None:
+            raise WireError("seq_id", "required with model_id")
         path, info = self._owned_checkpoint(body.path, owner)
         if body.optimizer and not info.with_optimizer:
             raise WireError("optimizer", f"{body.path} holds no optimizer state (a sampler checkpoint)")
@@ -528,8 +571,8 @@ class TinkerService:
             if body.optimizer:
                 self.checkpoints.restore_optimizer(path, model.optimizer)
 
-        if body.model_id is not None:
-            request: Sequenced[None] = Sequenced(body.model_id, body.seq_id or 0, None)
+        if body.model_id is not None and body.seq_id is not None:
+            request: Sequenced[None] = Sequenced(body.model_id, body.seq_id, None)
 
             async def into(model: TrainingModel) -> dict[str, Any]:
                 await self.on_base(model.base, lambda: load(model))
@@ -542,13 +585,11 @@ class TinkerService:
             )
         self.session(body.session_id, owner)
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
-        if model_id in self.models or model_id in self.created:
-            raise WireError("model_seq_id", f"{model_id!r} already exists")
         policy = self._policy_for(owner, model_id, body.user_metadata, info.base_id, info.policy)
         attention, mlp, unembed = (
             any(t in info.targets for t in group) for group in (ATTENTION, MLP, UNEMBED)
         )
-        self.created[model_id] = anyio.Event()
+        created = self._creating(model_id, owner)
 
         async def create() -> dict[str, Any]:
             try:
@@ -564,7 +605,8 @@ class TinkerService:
                 )
                 await self.on_base(model.base, lambda: load(model))
             finally:
-                self.created.pop(model_id).set()
+                del self.created[model_id]
+                created.set()
             return {"path": str(path), "model_id": model_id, "type": "load_weights"}
 
         return self.submit(owner.tenant, create, model_id)
@@ -630,13 +672,14 @@ class TinkerService:
 
     async def sample(self, owner: Grant, body: Sample) -> tuple[Future, list[str]]:
         sampler = self.sampler(body.sampling_session_id, owner)
-        if not 1 <= body.num_samples <= 128:
-            raise WireError("num_samples", f"must be in 1..128, got {body.num_samples}")
+        if not 1 <= body.num_samples <= MAX_SAMPLES:
+            raise WireError("num_samples", f"must be in 1..{MAX_SAMPLES}, got {body.num_samples}")
         if body.topk_prompt_logprobs:
             raise WireError("topk_prompt_logprobs", "top-k prompt logprobs are not supported")
         prompt = body.prompt.tokens("prompt")
         if not prompt:
             raise WireError("prompt", "empty")
+        check_token_ids(prompt, self.vocab_size(sampler.base_id), "prompt")
         generation = self._generation(
             body.sampling_params, body.num_samples, body.prompt_logprobs, len(prompt), sampler.base_id
         )
@@ -669,7 +712,12 @@ class TinkerService:
     def _generation(
         self, params: SamplingParamsBody, n: int, prompt_logprobs: bool, prompt_length: int, base_id: str
     ) -> Generation:
-        limit = self.context_length(base_id) - prompt_length
+        context = self.context_length(base_id)
+        if prompt_length >= context:
+            raise WireError(
+                "prompt", f"{prompt_length} tokens; {base_id!r} takes {context}, completion included"
+            )
+        limit = context - prompt_length
         max_tokens = params.max_tokens if params.max_tokens is not None else min(DEFAULT_MAX_TOKENS, limit)
         if not 0 <= max_tokens <= limit:
             raise WireError(

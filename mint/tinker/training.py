@@ -111,8 +111,6 @@ class TrainingModel:
         mask = torch.zeros_like(tokens)
         for row, datum in enumerate(work.data):
             target = np.asarray(datum.inputs["target_tokens"]).astype(np.int64).tolist()
-            base.check_tokens(datum.tokens, f"data[{row}].model_input")
-            base.check_tokens(target, f"data[{row}].loss_fn_inputs.target_tokens")
             tokens[row, : lengths[row]] = torch.tensor(datum.tokens)
             targets[row, : lengths[row]] = torch.tensor(target)
             mask[row, : lengths[row]] = 1

@@ -7,8 +7,12 @@ ignored, because both SDK generations send extras (telemetry ids, `type` tags).
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -16,6 +20,17 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
+
+INT64_MAX = 2**63 - 1
+# Every integer a body carries fits an int64 (what torch and numpy take); counts and ids start at 1.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=INT64_MAX)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+SeqId = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # int32, as the protobuf wire carries them
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Beta = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+MAX_JSON_DEPTH = 64  # no SDK body nests deeper; past this a too-deep body is refused (see decode)
+MAX_SCAN_TOKENS = 250_000  # what reading a too-deep body may cost (about 0.2 s), hostile ones included
 
 LOSS_FUNCTIONS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "stable_reinforce")
 # The RL losses read the sampler's logprobs and the advantages beside the targets.
@@ -35,6 +50,58 @@ class WireError(ValueError):
         self.status = status
 
 
+def check_token_ids(tokens: Sequence[int] | np.ndarray, vocab_size: int, field: str) -> None:
+    """Refuse token ids outside a base's vocabulary, naming the first."""
+    ids = np.asarray(tokens)
+    outside = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+    if outside.size:
+        raise WireError(field, f"token {ids[outside[0]]} is outside the vocabulary (0..{vocab_size - 1})")
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor as the wire gives it, before it is trusted: its values, declared shape and, for a
+    sparse (CSR) one, its row offsets and column indices. Nothing is allocated beyond what was sent
+    until `dense` has checked the declared shape against the data."""
+
+    values: np.ndarray
+    shape: list[int] | None
+    crow: np.ndarray | None = None
+    col: np.ndarray | None = None
+
+    def dense(self, field: str, size: int) -> np.ndarray:
+        """The flat tensor of one datum with `size` input tokens, or a WireError naming what is wrong."""
+        values, shape = self.values, self.shape
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise WireError(field, "holds NaN or infinite values")
+        if shape is not None and any(d < 0 for d in shape):
+            raise WireError(f"{field}.shape", f"{shape}: dimensions must be >= 0")
+        if self.crow is None:
+            if shape is not None and math.prod(shape) != values.size:
+                raise WireError(f"{field}.shape", f"{shape} does not hold {values.size} values")
+            if values.size != size:
+                raise WireError(field, f"has {values.size} values for {size} input tokens")
+            return values.reshape(-1)
+        crow, col = self.crow, self.col
+        if shape is None or len(shape) != 2 or col is None:
+            raise WireError(field, "a sparse tensor needs shape [rows, cols] and col indices")
+        rows, cols = shape
+        if rows * cols != size:
+            raise WireError(f"{field}.shape", f"{shape} holds {rows * cols} values for {size} input tokens")
+        if len(col) != values.size:
+            raise WireError(f"{field}.sparse_col_indices", f"{len(col)} indices for {values.size} values")
+        if len(crow) != rows + 1 or crow[0] != 0 or crow[-1] != len(col) or (np.diff(crow) < 0).any():
+            raise WireError(
+                f"{field}.sparse_crow_indices",
+                f"must be {rows + 1} non-decreasing row offsets from 0 to {len(col)}",
+            )
+        if len(col) and not (col.min() >= 0 and col.max() < cols):
+            raise WireError(f"{field}.sparse_col_indices", f"must be in 0..{cols - 1}")
+        full = np.zeros((rows, cols), dtype=values.dtype)
+        full[np.repeat(np.arange(rows), np.diff(crow)), col] = values
+        return full.reshape(-1)
+
+
 @dataclass(frozen=True)
 class Datum:
     """One training example: `tokens` (the model input), and per-position inputs of the same length
@@ -44,16 +111,16 @@ class Datum:
     inputs: dict[str, np.ndarray]
 
     @classmethod
-    def checked(cls, tokens: list[int], inputs: dict[str, np.ndarray], index: int) -> Datum:
+    def checked(cls, tokens: list[int], inputs: dict[str, RawTensor], index: int) -> Datum:
         if not tokens:
             raise WireError(f"data[{index}].model_input", "empty")
-        for name, values in inputs.items():
-            if values.reshape(-1).shape[0] != len(tokens):
-                raise WireError(
-                    f"data[{index}].loss_fn_inputs.{name}",
-                    f"has {values.size} values for {len(tokens)} input tokens",
-                )
-        return cls(tokens, {name: values.reshape(-1) for name, values in inputs.items()})
+        return cls(
+            tokens,
+            {
+                name: raw.dense(f"data[{index}].loss_fn_inputs.{name}", len(tokens))
+                for name, raw in inputs.items()
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +131,9 @@ class ForwardBackwardInput:
     forward_only: bool
 
     def check(self) -> None:
+        for key, value in self.config.items():
+            if not math.isfinite(value):
+                raise WireError(f"loss_fn_config.{key}", "must be a finite number")
         if self.loss_fn not in LOSS_INPUTS:
             raise WireError(
                 "loss_fn", f"{self.loss_fn!r} is not supported (supported: {', '.join(LOSS_FUNCTIONS)})"
@@ -103,8 +173,8 @@ class SessionRef(Body, kw_only=True):
 
 
 class LoraConfigBody(Body, kw_only=True):
-    rank: int = 32
-    seed: int | None = None
+    rank: Int64 = 32
+    seed: Int64 | None = None
     train_unembed: bool = True
     train_mlp: bool = True
     train_attn: bool = True
@@ -112,7 +182,7 @@ class LoraConfigBody(Body, kw_only=True):
 
 class CreateModel(Body, kw_only=True):
     session_id: str
-    model_seq_id: int = 0
+    model_seq_id: Count = 0
     base_model: str
     lora_config: LoraConfigBody = msgspec.field(default_factory=LoraConfigBody)
     user_metadata: dict[str, Any] | None = None
@@ -125,27 +195,30 @@ class ModelRef(Body, kw_only=True):
 class TensorBody(Body, kw_only=True):
     data: list[float]
     dtype: Literal["int64", "float32", "int32", "bfloat16"] = "float32"
-    shape: list[int] | None = None
-    sparse_crow_indices: list[int] | None = None
-    sparse_col_indices: list[int] | None = None
+    shape: list[Int64] | None = None
+    sparse_crow_indices: list[Int64] | None = None
+    sparse_col_indices: list[Int64] | None = None
 
-    def array(self, name: str) -> np.ndarray:
-        values = np.asarray(self.data, dtype=np.int64 if self.dtype in ("int64", "int32") else np.float32)
-        if self.sparse_crow_indices is None:
-            return values
-        if self.shape is None or len(self.shape) != 2 or self.sparse_col_indices is None:
-            raise WireError(
-                f"loss_fn_inputs.{name}", "a sparse tensor needs shape [rows, cols] and col indices"
-            )
-        full = np.zeros(self.shape, dtype=values.dtype)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.sparse_crow_indices))
-        full[rows, self.sparse_col_indices] = values
-        return full
+    def raw(self, field: str) -> RawTensor:
+        values = np.asarray(self.data, dtype=np.float64)
+        if self.dtype in ("int64", "int32"):
+            if not (np.isfinite(values) & (values == np.trunc(values)) & (np.abs(values) < 2**63)).all():
+                raise WireError(field, f"dtype {self.dtype} holds integers only")
+            values = values.astype(np.int64)
+        else:
+            values = values.astype(np.float32)  # beyond float32's range is infinite: refused by `dense`
+        crow, col = self.sparse_crow_indices, self.sparse_col_indices
+        return RawTensor(
+            values,
+            self.shape,
+            None if crow is None else np.asarray(crow, dtype=np.int64),
+            None if col is None else np.asarray(col, dtype=np.int64),
+        )
 
 
 class ChunkBody(Body, kw_only=True):
     type: str = "encoded_text"
-    tokens: list[int] = []
+    tokens: list[TokenId] = []
 
 
 class ModelInputBody(Body, kw_only=True):
@@ -176,7 +249,7 @@ class ForwardBackwardInputBody(Body, kw_only=True):
         data = [
             Datum.checked(
                 d.model_input.tokens(f"data[{i}].model_input"),
-                {name: t.array(name) for name, t in d.loss_fn_inputs.items()},
+                {name: t.raw(f"data[{i}].loss_fn_inputs.{name}") for name, t in d.loss_fn_inputs.items()},
                 i,
             )
             for i, d in enumerate(self.data)
@@ -188,43 +261,43 @@ class ForwardBackwardInputBody(Body, kw_only=True):
 
 class ForwardBackward(Body, kw_only=True):
     model_id: str
-    seq_id: int
+    seq_id: SeqId
     forward_backward_input: ForwardBackwardInputBody
 
 
 class Forward(Body, kw_only=True):
     model_id: str
-    seq_id: int
+    seq_id: SeqId
     forward_input: ForwardBackwardInputBody
 
 
 class AdamParams(Body, kw_only=True):
-    learning_rate: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-12
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0
+    learning_rate: NonNegative = 1e-4
+    beta1: Beta = 0.9
+    beta2: Beta = 0.95
+    eps: NonNegative = 1e-12
+    weight_decay: NonNegative = 0.0
+    grad_clip_norm: NonNegative = 0.0  # 0: no clipping
 
 
 class OptimStep(Body, kw_only=True):
     model_id: str
-    seq_id: int
+    seq_id: SeqId
     adam_params: AdamParams
 
 
 class SaveWeights(Body, kw_only=True):
     model_id: str
-    seq_id: int
+    seq_id: SeqId
     path: str | None = None
     overwrite: bool = False
 
 
 class SaveWeightsForSampler(Body, kw_only=True):
     model_id: str
-    seq_id: int
+    seq_id: SeqId
     path: str | None = None
-    sampling_session_seq_id: int | None = None
+    sampling_session_seq_id: Count | None = None
 
 
 class LoadWeights(Body, kw_only=True):
@@ -232,36 +305,36 @@ class LoadWeights(Body, kw_only=True):
     optimizer: bool = False
     # Either an existing model and its seq_id, or (0.38's create-via-load) a session and a new model.
     model_id: str | None = None
-    seq_id: int | None = None
+    seq_id: SeqId | None = None
     session_id: str | None = None
-    model_seq_id: int | None = None
+    model_seq_id: Count | None = None
     user_metadata: dict[str, Any] | None = None
 
 
 class CreateSamplingSession(Body, kw_only=True):
     session_id: str
-    sampling_session_seq_id: int = 0
+    sampling_session_seq_id: Count = 0
     model_path: str | None = None
     base_model: str | None = None
 
 
 class SamplingParamsBody(Body, kw_only=True):
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: str | list[str | int] | None = None
+    max_tokens: Int64 | None = None
+    seed: Int64 | None = None
+    stop: str | list[str | Int64] | None = None
     temperature: float = 1.0
-    top_k: int = -1
+    top_k: Int64 = -1
     top_p: float = 1.0
 
 
 class Sample(Body, kw_only=True):
     sampling_session_id: str
-    seq_id: int = 0
-    num_samples: int = 1
+    seq_id: Int64 = 0
+    num_samples: Int64 = 1
     prompt: ModelInputBody
     sampling_params: SamplingParamsBody
     prompt_logprobs: bool = False
-    topk_prompt_logprobs: int = 0
+    topk_prompt_logprobs: Int64 = 0
 
 
 class RetrieveFuture(Body, kw_only=True):
@@ -271,6 +344,13 @@ class RetrieveFuture(Body, kw_only=True):
 
 class WeightsInfo(Body, kw_only=True):
     tinker_path: str
+
+
+class SequencedRef(Body, kw_only=True):
+    """What a training request's body must hold for its seq_id to be given up when it is refused."""
+
+    model_id: str
+    seq_id: SeqId
 
 
 def decode(body: bytes, kind: type[T]) -> T:
@@ -283,3 +363,72 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise WireError(field, message.split(" - at ")[0]) from None
     except msgspec.DecodeError as exc:
         raise WireError("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec gives up near Python's recursion limit; name where the body passes our own limit.
+        raise WireError(_deep_path(body), f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+
+
+def sequence_ids(body: bytes) -> tuple[str, int] | None:
+    """(model_id, seq_id) of a refused JSON training request, however malformed the rest of it is."""
+    try:
+        ref = msgspec.json.decode(body, type=SequencedRef)
+    except RecursionError:
+        top_level = _top_level(body)
+        return None if top_level is None else sequence_ids(top_level)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return ref.model_id, ref.seq_id
+
+
+# A JSON string (escapes included), a bracket, a colon, or a run of anything else (scalars and the
+# commas between them, counted at once: a long array of numbers costs one token).
+_STRING = rb'"(?:[^"\\]|\\.)*"'
+_PLACE_TOKEN = re.compile(_STRING + rb'|[\[\]{}:]|[^"\[\]{}:]+')
+_NESTING_TOKEN = re.compile(_STRING + rb"|[\[\]{}]")
+
+
+def _deep_path(body: bytes) -> str:
+    """Where a body first nests deeper than MAX_JSON_DEPTH, as msgspec names places (`a.b[0]`); just
+    "body" if that is not within MAX_SCAN_TOKENS."""
+    place: list[str | int] = []  # per open container: the key (object) or index (array) being read
+    key = ""
+    for token in itertools.islice(_PLACE_TOKEN.finditer(body), MAX_SCAN_TOKENS):
+        text = token[0]
+        if text in (b"[", b"{"):
+            if len(place) == MAX_JSON_DEPTH:
+                return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in place).lstrip(".")
+            place.append(0 if text == b"[" else "")
+        elif text in (b"]", b"}"):
+            if place:
+                place.pop()
+        elif text == b":":
+            if place and isinstance(place[-1], str):
+                place[-1] = key
+        elif text.startswith(b'"'):
+            key = text[1:-1].decode(errors="replace")
+        elif place and isinstance(place[-1], int):
+            place[-1] += text.count(b",")
+    return "body"
+
+
+def _top_level(body: bytes) -> bytes | None:
+    """The body with every container inside the outermost one replaced by null: its top-level
+    fields, which are all a refused request needs to give its turn up. None past MAX_SCAN_TOKENS
+    (such a body costs only its own client its turn)."""
+    kept: list[bytes] = []
+    depth, resume = 0, 0
+    for read, token in enumerate(_NESTING_TOKEN.finditer(body), 1):
+        if read > MAX_SCAN_TOKENS:
+            return None
+        text = token[0]
+        if text in (b"[", b"{"):
+            depth += 1
+            if depth == 2:
+                kept.append(body[resume : token.start()])
+        elif text in (b"]", b"}"):
+            depth -= 1
+            if depth == 1:
+                kept.append(b"null")
+                resume = token.end()
+    kept.append(body[resume:])
+    return b"".join(kept)
