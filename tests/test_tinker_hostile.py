@@ -217,7 +217,9 @@ async def test_hostile_training_bodies_get_a_400_naming_the_field_and_give_their
             assert (await result(http, pending))["metrics"]["loss:sum"] > 0
 
 
-async def test_hostile_bodies_elsewhere_get_a_4xx_naming_the_field(tmp_path: Path) -> None:
+async def test_hostile_bodies_elsewhere_get_a_4xx_naming_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with tinker_server(Home(tmp_path)) as server:
         key = server.tokens.issue("acme", ["trainer"]).secret
         async with httpx.AsyncClient(base_url=server.url + "/api/v1", headers={"X-API-Key": key}) as http:
@@ -231,6 +233,11 @@ async def test_hostile_bodies_elsewhere_get_a_4xx_naming_the_field(tmp_path: Pat
                 ({**create, "model_seq_id": -1}, "model_seq_id"),
             ]:
                 refused(await http.post("/create_model", json=body), 400, field)
+            # A create_model refused for capacity (429) leaves nothing behind: its retry creates it.
+            monkeypatch.setattr("mint.tinker.service.REFUSE_AT_PENDING", 0)
+            refused(await http.post("/create_model", json=create), 429, "request")
+            monkeypatch.undo()
+            assert "model_id" in await result(http, await http.post("/create_model", json=create))
             for path in ("tinker://../weights/x", "tinker://./weights/x", "tinker://a/b/c/d"):
                 refused(await http.post("/weights_info", json={"tinker_path": path}), 400, "tinker_path")
             sampler = await http.post("/create_sampling_session", json=create)

@@ -217,13 +217,23 @@ class TinkerService:
         model = self.models.get(model_id)
         return model if model is not None and model.policy.split("/", 1)[0] == owner.tenant else None
 
-    def _creating(self, model_id: str, owner: Grant) -> anyio.Event:
-        """Mark `model_id` as being created (get_info waits for it); set the event when done."""
+    def _create(self, owner: Grant, model_id: str, build: Callable[[], Awaitable[dict[str, Any]]]) -> Future:
+        """A future creating training client `model_id` by `build()`; get_info waits for it meanwhile.
+        It is marked as being created only once submitted (a 429 leaves nothing behind)."""
         if model_id in self.models or model_id in self.created:
             raise WireError("model_seq_id", f"{model_id!r} already exists")
         done = anyio.Event()
-        self.created[model_id] = (owner.tenant, done)
-        return done
+
+        async def create() -> dict[str, Any]:
+            try:
+                return await build()
+            finally:
+                del self.created[model_id]
+                done.set()
+
+        future = self.submit(owner.tenant, create, model_id)
+        self.created[model_id] = (owner.tenant, done)  # before `create` can start: no await between
+        return future
 
     def _policy_for(
         self,
@@ -264,26 +274,21 @@ class TinkerService:
             raise WireError("lora_config", "train_attn, train_mlp and train_unembed are all false")
         model_id = f"{body.session_id}:train:{body.model_seq_id}"
         policy = self._policy_for(owner, model_id, body.user_metadata, body.base_model)
-        created = self._creating(model_id, owner)
 
         async def create() -> dict[str, Any]:
-            try:
-                model = await self._new_model(
-                    model_id,
-                    body.session_id,
-                    policy,
-                    body.base_model,
-                    lora.rank,
-                    (lora.train_attn, lora.train_mlp, lora.train_unembed),
-                    lora.seed or 0,
-                    None,
-                )
-            finally:
-                del self.created[model_id]
-                created.set()
+            model = await self._new_model(
+                model_id,
+                body.session_id,
+                policy,
+                body.base_model,
+                lora.rank,
+                (lora.train_attn, lora.train_mlp, lora.train_unembed),
+                lora.seed or 0,
+                None,
+            )
             return {"model_id": model.model_id, "type": "create_model"}
 
-        return self.submit(owner.tenant, create, model_id)
+        return self._create(owner, model_id, create)
 
     async def _new_model(
         self,
@@ -589,27 +594,22 @@ class TinkerService:
         attention, mlp, unembed = (
             any(t in info.targets for t in group) for group in (ATTENTION, MLP, UNEMBED)
         )
-        created = self._creating(model_id, owner)
 
         async def create() -> dict[str, Any]:
-            try:
-                model = await self._new_model(
-                    model_id,
-                    body.session_id or "",
-                    policy,
-                    info.base_id,
-                    info.rank,
-                    (attention, mlp, unembed),
-                    0,
-                    path,
-                )
-                await self.on_base(model.base, lambda: load(model))
-            finally:
-                del self.created[model_id]
-                created.set()
+            model = await self._new_model(
+                model_id,
+                body.session_id or "",
+                policy,
+                info.base_id,
+                info.rank,
+                (attention, mlp, unembed),
+                0,
+                path,
+            )
+            await self.on_base(model.base, lambda: load(model))
             return {"path": str(path), "model_id": model_id, "type": "load_weights"}
 
-        return self.submit(owner.tenant, create, model_id)
+        return self._create(owner, model_id, create)
 
     def weights_info(self, owner: Grant, raw: str) -> dict[str, Any]:
         _, info = self._owned_checkpoint(raw, owner, "tinker_path")

@@ -205,8 +205,10 @@ class TensorBody(Body, kw_only=True):
             if not (np.isfinite(values) & (values == np.trunc(values)) & (np.abs(values) < 2**63)).all():
                 raise WireError(field, f"dtype {self.dtype} holds integers only")
             values = values.astype(np.int64)
+        elif (np.abs(values) > np.finfo(np.float32).max).any():
+            raise WireError(field, f"dtype {self.dtype} holds values up to 3.4e38 only")
         else:
-            values = values.astype(np.float32)  # beyond float32's range is infinite: refused by `dense`
+            values = values.astype(np.float32)
         crow, col = self.sparse_crow_indices, self.sparse_col_indices
         return RawTensor(
             values,
