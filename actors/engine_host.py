@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from actors.faults import NO_FAULTS, Faults
-from actors.runtime import StoreActor
+from actors.runtime import Batch, StoreActor
 from events.envelope import Record
 from events.log import EventLog
 from events.names import parse_model_ref
@@ -107,10 +107,9 @@ class EngineHost(StoreActor):
             tg.start_soon(self._report_demand, log)
             await super().run(log, task_status=task_status)
 
-    def open_store(self, log: EventLog) -> ProjectionStore:
-        self._store = super().open_store(log)
-        self._reconcile = self._reconciliation(self._store)
-        return self._store
+    def opened(self, store: ProjectionStore) -> None:
+        self._store = store
+        self._reconcile = self._reconciliation(store)
 
     def _reconciliation(self, store: ProjectionStore) -> list[Record]:
         """After a restart the log may say this engine holds adapters it no longer has (a process
@@ -132,10 +131,10 @@ class EngineHost(StoreActor):
                 )
         return facts
 
-    async def act(self, store: ProjectionStore) -> list[Record]:
+    async def act(self, batch: Batch, store: ProjectionStore) -> list[Record]:
         out: list[Record] = self._reconcile
         self._reconcile = []
-        for record in self.seen:
+        for record in batch.records:
             if isinstance(record, WavePlanned) and record.engine == self.engine_id:
                 out += await self._execute(record, store)
         return out

@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from actors.faults import NO_FAULTS, Faults, InjectedCrash
-from actors.runtime import StoreActor
+from actors.runtime import Batch, StoreActor
 from events.catalog import CommandRejected, Rollback
 from events.envelope import Record
 from events.evaluation import EvaluationCompleted, EvaluationFailed, RequestEvaluation
@@ -157,10 +157,12 @@ class EvaluatorActor(StoreActor):
             self._engines[base_id] = engine
         return self._engines[base_id]
 
-    async def act(self, store: ProjectionStore) -> list[Record]:
+    async def act(self, batch: Batch, store: ProjectionStore) -> list[Record]:
+        # A command was decided once, in on_record: what it did not refuse, it evaluates now.
+        refused = {f.command_id for f in batch.decided if isinstance(f, CommandRejected)}
         out: list[Record] = []
-        for record in self.seen:
-            if isinstance(record, RequestEvaluation) and self._refusal(record, store) is None:
+        for record in batch.records:
+            if isinstance(record, RequestEvaluation) and record.id not in refused:
                 policy: PolicyRow = store.rows.get(POLICIES, record.policy)
                 suite = record.suite or (policy.gate.suite if policy.gate else "")
                 out.append(await self._evaluate(store, record, record.policy, record.revision, suite))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class StoreActor:
-    """Folds the log into its own store. Subclasses that decide override `on_record`."""
+    """Folds the log into its own store. Its hooks, each called by `run` at one point of a batch:
+    `opened` once the store is open, `on_record` per record (decide), `act` per batch (effects),
+    `committed` once the batch's facts are on the log and its state is committed."""
 
     batch_size = 2000
     decode_types: frozenset[str] = frozenset()
@@ -40,32 +42,36 @@ class StoreActor:
         self.path = path
         self.faults = faults
         self.progress = Progress()
-        self.seen: list[Record] = []
+
+    def opened(self, store: ProjectionStore) -> None:
+        """Called once the store is open (at start and after each restart), before any record."""
 
     def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
-        """Facts to append in answer to `record` (already folded). Projectors answer nothing."""
+        """Facts to append in answer to `record` (already folded). Projectors answer nothing. A
+        decision is a pure function of the record and the store: one that raises is a fault of that
+        record (it goes to the dead letters), never a reason to stop."""
         return []
 
-    async def act(self, store: ProjectionStore) -> list[Record]:
-        """Effects of this batch's records (`self.seen`) that need awaiting, like loading an adapter
-        a wave planned; returns the facts that report them. Runs after the records were folded and
-        before the checkpoint moves past them, so a crash repeats an effect rather than losing it:
-        effects must be idempotent, and their facts' ids derived from the records that asked."""
+    async def act(self, batch: Batch, store: ProjectionStore) -> list[Record]:
+        """Effects of this batch that need awaiting, like loading an adapter a wave planned; returns
+        the facts that report them. Runs after the records were folded and decided, and before the
+        checkpoint moves past them, so a crash repeats an effect rather than losing it: effects
+        must be idempotent, and their facts' ids derived from the records that asked."""
         return []
 
     def committed(self, facts: list[Record], store: ProjectionStore) -> None:
         """Called once a batch's facts are on the log and its state is committed: the moment an
         actor may start effects that those facts announce."""
 
-    def handle(self, batch: list[Stored], store: ProjectionStore) -> list[Record]:
-        """Fold a batch and decide; returns the facts to append before the store may commit. The
-        decoded records stay in `self.seen` for `act`."""
-        out: list[Record] = []
-        self.seen = []
-        for stored in batch:
+    def handle(self, stored_batch: list[Stored], store: ProjectionStore) -> Batch:
+        """Fold a batch and decide: its decoded records, and the facts to append before the store
+        may commit."""
+        batch = Batch()
+        out = batch.decided
+        for stored in stored_batch:
             record = store.apply(stored)
             if record is not None:
-                self.seen.append(record)
+                batch.records.append(record)
                 try:
                     decided = self.on_record(record, store)
                 except Exception as exc:  # a record that breaks the decider must not stop it: set it aside
@@ -75,7 +81,7 @@ class StoreActor:
                 for fact in decided:
                     store.apply_own(fact)
                 out.extend(decided)
-        return out
+        return batch
 
     def open_store(self, log: EventLog) -> ProjectionStore:
         # With a log that refuses duplicate ids there is no second copy to skip, and deciders fold
@@ -86,6 +92,7 @@ class StoreActor:
     async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         store = self.open_store(log)
         try:
+            self.opened(store)
             self.progress.update(store.position)
             async with log.subscribe(self.name, start=store.position) as mailbox:
                 task_status.started()
@@ -93,8 +100,8 @@ class StoreActor:
                     batch = await mailbox.next_batch(max_records=self.batch_size, timeout=1.0)
                     if not batch:
                         continue
-                    out = self.handle(batch, store)
-                    out += await self.act(store)
+                    handled = self.handle(batch, store)
+                    out = handled.decided + await self.act(handled, store)
                     self.faults.point(f"{self.name}: before append")
                     if out:
                         await log.append(out)  # record before effect: durable before we move on
@@ -106,6 +113,15 @@ class StoreActor:
                     await mailbox.commit(store.position)  # lag metrics only; the store is the truth
         finally:
             store.close()
+
+
+@dataclass
+class Batch:
+    """One batch as the actor saw it: the records it folded or decoded, in log order, and the facts
+    it decided in answer (already folded into its own store)."""
+
+    records: list[Record] = field(default_factory=list)
+    decided: list[Record] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

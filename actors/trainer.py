@@ -121,8 +121,7 @@ class TrainerActor(StoreActor):
                 if run is not None:
                     self._enqueue(run)
 
-    def open_store(self, log: EventLog) -> ProjectionStore:
-        store = super().open_store(log)
+    def opened(self, store: ProjectionStore) -> None:
         self._store = store
         for (data,) in store.query("SELECT data FROM runs WHERE status = 'running'"):
             run = RUNS.from_data(data)
@@ -130,13 +129,21 @@ class TrainerActor(StoreActor):
             # other writer (the walkthrough's script, a Tinker client) is not this actor's to train.
             if run.decided_by == SOURCE:
                 self._enqueue(run)
-        return store
 
     def _enqueue(self, run: RunRow) -> None:
         assert self._queue is not None
         self._queue.send_nowait(run)
 
     async def _work(self, log: EventLog, runs: MemoryObjectReceiveStream[RunRow]) -> None:
+        """Train the queued runs one after another, beside the actor loop rather than inside it: a run
+        outlives many batches, and the loop must keep deciding meanwhile. So the work appends its
+        facts itself, outside the batch's append-then-commit, which is safe because nothing the
+        trainer's store commits depends on them:
+        - they decide nothing: every id derives from (run, policy, step) or the run, so a repeat after
+          a crash is refused by the SQLite log or skipped by every fold on Kafka;
+        - record before effect still holds: a step's facts are durable before its checkpoint is
+          written, and an export's before the run is reported finished;
+        - the trainer's own state learns of them from the log, like every other reader's."""
         done: set[str] = set()
         async for run in runs:
             if run.run in done:

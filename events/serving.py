@@ -10,9 +10,9 @@ import msgspec
 from events.envelope import Command, Fact
 from events.names import Count, Name, PolicyName, RevisionId, Slots
 
-Tier = Literal["gpu", "cpu", "disk"]
+ResidencyTier = Literal["gpu", "cpu", "disk"]
 # Where a load found the adapter: the engine's host cache, the local disk cache, or the artifact store.
-Source = Literal["cpu", "disk", "store"]
+FoundIn = Literal["cpu", "disk", "store"]
 
 
 class ReportDemand(Command, kw_only=True, frozen=True):
@@ -60,9 +60,9 @@ class AdapterLoaded(Fact, kw_only=True, frozen=True):
     engine: Name
     policy: PolicyName
     revision: RevisionId
-    tier: Tier
+    tier: ResidencyTier
     ms: float
-    found_in: Source = "disk"
+    found_in: FoundIn = "disk"
 
 
 class AdapterLoadFailed(Fact, kw_only=True, frozen=True):
@@ -80,7 +80,7 @@ class AdapterEvicted(Fact, kw_only=True, frozen=True):
     engine: Name
     policy: PolicyName
     revision: RevisionId
-    tier: Tier
+    tier: ResidencyTier
 
 
 class EngineLost(Fact, kw_only=True, frozen=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.system import System, running
-from events.catalog import RegisterPolicy, RetirePolicy, Rollback
+from events.catalog import RetirePolicy, Rollback
 from events.sqlite_log import SqliteLog
 from mint.catalog.queries import Catalog
 from mint.home import Home
@@ -70,12 +70,6 @@ async def test_register_promote_rollback(system: System) -> None:
             "policy",
         ),
         ([register], lambda p: register(p), "already registered", "policy"),
-        (
-            [register],
-            lambda p: RegisterPolicy.create(policy=p, base_id="tiny", tenant="evil"),
-            "tenant 'evil'",
-            "tenant",
-        ),
         ([register, "retire"], lambda p: promote(p, "r1"), "is retired", "policy"),
     ],
 )

@@ -19,7 +19,8 @@ from mint.demo import SEARCH, SUPPORT, TRIAGE
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
     home = tmp_path_factory.mktemp("demo") / "home"
-    result = CliRunner().invoke(cli, ["demo", "--base", "tiny", "--exit", "--home", str(home)])
+    home.mkdir()  # an empty $MINT_HOME is the demo's home, as it is every other command's
+    result = CliRunner().invoke(cli, ["demo", "--base", "tiny", "--exit"], env={"MINT_HOME": str(home)})
     return home, result
 
 
@@ -87,3 +88,13 @@ def test_replaying_the_demo_log_rebuilds_the_same_catalog(demo: tuple[Path, Resu
     audit = CliRunner().invoke(cli, ["replay", "audit", SUPPORT, "--home", str(home)])
     assert audit.exit_code == 0, audit.output
     assert "RevisionRolledBack" in audit.output and "Rollback" in audit.output
+
+
+def test_the_demo_refuses_a_home_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    by_env = CliRunner().invoke(cli, ["demo", "--base", "tiny", "--exit"], env={"MINT_HOME": str(tmp_path)})
+    assert by_env.exit_code == 2
+    assert f"{tmp_path} ($MINT_HOME) is not an empty directory" in by_env.output and "--home" in by_env.output
+    by_option = CliRunner().invoke(cli, ["demo", "--base", "tiny", "--exit", "--home", str(tmp_path)])
+    assert by_option.exit_code == 2 and "(--home) is not an empty directory" in by_option.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], "nothing was written"

@@ -142,8 +142,8 @@ def test_a_command_that_breaks_its_decider_is_set_aside_and_the_next_is_decided(
     bad, good = register("acme/bad"), register("acme/good")
     actor = _Breaks(tmp_path / "breaks.db", bad.id)
     store = ProjectionStore(tmp_path / "breaks.db", CATALOG_FOLD, decode_types=actor.decode_types)
-    decided = actor.handle([_stored(bad, 0), _stored(good, 1)], store)
-    assert [type(f).__name__ for f in decided] == ["PolicyRegistered"]
+    batch = actor.handle([_stored(bad, 0), _stored(good, 1)], store)
+    assert [type(f).__name__ for f in batch.decided] == ["PolicyRegistered"]
     store.commit()
     (letter,) = dead_letters_of(tmp_path / "breaks.db")
     assert letter.id == bad.id and "deciding RegisterPolicy failed: KeyError" in letter.reason

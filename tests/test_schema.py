@@ -11,6 +11,9 @@ from events import codec
 from events.catalog import PolicyRegistered, Promote
 from events.codec import RecordError, UnknownRecord
 from events.schema import BY_NAME, CURRENT_VERSION, json_schema
+from events.serving import EngineRegistered
+from events.training import StartTraining, StepCompleted
+from tests.records import forged
 
 V1_BYTES = (Path(__file__).parent / "data" / "policy_registered_v1.json").read_bytes().strip()
 
@@ -73,3 +76,41 @@ def test_every_record_round_trips_and_is_published() -> None:
     for name in BY_NAME:
         assert f"v{CURRENT_VERSION[name]}" in schema["$defs"][name]["description"]
     json.dumps(schema)  # it is plain JSON
+
+
+def test_every_name_in_a_record_belongs_to_its_tenant() -> None:
+    """Tenancy is schema: a record crossing tenants does not decode, whoever wrote it."""
+    run = StartTraining.create(
+        run="globex/r", policies=["globex/p"], base_id="tiny", algo="sft", task="sft-repeat:x", steps=1
+    )
+    for changes, field in [
+        ({"policies": ["globex/p", "acme/support"]}, "policies"),
+        ({"tenant": "acme"}, "key"),
+        ({"policies": ["globex/p", "globex/p"]}, "policies"),
+    ]:
+        with pytest.raises(RecordError) as refused:
+            codec.validate(forged(run, **changes))
+        assert refused.value.field == field, refused.value
+    step = StepCompleted.create(run="globex/r", policy="globex/p1", step=1, loss=0.1)
+    with pytest.raises(RecordError, match="run: 'acme/r' belongs to another tenant than 'globex'"):
+        codec.validate(forged(step, run="acme/r"))
+    engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=1, cpu_slots=0)
+    with pytest.raises(RecordError, match="tenant: EngineRegistered belongs to '_system'"):
+        codec.validate(forged(engine, tenant="acme"))
+
+
+def test_integers_are_bounded_and_unknown_fields_refused() -> None:
+    run = StartTraining.create(
+        run="acme/r", policies=["acme/p"], base_id="tiny", algo="sft", task="sft-repeat:x", steps=1
+    )
+    for changes, field in [
+        ({"steps": 10**30}, "steps"),
+        ({"steps": 0}, "steps"),
+        ({"surprise": 1}, "surprise"),
+    ]:
+        with pytest.raises(RecordError) as refused:
+            codec.validate(forged(run, **changes))
+        assert refused.value.field == field, refused.value
+    nested = b'"config":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(RecordError, match="nested too deeply"):
+        codec.validate(codec.encode(run).replace(b'"config":{}', nested))

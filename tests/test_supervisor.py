@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from actors.faults import Faults
-from actors.runtime import Backoff, StoreActor, Supervisor
+from actors.runtime import Backoff, Batch, StoreActor, Supervisor
 from actors.system import running
 from events.envelope import Record
 from events.sqlite_log import SqliteLog
@@ -25,7 +25,9 @@ FAST = Backoff(first_s=0.001, max_s=0.01)
 
 
 class Flaky(StoreActor):
-    """Crashes on its first `failures` commands, like an actor whose dependency is briefly down."""
+    """Crashes in its first `failures` effects, like an actor whose dependency is briefly down. (A
+    decision that raises is the record's fault and goes to the dead letters; an effect that raises
+    is retried, by a restart.)"""
 
     decode_types = frozenset({"RegisterPolicy"})
 
@@ -33,8 +35,8 @@ class Flaky(StoreActor):
         super().__init__("flaky", CATALOG_FOLD, path)
         self.failures = failures
 
-    def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
-        if self.failures:
+    async def act(self, batch: Batch, store: ProjectionStore) -> list[Record]:
+        if batch.records and self.failures:
             self.failures -= 1
             raise ConnectionError("engine unreachable")
         return []

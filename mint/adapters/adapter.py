@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mint.bases.safetensors_file import RawTensor
+from mint.bases.safetensors_file import FileProblem, RawTensor
 
 Matrix = Literal["A", "B"]
 # The floating-point dtypes engines compute LoRA in; anything else (integers, fp8) is refused.
@@ -39,13 +39,8 @@ _UNSUPPORTED_FEATURES: dict[str, Any] = {
 }
 
 
-class AdapterError(ValueError):
+class AdapterError(FileProblem):
     """An adapter refused as bad input; `path` is the offending file, `problem` says what is wrong."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from mint.adapters.adapter import Adapter, AdapterError, LoraConfig
 from mint.adapters.peft_layout import adapter_sha256, refuse_pickle_files
 from mint.adapters.validate import check_against_base, check_structure
 from mint.bases.info import BaseInfo
-from mint.bases.safetensors_file import DTYPE_SIZES, RawTensor, byte_size
+from mint.bases.safetensors_file import RawTensor, byte_size, tensor_spec
 from mint.bases.staging import staged_directory
 
 INDEX_FILE = "adapter.index.json"
@@ -143,16 +143,11 @@ def check_data(directory: Path, index: PackedIndex, data: bytes | bytearray) -> 
 
 def _entry(path: Path, name: str, spec: object, data_bytes: int) -> PackedEntry:
     where = f"tensor {name!r}"
-    if not isinstance(spec, dict):
-        raise AdapterError(path, f"{where}: entry is not an object")
-    dtype, shape, offset = spec.get("dtype"), spec.get("shape"), spec.get("offset")
-    if dtype not in DTYPE_SIZES:
-        raise AdapterError(path, f"{where}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise AdapterError(path, f"{where}: shape {shape!r} is not a list of non-negative integers")
+    dtype, shape, fields = tensor_spec(path, name, spec, AdapterError)
+    offset = fields.get("offset")
     if type(offset) is not int or offset < 0 or offset % ALIGNMENT:
         raise AdapterError(path, f"{where}: offset {offset!r} is not a {ALIGNMENT}-byte aligned byte offset")
-    entry = PackedEntry(str(dtype), tuple(shape), offset)
+    entry = PackedEntry(dtype, shape, offset)
     if entry.offset + entry.nbytes > data_bytes:
         raise AdapterError(
             path, f"{where}: bytes {offset}..{offset + entry.nbytes} run past data_bytes {data_bytes}"

@@ -21,7 +21,7 @@ from mint.artifacts.store import (
     CHUNK_BYTES,
     ArtifactExists,
     ArtifactMissing,
-    Source,
+    Content,
     StoredArtifact,
     check_digest,
     open_source,
@@ -37,7 +37,7 @@ class LocalArtifactStore:
     def __repr__(self) -> str:
         return f"LocalArtifactStore({str(self.root)!r})"
 
-    async def put(self, key: str, source: Source) -> StoredArtifact:
+    async def put(self, key: str, source: Content) -> StoredArtifact:
         return await anyio.to_thread.run_sync(self._put, key, source)
 
     async def get(self, key: str, dest: Path, verify: str | None = None) -> Path:
@@ -52,7 +52,7 @@ class LocalArtifactStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _put(self, key: str, source: Source) -> StoredArtifact:
+    def _put(self, key: str, source: Content) -> StoredArtifact:
         final = self._path(key)
         with open_source(source) as stream, PendingFile(final, self.root / PARTIAL_DIR) as pending:
             while chunk := stream.read(CHUNK_BYTES):

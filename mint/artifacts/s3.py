@@ -28,7 +28,7 @@ from mint.artifacts.store import (
     CHUNK_BYTES,
     ArtifactExists,
     ArtifactMissing,
-    Source,
+    Content,
     StoredArtifact,
     check_digest,
     open_source,
@@ -79,7 +79,7 @@ class S3ArtifactStore:
     def __repr__(self) -> str:
         return f"S3ArtifactStore('s3://{self.bucket}/{self.prefix}')"
 
-    async def put(self, key: str, source: Source) -> StoredArtifact:
+    async def put(self, key: str, source: Content) -> StoredArtifact:
         check_key(key)
         with open_source(source) as stream:
             first = await self._read_part(stream)

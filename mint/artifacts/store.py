@@ -22,7 +22,7 @@ from mint.artifacts.keys import embedded_sha256
 # A put reads its source in chunks of this size, so a large artifact never sits in memory whole.
 CHUNK_BYTES = 1 << 20
 
-Source = bytes | Path | BinaryIO
+Content = bytes | Path | BinaryIO
 
 
 class ArtifactError(Exception):
@@ -53,7 +53,7 @@ class StoredArtifact:
 
 
 class ArtifactStore(Protocol):
-    async def put(self, key: str, source: Source) -> StoredArtifact: ...
+    async def put(self, key: str, source: Content) -> StoredArtifact: ...
 
     async def get(self, key: str, dest: Path, verify: str | None = None) -> Path:
         """Download to the file `dest` (replacing it), checked; returns `dest`."""
@@ -70,7 +70,7 @@ class ArtifactStore(Protocol):
 
 
 @contextmanager
-def open_source(source: Source) -> Iterator[BinaryIO]:
+def open_source(source: Content) -> Iterator[BinaryIO]:
     """A readable stream over any source; a caller's stream is left open for the caller to close."""
     if isinstance(source, bytes):
         yield io.BytesIO(source)

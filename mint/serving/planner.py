@@ -36,8 +36,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-Tier = Literal["gpu", "cpu"]
-Source = Literal["cpu", "store"]  # where a GPU load reads the adapter from
+SlotTier = Literal["gpu", "cpu"]
+LoadOrigin = Literal["cpu", "store"]  # where a GPU load reads the adapter from
 Destination = Literal["cpu", "gone"]  # where an evicted adapter goes ("gone": off the engine, in the store)
 
 
@@ -80,7 +80,7 @@ class CostModel(msgspec.Struct, frozen=True):
     cpu_ms_per_mib: float = 0.05
     default_mib: float = 16.0  # for an adapter whose size the caller did not give
 
-    def load_ms(self, source: Source, mib: float) -> float:
+    def load_ms(self, source: LoadOrigin, mib: float) -> float:
         if source == "store":
             return self.store_ms + self.store_ms_per_mib * mib
         return self.cpu_ms + self.cpu_ms_per_mib * mib
@@ -114,12 +114,12 @@ class EngineView(msgspec.Struct, frozen=True, kw_only=True):
 
 class Load(msgspec.Struct, frozen=True):
     ref: str
-    source: Source
+    source: LoadOrigin
 
 
 class Eviction(msgspec.Struct, frozen=True):
     ref: str
-    source: Tier
+    source: SlotTier
     to: Destination
 
 

@@ -30,9 +30,9 @@ from mint.serving.planner import (
     Demand,
     DemandConfig,
     EngineView,
+    LoadOrigin,
     PlannerConfig,
     Residency,
-    Source,
     Waiting,
     Wave,
     fold_demand,
@@ -432,7 +432,7 @@ class _Engine:
         else:
             self.warm += 1
 
-    def _seconds(self, ref: str, source: Source) -> float:
+    def _seconds(self, ref: str, source: LoadOrigin) -> float:
         return self.spec.cost.load_ms(source, self.sizes_mib.get(ref, self.spec.cost.default_mib)) / 1000
 
     def _transfer(self, start: float, duration: float) -> float:

@@ -21,7 +21,7 @@ from mint.training.sampling import sample, token_logprobs
 from mint.training.tasks import Task
 
 # MLP and lm_head matter on small bases: with attention alone a random tiny base cannot move its
-# output distribution enough for GRPO to find a signal (measured; see shared/ENVIRONMENT.md).
+# output distribution enough for GRPO to find a signal (measured; see docs/design.md).
 DEFAULT_TARGETS = ("q_proj", "v_proj", "up_proj", "down_proj", "lm_head")
 
 
