@@ -13,67 +13,21 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the [train] extra (torch)")
 
-from actors.runtime import Backoff
-from actors.system import System, running
+from actors.system import System
 from events.catalog import Promote, RegisterPolicy
 from events.serving import WavePlanned
-from events.sqlite_log import SqliteLog
-from events.training import RevisionExported
-from mint.adapters.peft_layout import encode_peft
-from mint.adapters.synthetic import random_adapter
 from mint.api.app import create_app
-from mint.artifacts.keys import adapter_key
 from mint.auth.tokens import TokenStore
-from mint.bases.info import read_base_info
-from mint.bases.tiny import create_tiny_base
 from mint.catalog.queries import Catalog
-from mint.home import Home
-from mint.serving.torch_engine import TorchEngine
 from tests.log_contract import read_all
-from tests.records import evaluated
+from tests.serving_system import export_unloadable, publish, ready, serving_system
 
 pytestmark = pytest.mark.anyio
 
 
-async def _publish(system: System, policy: str, revision: str, seed: int) -> str:
-    """Export a revision the way the trainer does: bytes in the store, a RevisionExported fact."""
-    info = read_base_info(system.home.base("tiny"))
-    adapter = random_adapter(
-        info, r=4, alpha=8.0, targets=("q_proj", "v_proj", "up_proj"), seed=seed, b_std=0.5
-    )
-    data = encode_peft(adapter)
-    stored = await system.artifacts.put(
-        adapter_key(policy, revision, __import__("hashlib").sha256(data).hexdigest()), data
-    )
-    await system.log.append(
-        [
-            RevisionExported.create(
-                policy=policy,
-                revision=revision,
-                base_id="tiny",
-                uri=stored.key,
-                sha256=stored.sha256,
-                bytes=stored.size,
-                rank=4,
-                alpha=8.0,
-                targets=["q_proj", "v_proj", "up_proj"],
-            ),
-            evaluated(policy, revision),
-        ]
-    )
-    return f"{policy}@{revision}"
-
-
 @pytest.fixture
 async def system(tmp_path: Path) -> AsyncIterator[System]:
-    home = Home(tmp_path)
-    create_tiny_base(home.base("tiny"), seed=0)
-    engine = TorchEngine(home.base("tiny"), slots=2)
-    async with (
-        SqliteLog(home.log, partitions=2) as log,
-        running(home, log, backoff=Backoff(0.001, 0.01), engines={"e1": engine}) as system,
-    ):
-        system.engines[0].load_deadline_s = 2.0
+    async with serving_system(tmp_path) as system:
         yield system
 
 
@@ -93,22 +47,10 @@ def client(system: System, tokens: TokenStore) -> httpx.AsyncClient:
     )
 
 
-async def _ready(system: System) -> tuple[str, str]:
-    await system.log.append([RegisterPolicy.create(policy="acme/a", base_id="tiny")])
-    r1 = await _publish(system, "acme/a", "r1", seed=1)
-    r2 = await _publish(system, "acme/a", "r2", seed=2)
-    await system.log.append([Promote.create(policy="acme/a", revision="r1")])
-    await system.log.append([WavePlanned.create(engine="e1", wave=1, load=[r1, r2], keep=[], evict=[])])
-    with anyio.fail_after(60):
-        await system.until(lambda: set(system.engines[0].engine.resident()) == {r1, r2})
-        await system.settle()
-    return r1, r2
-
-
 async def test_completions_follow_the_pointer_or_a_pinned_revision(
     system: System, client: httpx.AsyncClient
 ) -> None:
-    r1, r2 = await _ready(system)
+    r1, r2 = await ready(system)
     body = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 8, "temperature": 0}
     pointer = (await client.post("/v1/completions", json=body)).json()
     pinned_r1 = (await client.post("/v1/completions", json={**body, "model": r1})).json()
@@ -121,7 +63,7 @@ async def test_completions_follow_the_pointer_or_a_pinned_revision(
 
 
 async def test_chat_streams_server_sent_events(system: System, client: httpx.AsyncClient) -> None:
-    await _ready(system)
+    await ready(system)
     body = {
         "model": "acme/a",
         "messages": [{"role": "user", "content": "hi"}],
@@ -144,7 +86,7 @@ async def test_chat_streams_server_sent_events(system: System, client: httpx.Asy
 
 
 async def test_errors_name_the_model_or_the_field(system: System, client: httpx.AsyncClient) -> None:
-    await _ready(system)
+    await ready(system)
     unknown = await client.post("/v1/completions", json={"model": "acme/nope", "prompt": "x"})
     assert unknown.status_code == 404 and "acme/nope" in unknown.json()["error"]["message"]
     bad = await client.post("/v1/completions", json={"model": "acme/a", "prompt": "x", "max_tokens": "many"})
@@ -156,7 +98,7 @@ async def test_errors_name_the_model_or_the_field(system: System, client: httpx.
 async def test_tokens_gate_every_route_and_tenants_never_see_each_other(
     system: System, client: httpx.AsyncClient, tokens: TokenStore
 ) -> None:
-    await _ready(system)
+    await ready(system)
     body = {"model": "acme/a", "prompt": "x", "max_tokens": 2}
     anonymous = await client.post("/v1/completions", json=body, headers={"Authorization": ""})
     assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "authentication_error"
@@ -179,24 +121,8 @@ async def test_tokens_gate_every_route_and_tenants_never_see_each_other(
 async def test_an_adapter_that_cannot_load_fails_its_requests_with_retry_after(
     system: System, client: httpx.AsyncClient
 ) -> None:
-    await _ready(system)
-    missing = "adapters/acme/a/r3/" + "0" * 64 + "/adapter_model.safetensors"
-    await system.log.append(
-        [
-            RevisionExported.create(
-                policy="acme/a",
-                revision="r3",
-                base_id="tiny",
-                uri=missing,
-                sha256="0" * 64,
-                bytes=1,
-                rank=4,
-                alpha=8.0,
-                targets=["q_proj"],
-            )
-        ]
-    )
-    await system.settle()
+    await ready(system)
+    missing = await export_unloadable(system, "acme/a", "r3")
     cold = await client.post("/v1/completions", json={"model": "acme/a@r3", "prompt": "x", "max_tokens": 2})
     assert cold.status_code == 503 and cold.headers["retry-after"] == "1"
     assert "was not loaded within 2s" in cold.json()["error"]["message"]
@@ -210,8 +136,8 @@ async def test_the_scheduler_loads_what_requests_wait_for_and_follows_promotions
 ) -> None:
     system.engines[0].load_deadline_s = 30.0
     await system.log.append([RegisterPolicy.create(policy="acme/b", base_id="tiny")])
-    r1 = await _publish(system, "acme/b", "r1", seed=4)
-    r2 = await _publish(system, "acme/b", "r2", seed=5)
+    r1 = await publish(system, "acme/b", "r1", seed=4)
+    r2 = await publish(system, "acme/b", "r2", seed=5)
     await system.log.append([Promote.create(policy="acme/b", revision="r1")])
     await system.settle()
     assert system.engines[0].engine.resident() == []
@@ -237,7 +163,7 @@ async def test_the_scheduler_loads_what_requests_wait_for_and_follows_promotions
 
 async def test_a_prefetch_brings_the_adapter_local_before_its_wave(system: System) -> None:
     await system.log.append([RegisterPolicy.create(policy="acme/c", base_id="tiny")])
-    ref = await _publish(system, "acme/c", "r1", seed=6)
+    ref = await publish(system, "acme/c", "r1", seed=6)
     await system.log.append(
         [WavePlanned.create(engine="e1", wave=7, load=[], keep=[], evict=[], prefetch=[ref])]
     )

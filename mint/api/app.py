@@ -26,6 +26,8 @@ from mint.ingest import IngestLimits
 # The ingest routes refuse bodies over their own limit (IngestLimits.max_bytes); this one is for
 # every route, so it is never below that.
 DEFAULT_MAX_BODY_BYTES = IngestLimits().max_bytes
+# How long a drain waits for the requests it cancelled to answer (they answer at once).
+CUT_OFF_S = 1.0
 
 
 class BodyLimit:
@@ -131,9 +133,15 @@ def create_app(
 
 async def drain(app: Starlette, grace_s: float) -> int:
     """Begin a shutdown: /healthz fails and new inference is refused (503) from now on; the inference
-    in flight gets up to `grace_s` to finish. Returns how many requests are still running."""
+    in flight gets up to `grace_s` to finish, then what still runs is cancelled (its engines stop
+    decoding it; its client gets a 503, or an error event ending its stream). Returns how many
+    requests outlived the grace."""
     admission: Admission = app.state.admission
     admission.draining = True
     with anyio.move_on_after(grace_s):
-        await admission.in_flight.drained()
-    return admission.in_flight.total()
+        await admission.in_flight.until_total(0)
+    left = admission.in_flight.total()
+    admission.cut_off.set()
+    with anyio.move_on_after(CUT_OFF_S):
+        await admission.in_flight.until_total(0)
+    return left

@@ -42,29 +42,32 @@ class InFlight:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
-        self._changed = anyio.Event()  # set (and replaced) each time a request leaves
+        self._changed = anyio.Event()  # set (and replaced) each time a request enters or leaves
 
     def enter(self, key: str) -> Callable[[], None]:
         """Count one request; the returned callable uncounts it (once, however often it is called)."""
-        self.counts[key] += 1
+        self._count(key, +1)
         done = False
 
         def leave() -> None:
             nonlocal done
             if not done:
                 done = True
-                self.counts[key] -= 1
-                self._changed.set()
-                self._changed = anyio.Event()
+                self._count(key, -1)
 
         return leave
+
+    def _count(self, key: str, change: int) -> None:
+        self.counts[key] += change
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def total(self) -> int:
         return sum(self.counts.values())
 
-    async def drained(self) -> None:
-        """Return once no request is in flight (what a shutdown waits for, within its grace)."""
-        while self.total():
+    async def until_total(self, total: int) -> None:
+        """Return once exactly `total` requests are in flight (0: what a shutdown waits for)."""
+        while self.total() != total:
             await self._changed.wait()
 
     def snapshot(self) -> dict[str, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -79,6 +79,7 @@ class Admission:
         # The ingest routes' token bucket, counting requests instead of records.
         self.rate = RateLimiter(IngestLimits(records_per_s=limits.requests_per_s, burst=limits.burst))
         self.draining = False
+        self.cut_off = anyio.Event()  # set when a drain's grace is over: what still runs is cancelled
 
     def admit(self, token_id: str) -> Callable[[], None]:
         """Count a request of `token_id` (the returned callable ends it), or refuse it (ApiError)."""
@@ -210,20 +211,37 @@ def _errors(exc: Exception, prompt_field: str) -> ApiError | AuthError:
     raise exc
 
 
-async def _until_disconnected(request: Request, scope: anyio.CancelScope) -> None:
-    # Called once the body is read: what the server delivers next is the client's disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
+def _shut_down() -> ApiError:
+    return ApiError(
+        503,
+        "the server shut down before this request finished: retry",
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
 
 
-async def _unless_gone(request: Request, work: Callable[[], Awaitable[T]]) -> T:
-    """`work`'s result, or ClientGone if the client disconnects first: the disconnect cancels `work`
-    (and with it the generation it awaits), so a request nobody waits for holds no engine row."""
+async def _attended(request: Request, cut_off: anyio.Event, work: Callable[[], Awaitable[T]]) -> T:
+    """`work`'s result, unless the client disconnects first (ClientGone) or a drain's grace ends
+    (ApiError 503): either cancels `work` and the generation it awaits, so a request nobody waits
+    for holds no engine row."""
     done: list[T] = []
     failed: list[Exception] = []
+    stopped: list[Exception] = []
+
+    async def until_disconnected() -> None:
+        # Called once the body is read: what the server delivers next is the client's disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        stopped.append(ClientGone())
+        tg.cancel_scope.cancel()
+
+    async def until_cut_off() -> None:
+        await cut_off.wait()
+        stopped.append(_shut_down())
+        tg.cancel_scope.cancel()
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_until_disconnected, request, tg.cancel_scope)
+        tg.start_soon(until_disconnected)
+        tg.start_soon(until_cut_off)
         try:
             done.append(await work())
         except Exception as exc:  # re-raised as itself below, not wrapped in the task group's group
@@ -232,7 +250,7 @@ async def _unless_gone(request: Request, work: Callable[[], Awaitable[T]]) -> T:
     if failed:
         raise failed[0]
     if not done:
-        raise ClientGone()
+        raise stopped[0]
     return done[0]
 
 
@@ -248,7 +266,7 @@ async def _collect(first: Delta, stream: AsyncIterator[Delta], host: EngineHost,
 class _Streamed(StreamingResponse):
     """Server-sent events that close the generation and end the request's accounting however the
     stream ends: a client that leaves mid-stream stops its generation at once, not when the
-    abandoned generators are collected."""
+    abandoned generators are collected; a drain's grace ending stops it with an error event."""
 
     def __init__(
         self,
@@ -256,14 +274,37 @@ class _Streamed(StreamingResponse):
         generation: AsyncGenerator[Delta, None],
         leave: Callable[[], None],
         headers: dict[str, str],
+        cut_off: anyio.Event,
     ) -> None:
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self._closing = (events, generation)
         self._leave = leave
+        self._cut_off = cut_off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cut = started = False
+
+        async def until_cut_off() -> None:
+            nonlocal cut
+            await self._cut_off.wait()
+            cut = True
+            tg.cancel_scope.cancel()
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(until_cut_off)
+                await super().__call__(scope, receive, tracked)
+                tg.cancel_scope.cancel()
+            if cut and started:  # end the stream in words, as an error event
+                error = b"data: " + _shut_down().response().body + b"\n\n"
+                await send({"type": "http.response.body", "body": error})
+            elif cut:
+                await _shut_down().response()(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
                 for generator in self._closing:
@@ -316,23 +357,28 @@ def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], admission: A
             ref = host.resolve(body.model)  # pinned here, so the header names what really answered
             leave_engine = admission.in_flight.enter(host.engine_id)
             started = generation = host.generate(ref, prompt, params)
-            first = await _unless_gone(request, lambda: anext(generation))
-        except Exception as exc:
+            first = await _attended(request, admission.cut_off, lambda: anext(generation))
+        except BaseException as exc:  # cancelled too (a shutdown past its grace): it leaves the counts
             leave()
             if started is not None:
-                await started.aclose()
+                with anyio.CancelScope(shield=True):
+                    await started.aclose()
             if isinstance(exc, ClientGone):
                 return Response(status_code=499)  # nobody reads it: the status is for the access log
-            return _errors(exc, prompt_field).response()
+            if isinstance(exc, Exception):
+                return _errors(exc, prompt_field).response()
+            raise
         answered = {"x-mint-revision": ref}
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
             events = _sse(ident, created, body.model, chat, first, generation)
-            return _Streamed(events, generation, leave, answered)
+            return _Streamed(events, generation, leave, answered, admission.cut_off)
         try:
             async with aclosing(generation):
-                out = await _unless_gone(request, lambda: _collect(first, generation, host, prompt))
+                out = await _attended(
+                    request, admission.cut_off, lambda: _collect(first, generation, host, prompt)
+                )
         except ClientGone:
             return Response(status_code=499)
         except Exception as exc:
