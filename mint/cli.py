@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -24,6 +25,9 @@ from mint.commands.up import up
 @click.option("-v", "--verbose", is_flag=True, help="Log actor activity to stderr.")
 def cli(verbose: bool) -> None:
     """MinT: many LoRA policies over a few resident bases, as an event-sourced actor system."""
+    # stdout is for what a command answers (`--json`: one object); vLLM logs to stdout unless told,
+    # and its engine processes inherit this. Our own and transformers' logs go to stderr already.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
+import sys
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,8 @@ import click
 from mint.commands.common import run
 
 
-def _report(name: str, results: dict[str, float], as_json: bool) -> None:
+def _report(name: str, results: Results, as_json: bool) -> None:
+    """Print the results: one JSON object on stdout with --json, else a table."""
     report: dict[str, Any] = {
         "bench": name,
         "date": datetime.now(UTC).date().isoformat(),
@@ -44,52 +48,85 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-
-
 @click.group("bench")
 def bench_group() -> None:
     """Benchmarks (progress goes to stderr, results to stdout)."""
 
 
-@bench_group.command("replay")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+Results = dict[str, float]
+
+
+@contextlib.contextmanager
+def _stdout_reserved(reserve: bool) -> Iterator[None]:
+    """With --json, stdout carries the one object alone: while a benchmark runs, whatever writes to
+    file descriptor 1 (vLLM's engine processes, native libraries, a stray print) lands on stderr."""
+    if not reserve:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def benchmark(name: str) -> Callable[[Callable[..., Results]], Callable[..., None]]:
+    """A `mint bench NAME` command from a function that returns its results: adds --json, keeps
+    stdout for the report alone, and prints it."""
+
+    def command(measure: Callable[..., Results]) -> Callable[..., None]:
+        @json_option
+        @functools.wraps(measure)
+        def measured(*args: Any, as_json: bool, **kwargs: Any) -> None:
+            with _stdout_reserved(as_json):
+                results = measure(*args, **kwargs)
+            _report(name, results, as_json)
+
+        return bench_group.command(name)(measured)
+
+    return command
+
+
+@benchmark("replay")
 @click.option("--facts", default=1_000_000, show_default=True, help="Facts on the log.")
 @click.option("--commits", default=2_000, show_default=True, help="Facts appended one per commit.")
-@json_option
-def replay(facts: int, commits: int, as_json: bool) -> None:
+def replay(facts: int, commits: int) -> Results:
     """SQLite log append rates and catalog rebuild rate (vs a plain decode loop)."""
     from mint.bench.replay_bench import bench_replay
 
-    _report("replay", run(bench_replay, facts, commits, _say), as_json)
+    return run(bench_replay, facts, commits, _say)
 
 
-@bench_group.command("catalog")
+@benchmark("catalog")
 @click.option("--policies", default=1_000_000, show_default=True)
 @click.option("--lookups", default=20_000, show_default=True)
-@json_option
-def catalog(policies: int, lookups: int, as_json: bool) -> None:
+def catalog(policies: int, lookups: int) -> Results:
     """Resolve latency (tenant/name -> serving revision) and projection size at N policies."""
     from mint.bench.catalog_bench import bench_catalog
 
-    _report("catalog", bench_catalog(policies, lookups, _say), as_json)
+    return bench_catalog(policies, lookups, _say)
 
 
-@bench_group.command("console")
+@benchmark("console")
 @click.option("--policies", default=1_000_000, show_default=True)
 @click.option("--requests", default=500, show_default=True, help="Requests per kind of query.")
-@json_option
-def console(policies: int, requests: int, as_json: bool) -> None:
+def console(policies: int, requests: int) -> Results:
     """The admin console's JSON API (search pages, filters, policy page) at N policies."""
     from mint.bench.console_bench import bench_console
 
-    _report("console", bench_console(policies, requests, _say), as_json)
+    return bench_console(policies, requests, _say)
 
 
-@bench_group.command("kafka")
+@benchmark("kafka")
 @click.option("--records", default=50_000, show_default=True)
 @click.option("--bootstrap", default=None, help="A running broker (default: start the bundled tansu).")
-@json_option
-def kafka(records: int, bootstrap: str | None, as_json: bool) -> None:
+def kafka(records: int, bootstrap: str | None) -> Results:
     """Produce and consume rates of the Kafka log against a real Kafka-protocol broker."""
     from mint.bench.kafka_bench import bench_kafka
 
@@ -100,10 +137,10 @@ def kafka(records: int, bootstrap: str | None, as_json: bool) -> None:
 
         with LocalKafka() as broker:
             results = run(bench_kafka, broker.bootstrap, records)
-    _report("kafka", results, as_json)
+    return results
 
 
-@bench_group.command("train")
+@benchmark("train")
 @click.option("--steps", default=5, show_default=True, help="RL steps per handoff measurement.")
 @click.option("--policies", default=4, show_default=True, help="K for the multi-policy comparison.")
 @click.option(
@@ -113,8 +150,7 @@ def kafka(records: int, bootstrap: str | None, as_json: bool) -> None:
     type=click.Path(path_type=Path),
     help="Where the SmolLM2 base is (or goes).",
 )
-@json_option
-def train(steps: int, policies: int, smollm2_dir: Path | None, as_json: bool) -> None:
+def train(steps: int, policies: int, smollm2_dir: Path | None) -> Results:
     """Adapter-only vs merged handoff per RL step (tiny and SmolLM2-135M); K policies together vs in turn."""
     import tempfile
 
@@ -133,10 +169,10 @@ def train(steps: int, policies: int, smollm2_dir: Path | None, as_json: bool) ->
         except SmolLM2Unavailable as exc:
             del bases["smollm2"]
             _say(f"SmolLM2 skipped: {exc}")
-        _report("train", bench_train(bases, steps, policies, _say), as_json)
+        return bench_train(bases, steps, policies, _say)
 
 
-@bench_group.command("serve")
+@benchmark("serve")
 @click.option(
     "--base",
     "base_dir",
@@ -146,8 +182,7 @@ def train(steps: int, policies: int, smollm2_dir: Path | None, as_json: bool) ->
 )
 @click.option("--requests", default=64, show_default=True)
 @click.option("--tokens", default=16, show_default=True)
-@json_option
-def serve(base_dir: Path | None, requests: int, tokens: int, as_json: bool) -> None:
+def serve(base_dir: Path | None, requests: int, tokens: int) -> Results:
     """Mixed-adapter batching vs adapter swapping (8 and 64 adapters); packed vs per-tensor loads."""
     import tempfile
 
@@ -163,14 +198,13 @@ def serve(base_dir: Path | None, requests: int, tokens: int, as_json: bool) -> N
         if base_dir is None:
             create_tiny_base(base, seed=0)
         packed_base = smollm2 if (smollm2 / "config.json").is_file() else base
-        _report("serve", bench_serve(base, packed_base, _say, requests, tokens), as_json)
+        return bench_serve(base, packed_base, _say, requests, tokens)
 
 
-@bench_group.command("tinker")
+@benchmark("tinker")
 @click.option("--steps", default=20, show_default=True, help="Training steps (and samples) measured.")
 @click.option("--rows", default=8, show_default=True, help="Datums per batch (32 tokens each).")
-@json_option
-def tinker(steps: int, rows: int, as_json: bool) -> None:
+def tinker(steps: int, rows: int) -> Results:
     """The Tinker API's cost over training in-process, on the tiny base; asample latency."""
     import tempfile
 
@@ -181,15 +215,14 @@ def tinker(steps: int, rows: int, as_json: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="mint-bench-tinker-") as tmp:
         home = Home(Path(tmp))
         create_tiny_base(home.base("tiny"), seed=0)
-        _report("tinker", bench_tinker(home, steps, rows, _say), as_json)
+        return bench_tinker(home, steps, rows, _say)
 
 
-@bench_group.command("sim")
+@benchmark("sim")
 @click.option("--policies", default=1_000_000, show_default=True, help="Catalog size (ranks drawn lazily).")
 @click.option("--requests", default=200_000, show_default=True)
-@json_option
-def sim(policies: int, requests: int, as_json: bool) -> None:
+def sim(policies: int, requests: int) -> Results:
     """The wave scheduler vs vLLM's LRU on one synthetic trace in virtual time: sim_stall_ratio."""
     from mint.bench.sim_bench import bench_sim
 
-    _report("sim", bench_sim(policies, requests, _say), as_json)
+    return bench_sim(policies, requests, _say)
