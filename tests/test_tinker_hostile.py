@@ -234,7 +234,7 @@ async def test_hostile_bodies_elsewhere_get_a_4xx_naming_the_field(
             ]:
                 refused(await http.post("/create_model", json=body), 400, field)
             # A create_model refused for capacity (429) leaves nothing behind: its retry creates it.
-            monkeypatch.setattr("mint.tinker.service.REFUSE_AT_PENDING", 0)
+            monkeypatch.setattr("mint.tinker.futures.REFUSE_AT_PENDING", 0)
             refused(await http.post("/create_model", json=create), 429, "request")
             monkeypatch.undo()
             assert "model_id" in await result(http, await http.post("/create_model", json=create))
@@ -293,7 +293,7 @@ async def test_an_unforeseen_failure_is_a_json_500_and_gives_the_turn_up(
             def broken(*args: object) -> None:
                 raise RuntimeError("a bug nobody foresaw")
 
-            monkeypatch.setattr("mint.tinker.service.TinkerService.optim_step", broken)
+            monkeypatch.setattr("mint.tinker.models.TrainingClients.optim_step", broken)
             step = {"model_id": model_id, "seq_id": 1, "adam_params": {}}
             refused(await http.post("/optim_step", json=step), 500, "request")
             monkeypatch.undo()
@@ -398,7 +398,7 @@ async def test_another_tenants_ids_answer_as_missing_ones_and_change_nothing(
             refused(await globex.post("/forward", content=too_deep), 400, "x[0]")
             refused(await globex.post("/forward_backward", json=bad, headers=globex_reader), 403, "trainer")
             # ... nor can globex's flood of requests that never get their turn refuse acme's.
-            monkeypatch.setattr("mint.tinker.service.REFUSE_AT_PENDING", 2)
+            monkeypatch.setattr("mint.tinker.futures.REFUSE_AT_PENDING", 2)
             flood = [
                 await globex.post(
                     "/forward", json={"model_id": globex_model, "seq_id": ahead, "forward_input": BATCH}

@@ -361,7 +361,7 @@ async def test_requests_of_a_model_run_in_seq_id_order(
                 "request_id": after.json()["request_id"],
                 "queue_state": "active",
             }
-            monkeypatch.setattr("mint.tinker.service.PAUSE_AT_PENDING", 1)
+            monkeypatch.setattr("mint.tinker.futures.PAUSE_AT_PENDING", 1)
             paused = (await http.post("/retrieve_future", json=after.json())).json()
             assert paused["queue_state"] == "paused_capacity"
             monkeypatch.undo()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from events.names import REVISION_PATTERN, tenant_of
 from mint.tinker.futures import RequestFailed
 from mint.tinker.wire import WireError
 
@@ -26,7 +27,7 @@ CheckpointKind = Literal["weights", "sampler_weights"]
 KINDS: tuple[CheckpointKind, ...] = ("weights", "sampler_weights")
 SCHEME = "tinker://"
 SLOT_FILE = "lora"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(REVISION_PATTERN)  # a named sampler checkpoint becomes a revision of that name
 # A training client's id (`sess-…:train:N`) names a directory: never `.`, `..` or a hidden one.
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")
 
@@ -103,6 +104,17 @@ class CheckpointDirectory:
         """Delete a model's unnamed sampler snapshots (named checkpoints stay)."""
         for directory in (self.root / model_id.replace(":", "-") / "sampler_weights").glob(".snapshot-*"):
             shutil.rmtree(directory, ignore_errors=True)
+
+    def owned(self, raw: str, tenant: str, field: str = "path") -> tuple[TinkerPath, CheckpointInfo]:
+        """The checkpoint `raw` names, if `tenant` owns it; another tenant's is as good as missing."""
+        path = TinkerPath.parse(raw, field)
+        try:
+            info = self.info(path)
+        except RequestFailed:
+            raise WireError(field, f"no checkpoint {raw}", 404) from None
+        if tenant_of(info.policy) != tenant:
+            raise WireError(field, f"no checkpoint {raw}", 404)
+        return path, info
 
     def info(self, path: TinkerPath) -> CheckpointInfo:
         file = self.directory(path) / "info.json"

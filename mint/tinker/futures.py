@@ -4,6 +4,7 @@
 A future holds a result (a JSON object, or a forward/backward or sample result the route renders as
 protobuf or JSON by the client's Accept header) or an error with its category. Finished futures are
 kept for a while after they finish, because the SDK may poll one again after a dropped connection.
+Their work runs in one task group, held by `Futures.run` for the service's life.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from mint.tinker.wire import WireError
 
 KEEP_FINISHED_S = 600.0
+PAUSE_AT_PENDING = 256  # queue_state "paused_capacity" beyond this many unfinished futures
+REFUSE_AT_PENDING = 4096  # and 429 at submission beyond this many of one tenant's
 ErrorCategory = Literal["user", "server", "unknown"]
 
 
@@ -46,6 +52,33 @@ class Futures:
         self._futures: dict[str, Future] = {}
         self._ids = itertools.count(1)
         self._salt = os.urandom(4).hex()
+        self._tasks: TaskGroup | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold the task group that submitted work runs in, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tasks = tg
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def admit(self, tenant: str) -> None:
+        """Refuse (429) a tenant that has REFUSE_AT_PENDING futures unfinished. Per tenant, so one
+        tenant's flood (say, seq_ids far ahead that never get their turn) never refuses another's."""
+        queued = self.pending_of(tenant)
+        if queued >= REFUSE_AT_PENDING:
+            raise WireError("request", f"{queued} requests of yours are queued; retry later", 429)
+
+    def submit(self, tenant: str, work: Callable[[], Awaitable[Any]], model_id: str | None = None) -> Future:
+        """A future settled by `work`, which starts in the background (once admitted)."""
+        self.admit(tenant)
+        assert self._tasks is not None, "Futures.run is not running"
+        future = self.create(tenant, model_id)
+        self._tasks.start_soon(self.complete, future, work)
+        return future
+
+    @property
+    def queue_state(self) -> str:
+        return "paused_capacity" if self.pending >= PAUSE_AT_PENDING else "active"
 
     def create(self, tenant: str, model_id: str | None = None) -> Future:
         self._forget_old()

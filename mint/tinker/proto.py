@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from events.names import INT64_MAX
 from mint.tinker.wire import (
-    INT64_MAX,
     Datum,
     FloatArray,
     ForwardBackwardInput,

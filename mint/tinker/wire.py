@@ -18,13 +18,13 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from events.names import INT64_MAX, Count
+
 FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
 
-INT64_MAX = 2**63 - 1
 # Every integer a body carries fits an int64 (what torch and numpy take); counts and ids start at 1.
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=INT64_MAX)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 SeqId = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # int32, as the protobuf wire carries them
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
