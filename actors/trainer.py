@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -38,6 +40,10 @@ from mint.catalog.rows import POLICIES, RUNS, PolicyRow, RunRow
 from mint.home import Home
 from mint.projection.store import ProjectionStore
 from mint.training.tasks import TaskError, parse_task
+
+if TYPE_CHECKING:  # torch: imported where a run is trained, not when the control plane starts
+    from mint.training.multi_policy import StepMetrics
+    from mint.training.session import TrainingSession
 
 logger = logging.getLogger(__name__)
 SOURCE = "trainer"
@@ -168,30 +174,23 @@ class TrainerActor(StoreActor):
         session = await anyio.to_thread.run_sync(TrainingSession.open, self.home, run)
         for step in range(session.completed + 1, run.steps + 1):
             metrics = await anyio.to_thread.run_sync(session.trainer.step, step)
-            facts: list[Record] = [
-                StepCompleted.create(
-                    id=f"{run.run}/{policy}/step/{step}",
-                    source=SOURCE,
-                    run=run.run,
-                    policy=policy,
-                    step=step,
-                    loss=m.loss,
-                    reward_mean=m.reward_mean,
-                    reward_std=m.reward_std,
-                    kl=m.kl,
-                    tokens_per_s=m.tokens_per_s,
-                )
-                for policy, m in metrics.items()
-            ]
-            facts += [
-                TrainingFailed.create(
-                    id=f"{run.run}/{policy}/failed", source=SOURCE, run=run.run, policy=policy, reason=reason
-                )
-                for policy, reason in session.newly_failed()
-            ]
-            await log.append(facts)
+            await log.append(_step_facts(run, step, metrics, session.newly_failed()))
             self.faults.point(f"{self.name}: after step {step}")
             await anyio.to_thread.run_sync(session.checkpoint, step)
+        await log.append(await self._export(run, session))
+        if not session.trainer.live:
+            failed = TrainingFailed.create(
+                id=f"{run.run}/failed", source=SOURCE, run=run.run, reason="every policy failed"
+            )
+            await log.append([failed])
+            return
+        await log.append(
+            [TrainingFinished.create(id=f"{run.run}/finished", source=SOURCE, run=run.run, steps=run.steps)]
+        )
+
+    async def _export(self, run: RunRow, session: TrainingSession) -> list[Record]:
+        """Each policy's adapter in the artifact store (write-once: a retried export is a no-op), and
+        the facts that name them; the parent is what the policy serves now."""
         assert self._store is not None
         parents = {
             p: (row.pointer if (row := self._store.rows.get(POLICIES, p)) else None) for p in run.policies
@@ -199,9 +198,8 @@ class TrainerActor(StoreActor):
         written = await anyio.to_thread.run_sync(session.write_adapters)
         exported: list[Record] = []
         for adapter in written:
-            weights = adapter.directory / WEIGHTS_FILE
             key = adapter_key(adapter.policy, adapter.revision, adapter.sha256)
-            await self.artifacts.put(key, weights)  # write-once: a retried export is a no-op
+            await self.artifacts.put(key, adapter.directory / WEIGHTS_FILE)
             exported.append(
                 RevisionExported.create(
                     id=f"{run.run}/{adapter.policy}/export",
@@ -219,13 +217,33 @@ class TrainerActor(StoreActor):
                     run=run.run,
                 )
             )
-        await log.append(exported)
-        if not session.trainer.live:
-            failed = TrainingFailed.create(
-                id=f"{run.run}/failed", source=SOURCE, run=run.run, reason="every policy failed"
-            )
-            await log.append([failed])
-            return
-        await log.append(
-            [TrainingFinished.create(id=f"{run.run}/finished", source=SOURCE, run=run.run, steps=run.steps)]
+        return exported
+
+
+def _step_facts(
+    run: RunRow, step: int, metrics: Mapping[str, StepMetrics], failed: Iterable[tuple[str, str]]
+) -> list[Record]:
+    """One StepCompleted per policy that trained this step, and a TrainingFailed per policy that has
+    just left the run; ids derive from (run, policy, step), so a recomputed step repeats them."""
+    facts: list[Record] = [
+        StepCompleted.create(
+            id=f"{run.run}/{policy}/step/{step}",
+            source=SOURCE,
+            run=run.run,
+            policy=policy,
+            step=step,
+            loss=m.loss,
+            reward_mean=m.reward_mean,
+            reward_std=m.reward_std,
+            kl=m.kl,
+            tokens_per_s=m.tokens_per_s,
         )
+        for policy, m in metrics.items()
+    ]
+    facts += [
+        TrainingFailed.create(
+            id=f"{run.run}/{policy}/failed", source=SOURCE, run=run.run, policy=policy, reason=reason
+        )
+        for policy, reason in failed
+    ]
+    return facts

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from events.envelope import Record
 from events.schema import BY_NAME, CURRENT_VERSION, AnyRecord
 from events.upcasting import UpcastError, upcast
+
+RecordT = TypeVar("RecordT", bound=Record)
 
 
 class UnknownRecord(msgspec.Struct, frozen=True, gc=False):
@@ -132,6 +134,14 @@ def validate(raw: bytes) -> Record:
     return record
 
 
+def checked(record: RecordT) -> RecordT:
+    """`record` as a reader would decode it: building a Struct in this process does not check the
+    schema's constraints (ranges, patterns), decoding does. A record made from user input passes
+    through here before it is appended, so what its deciders would refuse as poison is refused now."""
+    validate(encode(record))
+    return record
+
+
 def _safe_header(raw: bytes) -> _Header | None:
     try:
         return _header_decoder.decode(raw)
@@ -140,4 +150,13 @@ def _safe_header(raw: bytes) -> _Header | None:
 
 
 # Re-exported for readers that want the union type.
-__all__ = ["AnyRecord", "RecordError", "UnknownRecord", "decode", "encode", "read_header", "validate"]
+__all__ = [
+    "AnyRecord",
+    "RecordError",
+    "UnknownRecord",
+    "checked",
+    "decode",
+    "encode",
+    "read_header",
+    "validate",
+]

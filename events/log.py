@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+import anyio
 import msgspec
 
 from events import codec
 from events.codec import UnknownRecord
-from events.envelope import Record
+from events.envelope import Fact, Record
 
 Position = dict[int, int]
 DEFAULT_PARTITIONS = 8
@@ -141,3 +142,24 @@ def caught_up(position: Position, end: Position) -> bool:
 async def append_one(log: EventLog, record: Record) -> Appended:
     (appended,) = await log.append([record])
     return appended
+
+
+OUTCOME_POLL_S = 0.2  # how often `outcome` re-reads the partition (another process decides)
+
+
+async def outcome(log: EventLog, appended: Appended, command_id: str, timeout_s: float) -> Fact:
+    """The first fact caused by `command_id` (its decision: the facts, or CommandRejected). Deciders
+    key it like the command, so it follows the command on the same partition. TimeoutError when no
+    decider answers within `timeout_s`."""
+    offset = appended.offset + 1
+    with anyio.fail_after(timeout_s):
+        while True:
+            for stored in await log.read(appended.partition, offset):
+                offset = stored.offset + 1
+                try:
+                    record = stored.decode()
+                except codec.RecordError:
+                    continue  # someone's poison on this partition: not the answer
+                if isinstance(record, Fact) and record.causation == command_id:
+                    return record
+            await anyio.sleep(OUTCOME_POLL_S)

@@ -39,7 +39,6 @@ def test_train_registers_trains_and_exports(home: Path) -> None:
     [
         (["--task", "bogus:1"], "task: reward: 'bogus:1' is not exact:TEXT"),
         (["--task", "token:the", "--algo", "sft"], "task 'token:the' is a grpo task, not sft"),
-        (["--task", "sft-repeat:yes", "--steps", "0"], "steps must be at least 1"),
     ],
 )
 def test_a_refused_run_says_why(home: Path, extra: list[str], message: str) -> None:
@@ -67,4 +66,21 @@ def test_an_unknown_base_is_refused_before_anything_is_appended(home: Path) -> N
     assert (
         result.exit_code == 2 and "'nope' is neither a base directory nor a base installed" in result.output
     )
+    assert not (home / "log.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "Invalid value for --steps"),
+        (["--steps", str(10**30)], "Invalid value for --steps"),
+        (["--policy", "acme/x"], "Invalid value for --policy: policies: acme/x listed more than once"),
+    ],
+)
+def test_a_run_the_schema_refuses_is_refused_before_anything_is_appended(
+    home: Path, extra: list[str], message: str
+) -> None:
+    args = ["train", "--policy", "acme/x", "--base", "tiny", "--algo", "sft", "--task", "sft-repeat:a"]
+    result = CliRunner().invoke(cli, [*args, "--home", str(home), *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
     assert not (home / "log.db").exists()

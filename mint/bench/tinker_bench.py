@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 from starlette.applications import Starlette
 
+from actors.system import running
 from events.sqlite_log import SqliteLog
 from mint.artifacts.local import LocalArtifactStore
 from mint.auth.tokens import TokenStore
@@ -58,6 +59,7 @@ async def _through_api(
     key = tokens.issue("bench", ["trainer"]).secret
     async with (
         SqliteLog(home.log) as log,
+        running(home, log, only=frozenset({"catalog"})),  # it decides the client's RegisterPolicy
         tinker_routes(
             home, log, LocalArtifactStore(home.artifacts), lambda: Catalog(home.catalog), tokens
         ) as routes,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import click
 import msgspec
 
@@ -23,32 +22,16 @@ from events.catalog import (
     Rollback,
     Watch,
 )
-from events.codec import RecordError, encode, validate
+from events.codec import RecordError, checked
 from events.envelope import Command, Fact, Record
 from events.evaluation import RequestEvaluation
-from events.log import Appended, EventLog
+from events.log import outcome
 from events.names import ModelRefError, parse_model_ref
 from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
 from mint.commands.train import actors_unless_running
 from mint.config import open_log
 
-POLL_S = 0.2  # how often a client re-reads the log for the answer
-
 SOURCE = "cli"
-
-
-async def answer(log: EventLog, appended: Appended, command_id: str, timeout_s: float) -> Fact:
-    """The first fact caused by `command_id`: deciders key it like the command, so it follows it in
-    the same partition."""
-    offset = appended.offset + 1
-    with anyio.fail_after(timeout_s):
-        while True:
-            for stored in await log.read(appended.partition, offset):
-                offset = stored.offset + 1
-                record = stored.decode()
-                if isinstance(record, Fact) and record.causation == command_id:
-                    return record
-            await anyio.sleep(POLL_S)
 
 
 def _say(fact: Record) -> tuple[bool, str]:
@@ -81,7 +64,7 @@ def _submit(
     async def go() -> Fact:
         async with open_log(spec) as log, actors_unless_running(home, log, artifacts):
             (appended,) = await log.append([command])
-            return await answer(log, appended, command.id, timeout_s)
+            return await outcome(log, appended, command.id, timeout_s)
 
     try:
         ok, said = _say(run(go))
@@ -105,7 +88,7 @@ def _build(kind: type[Command], param: str, **fields: Any) -> Command:
 
 def _checked(command: Command) -> Command:
     try:
-        validate(encode(command))
+        checked(command)
     except RecordError as exc:
         raise click.BadParameter(exc.message, param_hint=exc.field or "") from None
     return command

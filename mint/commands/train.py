@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import click
 from actors.locks import ActorAlreadyRunning
 from actors.system import running
 from events.catalog import RegisterPolicy
+from events.codec import checked, field_of
 from events.log import EventLog
 from events.names import tenant_of
 from events.training import StartTraining
@@ -38,6 +39,8 @@ from mint.config import ArtifactSpec, open_artifacts, open_log
 from mint.home import Home
 
 POLL_S = 0.2  # how often a client re-reads the projection another process writes
+# A StartTraining field -> the option that sets it, for errors that name what the user typed.
+CLI_OPTION = {"policies": "policy", "base_id": "base", "run": "run", "steps": "steps", "task": "task"}
 
 
 def resolve_base(home: Home, base: str) -> str:
@@ -133,25 +136,9 @@ def train(
         raise click.BadParameter("a run's policies belong to one tenant", param_hint="--policy")
     base_id = resolve_base(home, base)
     run_name = run_id or f"{tenants.pop()}/run-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    config = {"rank": rank, "lr": lr, "seed": seed}
-
-    async def go() -> RunRow | str:
-        async with open_log(spec) as log, actors_unless_running(home, log, artifacts):
-            catalog = _catalog(home)
-            known = {p for p in policies if catalog and catalog.policy(p)}
-            if catalog:
-                catalog.close()
-            fresh = [
-                RegisterPolicy.create(source="cli", policy=p, base_id=base_id)
-                for p in policies
-                if p not in known
-            ]
-            if fresh:
-                await log.append(fresh)
-                await _wait_for(
-                    home, "registered", lambda c: all(c.policy(p) or c.rejections(p) for p in policies)
-                )
-            command = StartTraining.create(
+    try:  # the schema's checks (each policy once, steps in range) before anything is appended
+        command = checked(
+            StartTraining.create(
                 source="cli",
                 run=run_name,
                 policies=list(policies),
@@ -159,43 +146,73 @@ def train(
                 algo=algo,
                 task=task,
                 steps=steps,
-                config=config,
+                config={"rank": rank, "lr": lr, "seed": seed},
             )
+        )
+    except ValueError as exc:  # a RecordError, or a check of the record's own
+        field = field_of(str(exc)) or "policies"
+        raise click.BadParameter(str(exc), param_hint=f"--{CLI_OPTION.get(field, field)}") from None
+
+    async def go() -> RunRow | str:
+        async with open_log(spec) as log, actors_unless_running(home, log, artifacts):
+            await _register_missing(home, log, policies, base_id)
             await log.append([command])
             click.echo(
                 f"run {run_name}: {algo} on {base_id}, {len(policies)} policies, {steps} steps", err=True
             )
-            bar = ProgressBar("train")
-            began = time.perf_counter()
-            outcome: list[RunRow | str] = []
-
-            def done(c: Catalog) -> bool:
-                rejected = [r for r in c.rejections(run_name) if r.command_id == command.id]
-                if rejected:
-                    outcome.append(f"run refused: {rejected[0].reason}")
-                    return True
-                finished = c.steps(run_name)
-                bar(len(finished), steps * len(policies))
-                row = c.run(run_name)
-                if row is not None and row.status != "running":
-                    outcome.append(row)
-                    return True
-                return False
-
-            await _wait_for(home, "finished", done)
-            bar.close()
-            click.echo(f"finished in {time.perf_counter() - began:.1f}s", err=True)
-            return outcome[0]
+            return await _outcome(home, command)
 
     row = run(go)
     if isinstance(row, str):
         raise click.ClickException(row)
+    _report(home, row, policies)
+
+
+async def _register_missing(home: Home, log: EventLog, policies: Sequence[str], base_id: str) -> None:
+    """Register the policies the catalog does not know yet, and wait until each is decided."""
+    catalog = _catalog(home)
+    known = {p for p in policies if catalog and catalog.policy(p)}
+    if catalog:
+        catalog.close()
+    fresh = [
+        RegisterPolicy.create(source="cli", policy=p, base_id=base_id) for p in policies if p not in known
+    ]
+    if fresh:
+        await log.append(fresh)
+        await _wait_for(home, "registered", lambda c: all(c.policy(p) or c.rejections(p) for p in policies))
+
+
+async def _outcome(home: Home, command: StartTraining) -> RunRow | str:
+    """The run's final row, or why it was refused; a progress bar of its steps meanwhile."""
+    bar = ProgressBar("train")
+    began = time.perf_counter()
+    outcome: list[RunRow | str] = []
+
+    def done(c: Catalog) -> bool:
+        rejected = [r for r in c.rejections(command.run) if r.command_id == command.id]
+        if rejected:
+            outcome.append(f"run refused: {rejected[0].reason}")
+            return True
+        bar(len(c.steps(command.run)), command.steps * len(command.policies))
+        row = c.run(command.run)
+        if row is not None and row.status != "running":
+            outcome.append(row)
+            return True
+        return False
+
+    await _wait_for(home, "finished", done)
+    bar.close()
+    click.echo(f"finished in {time.perf_counter() - began:.1f}s", err=True)
+    return outcome[0]
+
+
+def _report(home: Home, row: RunRow, policies: Sequence[str]) -> None:
     catalog = Catalog(home.catalog)
-    last = {s.policy: s for s in catalog.steps(run_name)}
+    last = {s.policy: s for s in catalog.steps(row.run)}
     for policy in policies:
         s = last.get(policy)
         reward = f" reward={s.reward_mean:.3f}" if s and s.reward_mean is not None else ""
-        revisions = [r for r in catalog.revisions(policy) if r.run == run_name]
+        revisions = [r for r in catalog.revisions(policy) if r.run == row.run]
         exported = (
             f"exported {policy}@{revisions[0].revision} ({revisions[0].bytes:,} bytes)"
             if revisions
@@ -207,4 +224,4 @@ def train(
             if s and not failed
             else f"{policy}: failed ({failed})"
         )
-    click.echo(f"run {run_name} {row.status}")
+    click.echo(f"run {row.run} {row.status}")

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from events.catalog import CommandRejected, RegisterPolicy
-from events.log import EventLog, append_one
+from events.log import EventLog, append_one, outcome
 from events.names import POLICY_PATTERN, TENANT_PATTERN, tenant_of
 from mint.catalog.queries import Catalog, ProjectionMissing
-from mint.commands.policy import answer
 from mint.tinker.auth import Grant
 from mint.tinker.wire import WireError
 
@@ -70,7 +69,7 @@ class Policies:
         command = RegisterPolicy.create(id=command_id, source=SOURCE, policy=policy, base_id=base_id)
         appended = await append_one(self.log, command)
         try:
-            outcome = await answer(self.log, appended, command.id, REGISTER_TIMEOUT_S)
+            answered = await outcome(self.log, appended, command.id, REGISTER_TIMEOUT_S)
         except TimeoutError:
             raise WireError(
                 FIELD,
@@ -78,8 +77,8 @@ class Policies:
                 f"{REGISTER_TIMEOUT_S:g}s; retry",
                 503,
             ) from None
-        if isinstance(outcome, CommandRejected):
-            raise WireError(FIELD, f"the catalog refused to register {policy!r}: {outcome.reason}", 409)
+        if isinstance(answered, CommandRejected):
+            raise WireError(FIELD, f"the catalog refused to register {policy!r}: {answered.reason}", 409)
 
     def revisions(self, policy: str) -> set[str]:
         """The revisions the catalog lists for `policy` (none while it has no projection)."""
