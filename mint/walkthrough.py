@@ -117,22 +117,36 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     )
 
     say("4. globex tries to promote an acme policy; an upstream producer retries a command")
+    await _crossing_and_retried(system, say)
+    await system.settle()
+    _report(system, say)
+
+    say("6. Replaying the whole log into a fresh projection and comparing digests with the live one")
+    verdict = await verify(log, CATALOG_FOLD, system.home.catalog)
+    state = "equal" if verdict.equal else "DIFFERENT"
+    say(f"   replay {state}: {verdict.records} records, digest {verdict.live_digest[:16]}")
+    return verdict
+
+
+async def _crossing_and_retried(system: System, say: Say) -> None:
     own = Promote.create(source=SOURCE, policy="acme/support", revision="r1", tenant="acme")
     # Bytes no MinT process would make (they cross tenants), as a careless producer could write them.
     crossing = {**msgspec.json.decode(codec.encode(own)), "tenant": "globex"}
-    await log.append_encoded([msgspec.structs.replace(Encoded.of(own), raw=msgspec.json.encode(crossing))])
+    raw = msgspec.json.encode(crossing)
+    await system.log.append_encoded([msgspec.structs.replace(Encoded.of(own), raw=raw)])
     retried = Rollback.create(
         source="canary",
         policy="acme/support",
         reason="live error rate 4.1% > 2% threshold",
         evidence={"error_rate": 0.041, "threshold": 0.02},
     )
-    await log.append([retried])
-    (again,) = await log.append([retried])
+    await system.log.append([retried])
+    (again,) = await system.log.append([retried])
     outcome = "refused as a duplicate" if again.duplicate else "appended again (folds skip it)"
     say(f"   the retry was {outcome}")
 
-    await system.settle()
+
+def _report(system: System, say: Say) -> None:
     catalog = Catalog(system.home.catalog)
     say("5. What the catalog says now:")
     for policy in POLICIES:
@@ -147,12 +161,5 @@ async def walkthrough(system: System, say: Say) -> Verdict:
     for actor, path in projection_states(system.home).items():
         for letter in dead_letters_of(path):
             say(f"   - {actor}: {letter.type} {letter.id}: {letter.reason}")
-    restarts = system.supervisor.restarts
-    say(f"   actor crashes injected and recovered from: {restarts}")
+    say(f"   actor crashes injected and recovered from: {system.supervisor.restarts}")
     catalog.close()
-
-    say("6. Replaying the whole log into a fresh projection and comparing digests with the live one")
-    verdict = await verify(log, CATALOG_FOLD, system.home.catalog)
-    state = "equal" if verdict.equal else "DIFFERENT"
-    say(f"   replay {state}: {verdict.records} records, digest {verdict.live_digest[:16]}")
-    return verdict

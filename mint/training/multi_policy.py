@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mint.lora.multi import MultiLora
-from mint.training.sampling import sample, token_logprobs
+from mint.training.sampling import Samples, sample, token_logprobs
 from mint.training.tasks import Task
 
 # MLP and lm_head matter on small bases: with attention alone a random tiny base cannot move its
@@ -81,6 +81,12 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "batch_size": (1, 4096),
     "max_grad_norm": (0.0, 1e6),
 }
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """GRPO's advantage: each reward against its group's mean, in units of the group's spread."""
+    groups = rewards.view(-1, group_size)
+    return ((groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + 1e-4)).view(-1)
 
 
 @dataclass
@@ -173,21 +179,8 @@ class MultiPolicyTrainer:
 
     def _grpo(self, live: list[str], generator: torch.Generator) -> dict[str, StepMetrics]:
         cfg = self.config
-        assert self.task.reward is not None
         began = time.perf_counter()
-        prompts: list[list[int]] = []
-        texts: list[str] = []
-        slots: list[str | None] = []
-        for policy in live:
-            picks = torch.randint(
-                len(self.task.prompts), (cfg.prompts_per_step,), generator=generator
-            ).tolist()
-            for i in picks:
-                ids = self.tokenizer.encode(self.task.prompts[i], add_special_tokens=False)
-                for _ in range(cfg.group_size):
-                    prompts.append(ids)
-                    texts.append(self.task.prompts[i])
-                    slots.append(policy)
+        prompts, texts, slots = self._groups(live, generator)
         drawn = sample(
             self.multi,
             prompts,
@@ -199,15 +192,8 @@ class MultiPolicyTrainer:
             self.eos_id,
         )
         width = drawn.prompt_length
-        rewards = torch.zeros(len(prompts))
-        for row in range(len(prompts)):
-            ids = drawn.tokens[row, width:][drawn.completion[row]].tolist()
-            completion = self.tokenizer.decode(ids, skip_special_tokens=True)
-            rewards[row] = float(self.task.reward(texts[row], completion, ids))
-        groups = rewards.view(-1, cfg.group_size)
-        advantages = ((groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + 1e-4)).view(
-            -1
-        )
+        rewards = self._rewards(drawn, texts)
+        advantages = group_advantages(rewards, cfg.group_size)
         # Only sampled tokens count; logprobs[t] predicts token t + 1, so shift the mask by one.
         counted = torch.zeros((len(prompts), drawn.tokens.shape[1] - 1), dtype=torch.bool)
         counted[:, width - 1 :] = drawn.completion
@@ -241,6 +227,37 @@ class MultiPolicyTrainer:
                 tokens_per_s,
             )
         return out
+
+    def _groups(
+        self, live: list[str], generator: torch.Generator
+    ) -> tuple[list[list[int]], list[str], list[str | None]]:
+        """One batch for every live policy: `prompts_per_step` prompts each, every prompt repeated
+        `group_size` times (a GRPO group); the prompt ids, texts and each row's policy."""
+        cfg = self.config
+        prompts: list[list[int]] = []
+        texts: list[str] = []
+        slots: list[str | None] = []
+        for policy in live:
+            picks = torch.randint(
+                len(self.task.prompts), (cfg.prompts_per_step,), generator=generator
+            ).tolist()
+            for i in picks:
+                ids = self.tokenizer.encode(self.task.prompts[i], add_special_tokens=False)
+                for _ in range(cfg.group_size):
+                    prompts.append(ids)
+                    texts.append(self.task.prompts[i])
+                    slots.append(policy)
+        return prompts, texts, slots
+
+    def _rewards(self, drawn: Samples, texts: list[str]) -> torch.Tensor:
+        assert self.task.reward is not None
+        width = drawn.prompt_length
+        rewards = torch.zeros(len(texts))
+        for row in range(len(texts)):
+            ids = drawn.tokens[row, width:][drawn.completion[row]].tolist()
+            completion = self.tokenizer.decode(ids, skip_special_tokens=True)
+            rewards[row] = float(self.task.reward(texts[row], completion, ids))
+        return rewards
 
     # -- the shared update -----------------------------------------------------------------------
 
