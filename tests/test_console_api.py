@@ -12,10 +12,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from actors.system import System
-from events.serving import AdapterLoaded, EngineRegistered
+from events.serving import AdapterLoaded, AdapterLoadFailed, EngineRegistered, WavePlanned
 from events.training import TrainingStarted
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
+from mint.commands.up import serve_http
 from tests.api_system import client_for, two_revisions_served
 
 pytestmark = pytest.mark.anyio
@@ -157,3 +158,128 @@ async def test_runs_engines_and_outcomes_stay_inside_the_tenant(
     assert [r["policy"] for r in seen["resident"]] == ["acme/a"] and seen["tiers"] == {"gpu": 1}
     assert (await globex.get(f"/admin/api/policies/acme/a/outcomes/{second}")).status_code == 404
     assert (await acme.get(f"/admin/api/policies/acme/a/outcomes/{second}")).json()["status"] == "applied"
+
+
+async def _first_event(address: str, secret: str) -> str:
+    """The first Server-Sent Event a token gets, over real HTTP (the ASGI transport would wait for
+    the end of a stream that never ends)."""
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with httpx.AsyncClient(base_url=address, headers=headers) as client:
+        with anyio.fail_after(10):
+            async with client.stream("GET", "/admin/api/stream") as response:
+                assert response.status_code == 200
+                async for chunk in response.aiter_text():
+                    return chunk
+    raise AssertionError("the stream ended before its first event")
+
+
+async def test_hostile_tokens_learn_nothing_of_another_tenant(
+    bare_system: System, api_app: Starlette, token_store: TokenStore
+) -> None:
+    """Every console route, asked about acme's things by a token that must not see them: another
+    tenant's admin and reader, the system tenant's reader (not the operator), acme's own producer and
+    no token. Another tenant's answer is the one a missing tenant gets, names swapped; a list holds
+    nothing of acme; and no write reaches the log."""
+    command = await two_revisions_served(bare_system)
+    run = TrainingStarted.create(
+        run="acme/run1", policies=["acme/a"], base_id="tiny", algo="sft", task="sft-repeat:x", steps=1
+    )
+    engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=2)
+    loaded = AdapterLoaded.create(engine="e1", policy="acme/a", revision="r2", tier="gpu", ms=1.0)
+    wave = WavePlanned.create(engine="e1", wave=1, load=["acme/a@r1"], keep=["acme/a@r2"], evict=[])
+    failed = AdapterLoadFailed.create(engine="e1", policy="acme/a", revision="r1", reason="acme/a@r1 broke")
+    await bare_system.log.append([run, engine, loaded, wave, failed])
+    with anyio.fail_after(30):
+        await bare_system.until(lambda: bool(Catalog(bare_system.home.catalog).load_failures("e1")))
+    acme_a = "/admin/api/policies/acme/a"
+    # The route templates, filled in with acme's names. A console route added later fails here until
+    # it is listed, so no route goes unchecked.
+    urls = {
+        "/admin/api/me": "/admin/api/me",
+        "/admin/api/policies": "/admin/api/policies",
+        "/admin/api/policies/{tenant}/{name}": "/admin/api/policies/acme/a",
+        "/admin/api/policies/{tenant}/{name}/promote": "/admin/api/policies/acme/a/promote",
+        "/admin/api/policies/{tenant}/{name}/rollback": "/admin/api/policies/acme/a/rollback",
+        "/admin/api/policies/{tenant}/{name}/outcomes/{command}": f"{acme_a}/outcomes/{command}",
+        "/admin/api/engines": "/admin/api/engines",
+        "/admin/api/runs": "/admin/api/runs",
+        "/admin/api/runs/{tenant}/{name}": "/admin/api/runs/acme/run1",
+        "/admin/api/dead-letters": "/admin/api/dead-letters",
+        "/admin/api/stream": "/admin/api/stream",
+    }
+    console = [r for r in api_app.routes if isinstance(r, Route) and r.path.startswith("/admin/api/")]
+    assert {r.path for r in console} == set(urls)
+    operator = client_for(api_app, token_store, "_system", "admin")
+    assert "acme/a@r1" in (await operator.get("/admin/api/engines")).text, "the operator sees everything"
+    secrets = {
+        "globex admin": token_store.issue("globex", "admin").secret,
+        "globex reader": token_store.issue("globex", "reader").secret,
+        "system reader": token_store.issue("_system", "reader").secret,
+    }
+    others = {
+        who: httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api_app),
+            base_url="http://mint",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        for who, secret in secrets.items()
+    }
+    # acme's producer appends records but reads nothing; without a token nothing at all.
+    locked_out = {
+        "acme producer": (client_for(api_app, token_store, "acme", "producer"), 403),
+        "no token": (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://mint"),
+            401,
+        ),
+    }
+    log_end = await bare_system.log.end_offsets()
+    async with anyio.create_task_group() as tg:
+        address = await tg.start(serve_http, bare_system, "127.0.0.1", 0)
+        for route in console:
+            url = urls[route.path]
+            ghost = url.replace("/acme/", "/ghost/")  # the same request about a tenant that does not exist
+            method = "POST" if "POST" in (route.methods or ()) else "GET"
+            body = {"revision": "r1", "reason": "hostile"} if method == "POST" else None
+            for who, client in others.items():
+                where = (who, method, url)
+                if route.path == "/admin/api/stream":
+                    event = await _first_event(address, secrets[who])
+                    assert event.startswith("event: changed\n") and "position" not in event, where
+                    continue
+                response = await client.request(method, url, json=body)
+                if route.path == "/admin/api/dead-letters":
+                    assert response.status_code == 403, where
+                elif url != ghost:  # a route about one policy or run: hidden reads exactly as missing
+                    missing = await client.request(method, ghost, json=body)
+                    assert response.status_code == missing.status_code, where
+                    assert response.status_code in (403, 404), where
+                    assert response.text == missing.text.replace("ghost", "acme"), where
+                else:
+                    assert response.status_code == 200, where
+                    assert "acme" not in response.text, where
+                if route.path == "/admin/api/engines":
+                    (seen,) = response.json()["engines"]
+                    assert not {"wave", "loads", "in_flight"} & set(seen), (
+                        "engine-wide counts are the operator's"
+                    )
+                    assert seen["waves"] == [] and seen["tiers"] == {}, where
+            if route.path == "/admin/api/stream":
+                continue  # no token and the producer are refused by the same check as every read
+            for who, (client, status) in locked_out.items():
+                response = await client.request(method, url, json=body)
+                assert response.status_code == status, (who, method, url, response.status_code)
+        acme_reader = token_store.issue("acme", "reader").secret
+        assert "event: changed\n" in await _first_event(address, acme_reader)
+        assert "event: position\n" in await _first_event(
+            address, token_store.issue("_system", "admin").secret
+        )
+        tg.cancel_scope.cancel()
+    reader = client_for(api_app, token_store, "acme", "reader")
+    for write in ("promote", "rollback"):
+        refused = await reader.post(f"/admin/api/policies/acme/a/{write}", json={"revision": "r1"})
+        assert refused.status_code == 403, "a reader of the tenant itself cannot write"
+    assert (await reader.get("/admin/api/dead-letters")).status_code == 403
+    assert await bare_system.log.end_offsets() == log_end, "no hostile request appended anything"
+    # acme itself sees its own adapters in the engine's waves, with keep filtered like load and evict.
+    (mine,) = (await reader.get("/admin/api/engines")).json()["engines"]
+    assert [(w["load"], w["keep"], w["evict"]) for w in mine["waves"]] == [(["acme/a@r1"], ["acme/a@r2"], [])]

@@ -17,9 +17,12 @@ JSON API (all GET unless said):
   /admin/api/policies/{tenant}/{name}/outcomes/{command}
                                                   {"status": pending | applied | rejected, …}
   /admin/api/engines                              slots, residency per tier, waves, in-flight requests
+                                                  (a tenant: its own adapters only, no engine-wide counts)
   /admin/api/runs, /admin/api/runs/{tenant}/{name}   runs, and a run's steps (loss, reward curves)
   /admin/api/dead-letters                         records the projector refused (operator only)
-  /admin/api/stream                               Server-Sent Events: `position` each time facts land
+  /admin/api/stream                               Server-Sent Events each time facts land: `position`
+                                                  (the checkpoint) for the operator, a bare `changed`
+                                                  for a tenant
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ STREAM_POLL_S = 0.25
 PAGE_LIMIT = 200
 _POLICY = re.compile(POLICY_PATTERN)
 NOT_BUILT = "the catalog projection is not built yet (is `mint up` running?)"
+# What a tenant sees of an engine besides its own adapters: what the engine is, not what it did.
+# Its wave counter, load counts and requests in flight add up every tenant's traffic, and a new
+# EngineRow field stays the operator's until it is added here.
+ENGINE_FIELDS_FOR_TENANTS = (
+    "engine",
+    "base_id",
+    "kind",
+    "gpu_slots",
+    "cpu_slots",
+    "status",
+    "registered_at",
+    "lost_reason",
+)
 
 
 class ConsoleError(Exception):
@@ -257,35 +273,35 @@ def routes(
 
     @reading()
     def engines(request: Request, principal: Principal, view: Catalog) -> Response:
-        waiting = in_flight()
-
         def mine(ref: str) -> bool:
             return principal.sees(ref.split("/", 1)[0])
 
+        waiting = in_flight()
         out = []
         for engine in view.engines():
-            resident = [r for r in view.residency(engine.engine) if principal.sees(r.policy.split("/", 1)[0])]
+            resident = [r for r in view.residency(engine.engine) if mine(r.policy)]
             tiers: dict[str, int] = {}
             for r in resident:
                 tiers[r.tier] = tiers.get(r.tier, 0) + 1
-            waves = [
-                {
-                    **msgspec.to_builtins(w),
-                    "load": [x for x in w.load if mine(x)],
-                    "evict": [x for x in w.evict if mine(x)],
-                }
-                for w in view.waves(engine.engine, limit=10)
-            ]
+            waves = []
+            for w in view.waves(engine.engine, limit=10):
+                load, keep, evict = ([x for x in refs if mine(x)] for refs in (w.load, w.keep, w.evict))
+                if principal.operator or load or keep or evict:  # another tenant's wave is not news
+                    waves.append({**msgspec.to_builtins(w), "load": load, "keep": keep, "evict": evict})
+            row: dict[str, Any] = msgspec.to_builtins(engine)
+            if principal.operator:
+                row["in_flight"] = waiting.get(engine.engine, 0)
+            else:
+                row = {field: row[field] for field in ENGINE_FIELDS_FOR_TENANTS}
             out.append(
                 {
-                    **msgspec.to_builtins(engine),
+                    **row,
                     "tiers": tiers,
                     "resident": msgspec.to_builtins(resident),
                     "waves": waves,
                     "failures": [
                         msgspec.to_builtins(f) for f in view.load_failures(engine.engine) if mine(f.policy)
                     ],
-                    "in_flight": waiting.get(engine.engine, 0),
                 }
             )
         return JSONResponse({"engines": out})
@@ -358,27 +374,13 @@ def routes(
 
     async def stream(request: Request) -> Response:
         try:
-            require(request, "reader")
+            principal = require(request, "reader")
         except AuthError as exc:
             return exc.response()
-
-        async def positions() -> AsyncIterator[bytes]:
-            # The projection's checkpoint moves exactly when facts were folded in: one event then.
-            last: dict[int, int] | None = None
-            while True:
-                view = catalog()
-                try:
-                    now = view.position()
-                finally:
-                    view.close()
-                if now != last:
-                    last = now
-                    payload = msgspec.json.encode({"position": now, "facts": sum(now.values())})
-                    yield b"event: position\ndata: " + payload + b"\n\n"
-                await anyio.sleep(STREAM_POLL_S)
-
         return StreamingResponse(
-            positions(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+            _changes(catalog, principal.operator),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
         )
 
     static = StaticFiles(directory=str(resources.files("mint.console")), html=True)
@@ -396,3 +398,24 @@ def routes(
         Route("/admin/api/stream", stream),
         Mount("/admin", app=static, name="console"),
     ]
+
+
+async def _changes(catalog: Callable[[], Catalog], operator: bool) -> AsyncIterator[bytes]:
+    """One event each time the catalog's checkpoint moves, which it does exactly when facts were
+    folded in. The checkpoint counts every tenant's facts per partition, so only the operator gets
+    it (`position`); a tenant learns that something changed (`changed`) and re-reads what it sees."""
+    last: dict[int, int] | None = None
+    while True:
+        view = catalog()
+        try:
+            now = view.position()
+        finally:
+            view.close()
+        if now != last:
+            last = now
+            if operator:
+                payload = msgspec.json.encode({"position": now, "facts": sum(now.values())})
+                yield b"event: position\ndata: " + payload + b"\n\n"
+            else:
+                yield b"event: changed\ndata: {}\n\n"
+        await anyio.sleep(STREAM_POLL_S)

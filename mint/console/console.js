@@ -206,9 +206,10 @@ async function renderEngines() {
   const { engines } = await api("/engines");
   view.innerHTML = engines.length ? engines.map((e) => `
     <div class="card engine"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${esc(e.status)}</span></h3>
-    <p>${esc(e.gpu_slots)} GPU slots · ${esc(e.cpu_slots)} host slots · wave ${esc(e.wave)} · in flight ${esc(e.in_flight)} ·
-      resident ${esc(Object.entries(e.tiers).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")} ·
-      loaded so far ${esc(Object.entries(e.loads).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")}</p>
+    <p>${esc(e.gpu_slots)} GPU slots · ${esc(e.cpu_slots)} host slots ·
+      ${"wave" in e ? `wave ${esc(e.wave)} · in flight ${esc(e.in_flight)} ·` : ""}
+      resident ${esc(Object.entries(e.tiers).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")}
+      ${"loads" in e ? `· loaded so far ${esc(Object.entries(e.loads).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")}` : ""}</p>
     ${table(["tier", "adapter", "load ms", "loaded"], e.resident.map((r) => [esc(r.tier), esc(`${r.policy}@${r.revision}`), esc(r.load_ms), esc(r.loaded_at)]))}
     ${table(["wave", "load", "evict", "at"], e.waves.map((w) => [esc(w.wave), esc(w.load.join(", ")), esc(w.evict.join(", ")), esc(w.at)]))}
     ${e.failures.length ? table(["failed load", "reason", "at"], e.failures.map((f) => [esc(`${f.policy}@${f.revision}`), esc(f.reason), esc(f.at)])) : ""}
@@ -285,8 +286,9 @@ async function render() {
 }
 
 async function follow() {
-  // SSE over fetch (EventSource cannot send the Authorization header). Each `position` event means
-  // new facts were folded into the catalog: re-render what is on screen.
+  // SSE over fetch (EventSource cannot send the Authorization header). Each event (`position` for
+  // the operator, with the fact count; `changed` for a tenant) means new facts were folded into the
+  // catalog: re-render what is on screen.
   const live = document.getElementById("live");
   for (;;) {
     try {
@@ -304,7 +306,8 @@ async function follow() {
           const data = buffer.slice(0, cut).split("\n").find((l) => l.startsWith("data: "));
           buffer = buffer.slice(cut + 2);
           if (!data) continue;
-          live.textContent = `live · ${JSON.parse(data.slice(6)).facts} facts`;
+          const { facts } = JSON.parse(data.slice(6));
+          live.textContent = facts === undefined ? `live · updated ${new Date().toLocaleTimeString()}` : `live · ${facts} facts`;
           if (!first && !document.querySelector("form#search :focus")) render();
           first = false;
         }
