@@ -110,3 +110,24 @@ def test_an_open_home_is_tightened_and_nothing_else_is_touched(tmp_path: Path) -
         "shared/readme.md": "0o644",
     }, "every path MinT keeps is private; what else lives there is not MinT's to change"
     assert modes["."] == 0o700 and all(modes[name] == 0o600 for name in kept)
+
+
+async def test_artifacts_cache_and_bases_are_private(tmp_path: Path) -> None:
+    from mint.adapters.peft_layout import WEIGHTS_FILE
+    from mint.artifacts.keys import adapter_key
+    from mint.artifacts.local import LocalArtifactStore
+    from mint.bases.tiny import create_tiny_base
+    from mint.serving.fetch import AdapterFetcher
+    from tests.engine_fixtures import make_adapter
+
+    home = Home(tmp_path / "home")
+    create_tiny_base(home.base("tiny"), seed=0)
+    adapter = make_adapter(home.base("tiny"), home.cache / "exports", "acme/a@r1", seed=1)
+    store = LocalArtifactStore(home.artifacts)
+    key = adapter_key("acme/a", "r1", adapter.sha256)
+    await store.put(key, adapter.directory / WEIGHTS_FILE)
+    fetched = await AdapterFetcher(store, home.cache / "adapters").fetch("acme/a@r1", key, adapter.sha256, 4)
+    assert fetched.source == "store"
+    modes = _modes(home.root)
+    assert f"artifacts/{key}" in modes and any(p.startswith("bases/tiny/") for p in modes)
+    assert _too_open(modes) == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from types import TracebackType
 
@@ -13,10 +13,11 @@ from types import TracebackType
 class PendingFile:
     def __init__(self, final: Path, temp_dir: Path) -> None:
         temp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=temp_dir, prefix=f".{final.name}.", suffix=".partial")
-        os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; published artifacts are ordinary files
+        # An ordinary new file, so the process umask decides its mode (a MinT home's keeps it owner-only):
+        # mkstemp's fixed 0600, or a chmod after it, would both ignore the umask.
         self.final = final
-        self._temp = Path(name)
+        self._temp = temp_dir / f".{final.name}.{secrets.token_hex(8)}.partial"
+        fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0

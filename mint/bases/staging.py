@@ -4,8 +4,8 @@ a half-written base, and a failed or interrupted build leaves nothing at the des
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +24,11 @@ def staged_directory(destination: Path) -> Iterator[Path]:
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise DestinationNotEmpty(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    # An ordinary new directory, so the process umask decides its mode (mkdtemp's is always 0700).
+    staging = destination.parent / f".{destination.name}.partial-{secrets.token_hex(8)}"
+    staging.mkdir()
     try:
         yield staging
-        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only
         os.rename(staging, destination)  # replaces an empty destination directory atomically
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
