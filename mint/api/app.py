@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.system import System
 from mint.api.console import routes as console_routes
+from mint.api.errors import HttpError
 from mint.api.ingest import routes as ingest_routes
 from mint.api.metrics import Metrics
 from mint.api.openai import Admission, InferenceLimits
@@ -78,10 +79,7 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
-        response = JSONResponse(
-            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": 413}},
-            status_code=413,
-        )
+        response = HttpError(413, message).response()
         await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
 

@@ -11,22 +11,17 @@ answered like a missing one (404), so names do not leak.
 from __future__ import annotations
 
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
 
+from mint.api.errors import HttpError
 from mint.auth.tokens import Principal, Role, TokenStore
 
 
-class AuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class AuthError(HttpError):
+    """401 (no or an unknown token: with the challenge a client expects) or 403 (a missing role)."""
 
-    def response(self) -> JSONResponse:
-        kind = "authentication_error" if self.status == 401 else "permission_error"
-        body = {"error": {"message": self.message, "type": kind, "param": None, "code": self.status}}
-        headers = {"WWW-Authenticate": 'Bearer realm="mint"'} if self.status == 401 else {}
-        return JSONResponse(body, status_code=self.status, headers=headers)
+    def __init__(self, status: int, message: str) -> None:
+        challenge = {"WWW-Authenticate": 'Bearer realm="mint"'} if status == 401 else {}
+        super().__init__(status, message, headers=challenge)
 
 
 def secret_of(conn: HTTPConnection) -> str | None:

@@ -15,14 +15,8 @@ from starlette.routing import Route
 
 from events.log import EventLog
 from mint.api.auth import AuthError, require
+from mint.api.errors import HttpError
 from mint.ingest import BatchRefused, IngestLimits, Kind, RateLimited, RateLimiter, TooLarge, validate_batch
-
-
-def _error(status: int, message: str, **extra: object) -> JSONResponse:
-    kind = "invalid_request_error" if status != 429 else "rate_limit_error"
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": status, **extra}}, status_code=status
-    )
 
 
 async def _bounded_body(request: Request, max_bytes: int) -> bytes:
@@ -51,17 +45,16 @@ def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
             records = validate_batch(await _bounded_body(request, limits.max_bytes), kind, principal, limits)
             limiter.take(principal.token_id, len(records))
         except TooLarge as exc:
-            return _error(413, str(exc))
+            return HttpError(413, str(exc)).response()
         except BatchRefused as exc:
             problems = [
                 {"index": p.index, "id": p.id, "type": p.type, "field": p.field, "message": p.message}
                 for p in exc.problems
             ]
-            return _error(400, str(exc), param=exc.problems[0].field, records=problems)
+            return HttpError(400, str(exc), exc.problems[0].field, records=problems).response()
         except RateLimited as exc:
-            response = _error(429, str(exc))
-            response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
-            return response
+            wait = {"Retry-After": str(math.ceil(exc.retry_after_s))}
+            return HttpError(429, str(exc), headers=wait).response()
         placed = await log.append(records)
         return JSONResponse(
             {

@@ -33,6 +33,7 @@ from actors.engine_host import ColdLoadTimeout, EngineHost, ModelNotFound
 from events.codec import field_of
 from events.names import tenant_of
 from mint.api.auth import AuthError, require
+from mint.api.errors import HttpError, retry_later
 from mint.api.metrics import InFlight
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
@@ -47,7 +48,6 @@ from mint.serving.engine import (
     SamplingParams,
 )
 
-RETRY_AFTER_S = "1"
 # What vLLM's OpenAI server accepts for `seed` (a torch long).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 T = TypeVar("T")
@@ -82,20 +82,18 @@ class Admission:
         self.cut_off = anyio.Event()  # set when a drain's grace is over: what still runs is cancelled
 
     def admit(self, token_id: str) -> Callable[[], None]:
-        """Count a request of `token_id` (the returned callable ends it), or refuse it (ApiError)."""
+        """Count a request of `token_id` (the returned callable ends it), or refuse it (HttpError)."""
         if self.draining:
-            raise ApiError(503, "the server is shutting down: retry", headers={"Retry-After": RETRY_AFTER_S})
+            raise retry_later(503, "the server is shutting down: retry")
         running = self.per_token.counts[token_id]
         if running >= self.limits.concurrency:
-            raise ApiError(
-                429,
-                f"token {token_id}: {running} requests in flight, the limit is {self.limits.concurrency}",
-                headers={"Retry-After": RETRY_AFTER_S},
+            raise retry_later(
+                429, f"token {token_id}: {running} requests in flight, the limit is {self.limits.concurrency}"
             )
         try:
             self.rate.take(token_id, 1)
         except RateLimited as exc:
-            raise ApiError(
+            raise HttpError(
                 429, f"token {token_id}: {exc}", headers={"Retry-After": str(math.ceil(exc.retry_after_s))}
             ) from None
         return self.per_token.enter(token_id)
@@ -119,7 +117,7 @@ class _Sampling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def params(self, logprobs: bool) -> SamplingParams:
         if self.n != 1:
-            raise ApiError(400, "n: only n=1 is supported", "n")
+            raise HttpError(400, "n: only n=1 is supported", "n")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(self.max_tokens, self.temperature, self.top_p, stop, self.seed, logprobs)
 
@@ -147,28 +145,6 @@ class ChatRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
         return host.engine.render_chat([msgspec.to_builtins(m) for m in self.messages])
 
 
-class ApiError(Exception):
-    def __init__(
-        self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        kind = (
-            "rate_limit_error"
-            if self.status == 429
-            else "invalid_request_error"
-            if self.status < 500
-            else "server_error"
-        )
-        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
 class ClientGone(Exception):
     """The client disconnected before its answer was ready: its generation was cancelled."""
 
@@ -177,9 +153,9 @@ async def _decode(request: Request, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(await request.body(), type=kind)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, f"invalid request: {exc}", field_of(str(exc))) from None
+        raise HttpError(400, f"invalid request: {exc}", field_of(str(exc))) from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, f"the body is not JSON: {exc}") from None
+        raise HttpError(400, f"the body is not JSON: {exc}") from None
 
 
 def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> EngineHost:
@@ -192,36 +168,32 @@ def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> Engi
             return host
         except ModelNotFound as exc:
             errors.append(exc)
-    raise ApiError(404, str(errors[0]) if errors else f"model {model!r}: no engine serves it", "model")
+    raise HttpError(404, str(errors[0]) if errors else f"model {model!r}: no engine serves it", "model")
 
 
-def _errors(exc: Exception, prompt_field: str) -> ApiError | AuthError:
-    if isinstance(exc, ApiError | AuthError):
+def _errors(exc: Exception, prompt_field: str) -> HttpError:
+    if isinstance(exc, HttpError):
         return exc
     if isinstance(exc, ModelNotFound):
-        return ApiError(404, str(exc), "model")
+        return HttpError(404, str(exc), "model")
     if isinstance(exc, ContextExceeded):
-        return ApiError(400, str(exc), prompt_field if exc.prompt_too_long else "max_tokens")
+        return HttpError(400, str(exc), prompt_field if exc.prompt_too_long else "max_tokens")
     if isinstance(exc, Overloaded):
-        return ApiError(429, str(exc), headers={"Retry-After": RETRY_AFTER_S})
+        return retry_later(429, str(exc))
     if isinstance(exc, ColdLoadTimeout | AdapterNotLoaded):
-        return ApiError(503, str(exc), headers={"Retry-After": RETRY_AFTER_S})
+        return retry_later(503, str(exc))
     if isinstance(exc, EngineError):
-        return ApiError(500, f"the engine failed this request: {exc}")
+        return HttpError(500, f"the engine failed this request: {exc}")
     raise exc
 
 
-def _shut_down() -> ApiError:
-    return ApiError(
-        503,
-        "the server shut down before this request finished: retry",
-        headers={"Retry-After": RETRY_AFTER_S},
-    )
+def _shut_down() -> HttpError:
+    return retry_later(503, "the server shut down before this request finished: retry")
 
 
 async def _attended(request: Request, cut_off: anyio.Event, work: Callable[[], Awaitable[T]]) -> T:
     """`work`'s result, unless the client disconnects first (ClientGone) or a drain's grace ends
-    (ApiError 503): either cancels `work` and the generation it awaits, so a request nobody waits
+    (HttpError 503): either cancels `work` and the generation it awaits, so a request nobody waits
     for holds no engine row."""
     done: list[T] = []
     failed: list[Exception] = []
