@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -288,82 +289,122 @@ def _nothing() -> None:
     pass
 
 
-def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], admission: Admission) -> list[Route]:
-    async def models(request: Request) -> Response:
-        try:
-            principal = require(request, "reader")
-        except AuthError as exc:
-            return exc.response()
-        prefix = "" if principal.operator else f"{principal.tenant}/"
-        view = catalog()
-        try:
-            after = request.query_params.get("after", "")
-            rows = [r for r in view.search(prefix, after=after, status="active", limit=1000) if r.pointer]
-        finally:
-            view.close()
-        data = [
-            {"id": r.policy, "object": "model", "owned_by": r.tenant, "root": f"{r.policy}@{r.pointer}"}
-            for r in rows
-        ]
-        return JSONResponse({"object": "list", "data": data})
+@dataclass(frozen=True)
+class OpenAiApi:
+    """What the OpenAI routes share: the engine hosts, the catalog read model, the admission limits."""
 
-    async def serve(request: Request, chat: bool) -> Response:
-        leave_token = leave_engine = _nothing
+    hosts: list[EngineHost]
+    catalog: Callable[[], Catalog]
+    admission: Admission
 
-        def leave() -> None:
-            leave_engine()
-            leave_token()
 
-        prompt_field = "messages" if chat else "prompt"
-        started: AsyncGenerator[Delta, None] | None = None
-        try:
-            principal = require(request, "reader")
-            leave_token = admission.admit(principal.token_id)
-            body: CompletionRequest | ChatRequest = await _decode(
-                request, ChatRequest if chat else CompletionRequest
+async def list_models(api: OpenAiApi, request: Request) -> Response:
+    try:
+        principal = require(request, "reader")
+    except AuthError as exc:
+        return exc.response()
+    prefix = "" if principal.operator else f"{principal.tenant}/"
+    view = api.catalog()
+    try:
+        after = request.query_params.get("after", "")
+        rows = [r for r in view.search(prefix, after=after, status="active", limit=1000) if r.pointer]
+    finally:
+        view.close()
+    data = [
+        {"id": r.policy, "object": "model", "owned_by": r.tenant, "root": f"{r.policy}@{r.pointer}"}
+        for r in rows
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@dataclass
+class _Started:
+    """A generation that has produced its first delta, and what answering it needs."""
+
+    body: CompletionRequest | ChatRequest
+    host: EngineHost
+    prompt: str
+    ref: str
+    logprobs: bool
+    generation: AsyncGenerator[Delta, None]
+    first: Delta
+    leave: Callable[[], None]  # ends the request's counts (per token and per engine)
+
+
+async def _start(api: OpenAiApi, request: Request, chat: bool) -> _Started:
+    """Admit, decode and start the request; on any failure (a cancellation included) it leaves the
+    counts and closes what it started before the error goes on."""
+    admission = api.admission
+    leave_token = leave_engine = _nothing
+
+    def leave() -> None:
+        leave_engine()
+        leave_token()
+
+    started: AsyncGenerator[Delta, None] | None = None
+    try:
+        principal = require(request, "reader")
+        leave_token = admission.admit(principal.token_id)
+        body: CompletionRequest | ChatRequest = await _decode(
+            request, ChatRequest if chat else CompletionRequest
+        )
+        logprobs = body.wants_logprobs()
+        params = body.params(logprobs)
+        host = _host_for(api.hosts, body.model, principal)
+        prompt = body.text(host)
+        ref = host.resolve(body.model)  # pinned here, so the header names what really answered
+        leave_engine = admission.in_flight.enter(host.engine_id)
+        started = generation = host.generate(ref, prompt, params)
+        first = await _attended(request, admission.cut_off, lambda: anext(generation))
+    except BaseException:
+        leave()
+        if started is not None:
+            with anyio.CancelScope(shield=True):
+                await started.aclose()
+        raise
+    return _Started(body, host, prompt, ref, logprobs, generation, first, leave)
+
+
+async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
+    prompt_field = "messages" if chat else "prompt"
+    try:
+        started = await _start(api, request, chat)
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it: the status is for the access log
+    except Exception as exc:
+        return _errors(exc, prompt_field).response()
+    body, generation, cut_off = started.body, started.generation, api.admission.cut_off
+    answered = {"x-mint-revision": started.ref}
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        events = _sse(ident, created, body.model, chat, started.first, generation)
+        return _Streamed(events, generation, started.leave, answered, cut_off)
+    try:
+        async with aclosing(generation):
+            out = await _attended(
+                request, cut_off, lambda: _collect(started.first, generation, started.host, started.prompt)
             )
-            logprobs = body.wants_logprobs()
-            params = body.params(logprobs)
-            host = _host_for(hosts, body.model, principal)
-            prompt = body.text(host)
-            ref = host.resolve(body.model)  # pinned here, so the header names what really answered
-            leave_engine = admission.in_flight.enter(host.engine_id)
-            started = generation = host.generate(ref, prompt, params)
-            first = await _attended(request, admission.cut_off, lambda: anext(generation))
-        except BaseException as exc:  # cancelled too (a shutdown past its grace): it leaves the counts
-            leave()
-            if started is not None:
-                with anyio.CancelScope(shield=True):
-                    await started.aclose()
-            if isinstance(exc, ClientGone):
-                return Response(status_code=499)  # nobody reads it: the status is for the access log
-            if isinstance(exc, Exception):
-                return _errors(exc, prompt_field).response()
-            raise
-        answered = {"x-mint-revision": ref}
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        if body.stream:
-            events = _sse(ident, created, body.model, chat, first, generation)
-            return _Streamed(events, generation, leave, answered, admission.cut_off)
-        try:
-            async with aclosing(generation):
-                out = await _attended(
-                    request, admission.cut_off, lambda: _collect(first, generation, host, prompt)
-                )
-        except ClientGone:
-            return Response(status_code=499)
-        except Exception as exc:
-            return _errors(exc, prompt_field).response()
-        finally:
-            leave()
-        return JSONResponse(_whole(ident, created, body.model, chat, out, logprobs), headers=answered)
+    except ClientGone:
+        return Response(status_code=499)
+    except Exception as exc:
+        return _errors(exc, prompt_field).response()
+    finally:
+        started.leave()
+    return JSONResponse(_whole(ident, created, body.model, chat, out, started.logprobs), headers=answered)
+
+
+def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], admission: Admission) -> list[Route]:
+    api = OpenAiApi(hosts, catalog, admission)
+
+    async def models(request: Request) -> Response:
+        return await list_models(api, request)
 
     async def completions(request: Request) -> Response:
-        return await serve(request, chat=False)
+        return await serve(api, request, chat=False)
 
     async def chat_completions(request: Request) -> Response:
-        return await serve(request, chat=True)
+        return await serve(api, request, chat=True)
 
     return [
         Route("/v1/models", models, methods=["GET"]),
