@@ -131,21 +131,12 @@ def up(
     """Start the actors (all in this process by default) and the HTTP API."""
     home, spec = context(home_dir, log_url)
     artifacts = artifacts_spec(home, artifacts_url)
-    chosen = frozenset(n.strip() for n in only.split(",") if n.strip()) if only else None
-    unknown = {n for n in chosen or () if n not in ACTOR_NAMES and not n.startswith("engine-")}
-    if unknown:
-        raise click.BadParameter(
-            f"no actor named {', '.join(sorted(unknown))} (actors: {', '.join(ACTOR_NAMES)}, engine-BASE)",
-            param_hint="--only",
-        )
+    chosen = _chosen(only)
     if no_serve and bases:
         raise click.BadParameter("--no-serve starts no engine: drop it or --serve", param_hint="--no-serve")
     engines = {name: factory for name, factory in (_engine_spec(home, b) for b in bases)}
     inference = _inference_limits(inference_concurrency, inference_rate, inference_burst)
-    try:
-        faults = Faults(rate=chaos if chaos is not None else (0.1 if walkthrough else 0.0), seed=seed)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--chaos") from None
+    faults = _faults(chaos, seed, walkthrough)
 
     async def go() -> bool:
         shutdown = Shutdown(grace_s)
@@ -164,25 +155,14 @@ def up(
                 http = partial(
                     serve_http, max_body_bytes=max_body_bytes, inference=inference, shutdown=shutdown
                 )
-                address = await tg.start(http, system, host, port)
-                click.echo(
-                    f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions; "
-                    f"Tinker SDK base URL: {address}; "
-                    f"ingest: /v1/events, /v1/commands; console: {address}/admin/; /metrics)"
-                )
+                _announce(await tg.start(http, system, host, port))
             if walkthrough:
                 from mint.walkthrough import walkthrough as session
 
                 verdict = await session(system, click.echo)
                 tg.cancel_scope.cancel()
                 return verdict.equal
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                click.echo("Ctrl-C (or SIGTERM) to stop")
-                async for signum in signals:
-                    click.echo(
-                        f"stopping on {signal.Signals(signum).name}: actors resume from their checkpoints"
-                    )
-                    break
+            await _until_stopped()
             if not no_api:
                 shutdown.requested.set()
                 # The bound holds even if the server does not stop: what is left is cancelled below.
@@ -192,6 +172,42 @@ def up(
         return True
 
     sys.exit(0 if run(go) else 1)
+
+
+def _chosen(only: str | None) -> frozenset[str] | None:
+    """The actors `--only` names (None: all of them), each checked."""
+    chosen = frozenset(n.strip() for n in only.split(",") if n.strip()) if only else None
+    unknown = {n for n in chosen or () if n not in ACTOR_NAMES and not n.startswith("engine-")}
+    if unknown:
+        raise click.BadParameter(
+            f"no actor named {', '.join(sorted(unknown))} (actors: {', '.join(ACTOR_NAMES)}, engine-BASE)",
+            param_hint="--only",
+        )
+    return chosen
+
+
+def _faults(chaos: float | None, seed: int | None, walkthrough: bool) -> Faults:
+    try:
+        return Faults(rate=chaos if chaos is not None else (0.1 if walkthrough else 0.0), seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--chaos") from None
+
+
+def _announce(address: str) -> None:
+    click.echo(
+        f"HTTP API on {address} (OpenAI-compatible: /v1/completions, /v1/chat/completions; "
+        f"Tinker SDK base URL: {address}; "
+        f"ingest: /v1/events, /v1/commands; console: {address}/admin/; /metrics)"
+    )
+
+
+async def _until_stopped() -> None:
+    """Until Ctrl-C or SIGTERM."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        click.echo("Ctrl-C (or SIGTERM) to stop")
+        async for signum in signals:
+            click.echo(f"stopping on {signal.Signals(signum).name}: actors resume from their checkpoints")
+            return
 
 
 def _inference_limits(
