@@ -68,62 +68,70 @@ async def _through_api(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://mint/api/v1", headers={"X-API-Key": key}
         ) as http:
-
-            async def call(path: str, body: dict[str, Any]) -> Any:
-                pending = (await http.post(path, json=body)).json()
-                return (await http.post("/retrieve_future", json=pending)).json()
-
             session = (await http.post("/create_session", json={})).json()["session_id"]
-            model_id = (
-                await call(
-                    "/create_model", {"session_id": session, "base_model": "tiny", "lora_config": {"rank": 8}}
-                )
-            )["model_id"]
-            data = [
-                {
-                    "model_input": {"chunks": [{"type": "encoded_text", "tokens": row[:-1]}]},
-                    "loss_fn_inputs": {"target_tokens": {"data": row[1:], "dtype": "int64"}},
-                }
-                for row in batch
-            ]
-            step_times = []
-            for step in range(WARMUP + steps):
-                began = time.perf_counter()
-                fb = {
-                    "model_id": model_id,
-                    "seq_id": 2 * step + 1,
-                    "forward_backward_input": {"data": data, "loss_fn": "cross_entropy"},
-                }
-                backward = (await http.post("/forward_backward", json=fb)).json()
-                optim = {"model_id": model_id, "seq_id": 2 * step + 2, "adam_params": {"learning_rate": 1e-3}}
-                stepped = (await http.post("/optim_step", json=optim)).json()
-                await http.post("/retrieve_future", json=backward)
-                await http.post("/retrieve_future", json=stepped)
-                step_times.append(time.perf_counter() - began)
+            create = {"session_id": session, "base_model": "tiny", "lora_config": {"rank": 8}}
+            model_id = (await _call(http, "/create_model", create))["model_id"]
+            step_times = await _steps(http, model_id, batch, steps)
             say(f"{steps} steps through the API")
             snapshot = {
                 "model_id": model_id,
                 "seq_id": 2 * (WARMUP + steps) + 1,
                 "sampling_session_seq_id": 0,
             }
-            sampler = (await call("/save_weights_for_sampler", snapshot))["sampling_session_id"]
-            sample_times = []
-            for _ in range(WARMUP + steps):
-                began = time.perf_counter()
-                await call(
-                    "/asample",
-                    {
-                        "sampling_session_id": sampler,
-                        "num_samples": 8,
-                        "prompt": {"chunks": [{"type": "encoded_text", "tokens": batch[0][:8]}]},
-                        "sampling_params": {"max_tokens": 16, "stop": []},
-                    },
-                )
-                sample_times.append(time.perf_counter() - began)
+            sampler = (await _call(http, "/save_weights_for_sampler", snapshot))["sampling_session_id"]
+            sample_times = await _samples(http, sampler, batch[0][:8], steps)
     return {
         "api_step_ms": statistics.median(step_times) * 1000,
         "asample_8x16_ms": statistics.median(sample_times) * 1000,
     }
+
+
+async def _call(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
+    """A request that answers with a future, and the future's result."""
+    pending = (await http.post(path, json=body)).json()
+    return (await http.post("/retrieve_future", json=pending)).json()
+
+
+async def _steps(http: httpx.AsyncClient, model_id: str, batch: list[list[int]], steps: int) -> list[float]:
+    """Seconds per training step (forward_backward + optim_step, both awaited), warm-up included."""
+    data = [
+        {
+            "model_input": {"chunks": [{"type": "encoded_text", "tokens": row[:-1]}]},
+            "loss_fn_inputs": {"target_tokens": {"data": row[1:], "dtype": "int64"}},
+        }
+        for row in batch
+    ]
+    times = []
+    for step in range(WARMUP + steps):
+        began = time.perf_counter()
+        fb = {
+            "model_id": model_id,
+            "seq_id": 2 * step + 1,
+            "forward_backward_input": {"data": data, "loss_fn": "cross_entropy"},
+        }
+        backward = (await http.post("/forward_backward", json=fb)).json()
+        optim = {"model_id": model_id, "seq_id": 2 * step + 2, "adam_params": {"learning_rate": 1e-3}}
+        stepped = (await http.post("/optim_step", json=optim)).json()
+        await http.post("/retrieve_future", json=backward)
+        await http.post("/retrieve_future", json=stepped)
+        times.append(time.perf_counter() - began)
+    return times
+
+
+async def _samples(http: httpx.AsyncClient, sampler: str, prompt: list[int], steps: int) -> list[float]:
+    """Seconds per asample of 8 completions of 16 tokens, warm-up included."""
+    times = []
+    for _ in range(WARMUP + steps):
+        began = time.perf_counter()
+        asked = {
+            "sampling_session_id": sampler,
+            "num_samples": 8,
+            "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
+            "sampling_params": {"max_tokens": 16, "stop": []},
+        }
+        await _call(http, "/asample", asked)
+        times.append(time.perf_counter() - began)
+    return times
 
 
 def bench_tinker(home: Home, steps: int, rows: int, say: Callable[[str], None]) -> dict[str, float]:
