@@ -40,6 +40,13 @@ async def test_tenants_see_only_their_policies(
     assert (await operator.get("/admin/api/dead-letters")).json() == {"dead_letters": []}
     bad = await acme.get("/admin/api/policies?status=sleeping")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "status"
+    # A page is 1 to 200 policies: 0 once failed with a 500, and -1 was SQLite's "no limit".
+    for limit in ("0", "-1", "201"):
+        bad = await operator.get(f"/admin/api/policies?limit={limit}")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit", limit
+    # One error shape (mint.api.errors): the type follows the status, the code is the status.
+    refused = (await acme.get("/admin/api/dead-letters")).json()["error"]
+    assert (refused["type"], refused["code"]) == ("permission_error", 403)
 
 
 async def test_policy_page_data_and_admin_commands(

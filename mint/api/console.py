@@ -5,11 +5,13 @@ which append Promote / Rollback commands to the log and let the page follow thei
 they caused, or their CommandRejected). Reads need the reader role, the buttons the admin role; a
 token sees its own tenant (an operator token every tenant), and another tenant's policy is answered
 like a missing one. The page itself carries no data, so it is served without a token; it asks for one.
+The JSON is exact (ISO times, milliseconds as floats, bytes as integers); the page formats it for people.
 
 JSON API (all GET unless said):
   /admin/api/me                                   the caller's token id, tenant, roles
   /admin/api/policies?prefix=&status=&base=&after=&limit=
-                                                  a page of policies in name order; `next` pages on
+                                                  a page of policies in name order (limit 1 to 200,
+                                                  50 if not given); `next` pages on
   /admin/api/policies/{tenant}/{name}             revisions, lineage, evaluations, serving history,
                                                   rejections, and the audit trail with causation
   POST /admin/api/policies/{tenant}/{name}/promote   {"revision", "reason"} -> {"command": id}
@@ -23,14 +25,21 @@ JSON API (all GET unless said):
   /admin/api/stream                               Server-Sent Events each time facts land: `position`
                                                   (the checkpoint) for the operator, a bare `changed`
                                                   for a tenant
+
+Each route is a module-level handler over a small context: a read gets a `Read` (who asks, the catalog
+opened for this request, the path's and query's parameters) and returns what to answer as JSON; a
+refusal is an `HttpError`, answered in OpenAI's error shape.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import msgspec
@@ -44,8 +53,10 @@ from events.codec import field_of
 from events.envelope import Command
 from events.log import EventLog
 from events.names import POLICY_PATTERN, RevisionId
-from mint.api.auth import AuthError, require
-from mint.auth.tokens import Principal, Role
+from mint.api.auth import require
+from mint.api.console_views import audit, engine_seen, lineage
+from mint.api.errors import HttpError, retry_later
+from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.catalog.rows import RejectionRow, ServingMove
 
@@ -53,31 +64,37 @@ STREAM_POLL_S = 0.25
 PAGE_LIMIT = 200
 _POLICY = re.compile(POLICY_PATTERN)
 NOT_BUILT = "the catalog projection is not built yet (is `mint up` running?)"
-# What a tenant sees of an engine besides its own adapters: what the engine is, not what it did.
-# Its wave counter, load counts and requests in flight add up every tenant's traffic, and a new
-# EngineRow field stays the operator's until it is added here.
-ENGINE_FIELDS_FOR_TENANTS = (
-    "engine",
-    "base_id",
-    "kind",
-    "gpu_slots",
-    "cpu_slots",
-    "status",
-    "registered_at",
-    "lost_reason",
-)
 
 
-class ConsoleError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
+@dataclass(frozen=True)
+class Console:
+    """What every console route works over: the catalog (opened per request), the log the admin
+    buttons append to, and the requests in flight per engine."""
 
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param}}
-        return JSONResponse(body, status_code=self.status)
+    catalog: Callable[[], Catalog]
+    log: EventLog
+    in_flight: Callable[[], Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class Read:
+    """One GET of the JSON API: who asks, the catalog opened for it, its path and query parameters."""
+
+    console: Console
+    principal: Principal
+    view: Catalog
+    path: Mapping[str, str]
+    query: Mapping[str, str]
+
+
+class PolicySearch(msgspec.Struct, forbid_unknown_fields=True):
+    """The query of `/admin/api/policies`, typed so that a bad parameter is refused by its name."""
+
+    prefix: str = ""
+    status: Literal["", "active", "retired"] = ""
+    base: str = ""
+    after: str = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=PAGE_LIMIT)] = 50
 
 
 # Typed like the commands' fields, so a bad revision is refused here, naming it, and never reaches
@@ -92,8 +109,33 @@ class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str = ""
 
 
-def _json(value: Any) -> JSONResponse:
-    return JSONResponse(msgspec.to_builtins(value))
+@contextmanager
+def _opened(console: Console) -> Iterator[Catalog]:
+    """The catalog for one request, closed after it; 503 while the projection is not built."""
+    try:
+        view = console.catalog()
+    except ProjectionMissing:
+        raise retry_later(503, NOT_BUILT) from None
+    try:
+        yield view
+    finally:
+        view.close()
+
+
+def _no_such_policy(policy: str) -> HttpError:
+    return HttpError(404, f"policy {policy!r}: no such policy", "policy")
+
+
+def _policy_name(principal: Principal, path: Mapping[str, str]) -> str:
+    """The `{tenant}/{name}` of the path, if well formed and the principal sees the tenant; another
+    tenant's policy is refused exactly like a missing one."""
+    tenant, name = path["tenant"], path["name"]
+    policy = f"{tenant}/{name}"
+    if not _POLICY.match(policy):
+        raise HttpError(400, f"policy: {policy!r} is not tenant/name", "policy")
+    if not principal.sees(tenant):
+        raise _no_such_policy(policy)
+    return policy
 
 
 def _scope_prefix(principal: Principal, prefix: str) -> str | None:
@@ -107,310 +149,151 @@ def _scope_prefix(principal: Principal, prefix: str) -> str | None:
     return own if own.startswith(prefix) else None
 
 
-def _policy_name(request: Request, principal: Principal) -> str:
-    tenant, name = request.path_params["tenant"], request.path_params["name"]
-    policy = f"{tenant}/{name}"
-    if not _POLICY.match(policy):
-        raise ConsoleError(400, f"policy: {policy!r} is not tenant/name", "policy")
-    if not principal.sees(tenant):
-        raise ConsoleError(404, f"policy {policy!r}: no such policy", "policy")
-    return policy
+def me(read: Read) -> dict[str, Any]:
+    p = read.principal
+    return {"token_id": p.token_id, "tenant": p.tenant, "roles": sorted(p.roles), "operator": p.operator}
 
 
-def _audit(detail: dict[str, Any]) -> list[dict[str, Any]]:
-    """A policy's history from its projection rows, oldest first: what, when, why, caused by what."""
-    policy = detail["policy"]
-    trail: list[dict[str, Any]] = [
-        {"at": policy["registered_at"], "what": "registered", "detail": f"base {policy['base_id']}"}
-    ]
-    for r in detail["revisions"]:
-        parent = f", parent {r['parent']}" if r["parent"] else ""
-        run = f"run {r['run']}" if r["run"] else "no run (exported by a producer)"
-        trail.append(
-            {
-                "at": r["exported_at"],
-                "what": "exported",
-                "revision": r["revision"],
-                "detail": f"{run}{parent}",
-            }
-        )
-    for e in detail["evaluations"]:
-        trail.append(
-            {
-                "at": e["at"],
-                "what": f"evaluated: {e['verdict']}",
-                "revision": e["revision"],
-                "detail": f"{e['suite']} v{e['suite_version']} score {e['score']:.4g}",
-                "id": e["id"],
-            }
-        )
-    for m in detail["serving"]:
-        trail.append(
-            {
-                "at": m["at"],
-                "what": m["kind"],
-                "revision": m["revision"],
-                "detail": f"from {m['previous'] or '-'}: {m['reason']}",
-                "id": m["id"],
-                "causation": m["causation"],
-            }
-        )
-    for r in detail["rejections"]:
-        trail.append(
-            {
-                "at": r["at"],
-                "what": f"{r['command_type']} rejected",
-                "detail": r["reason"],
-                "id": r["id"],
-                "causation": r["command_id"],
-            }
-        )
-    trail.sort(key=lambda t: t["at"])
-    return trail
+def policies(read: Read) -> dict[str, Any]:
+    try:
+        search = msgspec.convert(dict(read.query), PolicySearch, strict=False)
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, f"invalid query: {exc}", field_of(str(exc))) from None
+    prefix = _scope_prefix(read.principal, search.prefix)
+    if prefix is None:
+        return {"policies": [], "next": None}
+    rows = read.view.search(prefix, search.status or None, search.base or None, search.after, search.limit)
+    return {"policies": rows, "next": rows[-1].policy if len(rows) == search.limit else None}
 
 
-def _lineage(revisions: list[dict[str, Any]], served: list[str], pointer: str | None) -> dict[str, Any]:
-    nodes = [
-        {
-            "id": r["revision"],
-            "run": r["run"],
-            "served": r["revision"] in served,
-            "pointer": r["revision"] == pointer,
-        }
-        for r in revisions
-    ]
-    edges = [{"from": r["parent"], "to": r["revision"]} for r in revisions if r["parent"]]
-    return {"nodes": nodes, "edges": edges}
+def policy(read: Read) -> dict[str, Any]:
+    name = _policy_name(read.principal, read.path)
+    row = read.view.policy(name)
+    if row is None:
+        raise _no_such_policy(name)
+    revisions, evaluations = read.view.revisions(name), read.view.evaluations(name)
+    serving, rejections = read.view.serving_history(name), read.view.rejections(name)
+    return {
+        "policy": row,
+        "revisions": revisions,
+        "evaluations": evaluations,
+        "serving": serving,
+        "rejections": rejections,
+        "traffic": read.view.traffic(name),
+        "lineage": lineage(row, revisions),
+        "audit": audit(row, revisions, evaluations, serving, rejections),
+    }
 
 
-def routes(
-    catalog: Callable[[], Catalog], log: EventLog, in_flight: Callable[[], dict[str, int]]
-) -> list[Route | Mount]:
-    def reading(role: Role = "reader") -> Callable[[Callable[[Request, Principal, Catalog], Response]], Any]:
-        """A GET handler with its principal and an open catalog; errors become JSON responses."""
-
-        def wrap(handler: Callable[[Request, Principal, Catalog], Response]) -> Any:
-            async def endpoint(request: Request) -> Response:
-                try:
-                    principal = require(request, role)
-                    view = catalog()
-                except AuthError as exc:
-                    return exc.response()
-                except ProjectionMissing:
-                    return ConsoleError(503, NOT_BUILT).response()
-                try:
-                    return handler(request, principal, view)
-                except ConsoleError as exc:
-                    return exc.response()
-                finally:
-                    view.close()
-
-            return endpoint
-
-        return wrap
-
-    @reading()
-    def me(request: Request, principal: Principal, view: Catalog) -> Response:
-        return JSONResponse(
-            {
-                "token_id": principal.token_id,
-                "tenant": principal.tenant,
-                "roles": sorted(principal.roles),
-                "operator": principal.operator,
-            }
-        )
-
-    @reading()
-    def policies(request: Request, principal: Principal, view: Catalog) -> Response:
-        q = request.query_params
-        try:
-            limit = min(int(q.get("limit", "50")), PAGE_LIMIT)
-        except ValueError:
-            raise ConsoleError(400, f"limit: {q.get('limit')!r} is not an integer", "limit") from None
-        status = q.get("status") or None
-        if status not in (None, "active", "retired"):
-            raise ConsoleError(400, f"status: {status!r} is not active or retired", "status")
-        prefix = _scope_prefix(principal, q.get("prefix", ""))
-        rows = (
-            []
-            if prefix is None
-            else view.search(prefix, status, q.get("base") or None, q.get("after", ""), limit)
-        )
-        return JSONResponse(
-            {
-                "policies": msgspec.to_builtins(rows),
-                "next": rows[-1].policy if len(rows) == limit else None,
-            }
-        )
-
-    @reading()
-    def policy(request: Request, principal: Principal, view: Catalog) -> Response:
-        name = _policy_name(request, principal)
-        row = view.policy(name)
-        if row is None:
-            raise ConsoleError(404, f"policy {name!r}: no such policy", "policy")
-        detail: dict[str, Any] = {
-            "policy": msgspec.to_builtins(row),
-            "revisions": msgspec.to_builtins(view.revisions(name)),
-            "evaluations": msgspec.to_builtins(view.evaluations(name)),
-            "serving": msgspec.to_builtins(view.serving_history(name)),
-            "rejections": msgspec.to_builtins(view.rejections(name)),
-            "traffic": msgspec.to_builtins(view.traffic(name)),
-        }
-        detail["lineage"] = _lineage(detail["revisions"], list(row.served), row.pointer)
-        detail["audit"] = _audit(detail)
-        return JSONResponse(detail)
-
-    @reading()
-    def outcome(request: Request, principal: Principal, view: Catalog) -> Response:
-        name = _policy_name(request, principal)
-        found = view.outcome(name, request.path_params["command"])
-        if isinstance(found, ServingMove):
-            return JSONResponse({"status": "applied", "move": msgspec.to_builtins(found)})
-        if isinstance(found, RejectionRow):
-            return JSONResponse({"status": "rejected", "rejection": msgspec.to_builtins(found)})
-        return JSONResponse({"status": "pending"})
-
-    @reading()
-    def engines(request: Request, principal: Principal, view: Catalog) -> Response:
-        def mine(ref: str) -> bool:
-            return principal.sees(ref.split("/", 1)[0])
-
-        waiting = in_flight()
-        out = []
-        for engine in view.engines():
-            resident = [r for r in view.residency(engine.engine) if mine(r.policy)]
-            tiers: dict[str, int] = {}
-            for r in resident:
-                tiers[r.tier] = tiers.get(r.tier, 0) + 1
-            waves = []
-            for w in view.waves(engine.engine, limit=10):
-                load, keep, evict = ([x for x in refs if mine(x)] for refs in (w.load, w.keep, w.evict))
-                if principal.operator or load or keep or evict:  # another tenant's wave is not news
-                    waves.append({**msgspec.to_builtins(w), "load": load, "keep": keep, "evict": evict})
-            row: dict[str, Any] = msgspec.to_builtins(engine)
-            if principal.operator:
-                row["in_flight"] = waiting.get(engine.engine, 0)
-            else:
-                row = {field: row[field] for field in ENGINE_FIELDS_FOR_TENANTS}
-            out.append(
-                {
-                    **row,
-                    "tiers": tiers,
-                    "resident": msgspec.to_builtins(resident),
-                    "waves": waves,
-                    "failures": [
-                        msgspec.to_builtins(f) for f in view.load_failures(engine.engine) if mine(f.policy)
-                    ],
-                }
-            )
-        return JSONResponse({"engines": out})
-
-    @reading()
-    def runs(request: Request, principal: Principal, view: Catalog) -> Response:
-        rows = view.runs(None if principal.operator else principal.tenant)
-        return _json({"runs": rows})
-
-    @reading()
-    def run(request: Request, principal: Principal, view: Catalog) -> Response:
-        tenant, name = request.path_params["tenant"], request.path_params["name"]
-        found = view.run(f"{tenant}/{name}") if principal.sees(tenant) else None
-        if found is None:
-            raise ConsoleError(404, f"run {tenant}/{name!r}: no such run", "run")
-        return _json({"run": found, "steps": view.steps(found.run)})
-
-    @reading()
-    def dead_letters(request: Request, principal: Principal, view: Catalog) -> Response:
-        if not principal.operator:
-            raise ConsoleError(403, "dead letters: only an operator token (tenant _system, admin) reads them")
-        return _json({"dead_letters": view.dead_letters()})
-
-    async def command(request: Request, build: Callable[[str, bytes, Principal], Command]) -> Response:
-        try:
-            principal = require(request, "admin")
-            name = _policy_name(request, principal)
-            view = catalog()
-            try:
-                known = view.policy(name) is not None
-            finally:
-                view.close()
-            if not known:
-                raise ConsoleError(404, f"policy {name!r}: no such policy", "policy")
-            record = build(name, await request.body(), principal)
-        except (AuthError, ConsoleError) as exc:
-            return exc.response()
-        except ProjectionMissing:
-            return ConsoleError(503, NOT_BUILT).response()
-        await log.append([record])
-        return JSONResponse({"command": record.id, "type": type(record).__name__}, status_code=202)
-
-    def _body(kind: type[Any], raw: bytes) -> Any:
-        try:
-            return msgspec.json.decode(raw or b"{}", type=kind)
-        except msgspec.ValidationError as exc:
-            raise ConsoleError(400, f"invalid request: {exc}", field_of(str(exc))) from None
-        except msgspec.DecodeError as exc:
-            raise ConsoleError(400, f"the body is not JSON: {exc}") from None
-
-    def _record(cls: type[Command], principal: Principal, **fields: Any) -> Command:
-        try:
-            return cls.create(source=f"console:{principal.token_id}", **fields)
-        except (msgspec.ValidationError, ValueError) as exc:
-            raise ConsoleError(400, str(exc)) from None
-
-    async def promote(request: Request) -> Response:
-        def build(name: str, raw: bytes, principal: Principal) -> Command:
-            body: PromoteBody = _body(PromoteBody, raw)
-            return _record(Promote, principal, policy=name, revision=body.revision, reason=body.reason)
-
-        return await command(request, build)
-
-    async def rollback(request: Request) -> Response:
-        def build(name: str, raw: bytes, principal: Principal) -> Command:
-            body: RollbackBody = _body(RollbackBody, raw)
-            return _record(Rollback, principal, policy=name, to_revision=body.to_revision, reason=body.reason)
-
-        return await command(request, build)
-
-    async def stream(request: Request) -> Response:
-        try:
-            principal = require(request, "reader")
-        except AuthError as exc:
-            return exc.response()
-        return StreamingResponse(
-            _changes(catalog, principal.operator),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store"},
-        )
-
-    static = StaticFiles(directory=str(resources.files("mint.console")), html=True)
-    return [
-        Route("/admin/api/me", me),
-        Route("/admin/api/policies", policies),
-        Route("/admin/api/policies/{tenant}/{name}", policy),
-        Route("/admin/api/policies/{tenant}/{name}/promote", promote, methods=["POST"]),
-        Route("/admin/api/policies/{tenant}/{name}/rollback", rollback, methods=["POST"]),
-        Route("/admin/api/policies/{tenant}/{name}/outcomes/{command}", outcome),
-        Route("/admin/api/engines", engines),
-        Route("/admin/api/runs", runs),
-        Route("/admin/api/runs/{tenant}/{name}", run),
-        Route("/admin/api/dead-letters", dead_letters),
-        Route("/admin/api/stream", stream),
-        Mount("/admin", app=static, name="console"),
-    ]
+def outcome(read: Read) -> dict[str, Any]:
+    found = read.view.outcome(_policy_name(read.principal, read.path), read.path["command"])
+    if isinstance(found, ServingMove):
+        return {"status": "applied", "move": found}
+    if isinstance(found, RejectionRow):
+        return {"status": "rejected", "rejection": found}
+    return {"status": "pending"}
 
 
-async def _changes(catalog: Callable[[], Catalog], operator: bool) -> AsyncIterator[bytes]:
+def engines(read: Read) -> dict[str, Any]:
+    in_flight = read.console.in_flight() if read.principal.operator else {}
+    return {"engines": [engine_seen(read.view, e, read.principal, in_flight) for e in read.view.engines()]}
+
+
+def runs(read: Read) -> dict[str, Any]:
+    return {"runs": read.view.runs(None if read.principal.operator else read.principal.tenant)}
+
+
+def run(read: Read) -> dict[str, Any]:
+    tenant, name = read.path["tenant"], read.path["name"]
+    found = read.view.run(f"{tenant}/{name}") if read.principal.sees(tenant) else None
+    if found is None:
+        raise HttpError(404, f"run {f'{tenant}/{name}'!r}: no such run", "run")
+    return {"run": found, "steps": read.view.steps(found.run)}
+
+
+def dead_letters(read: Read) -> dict[str, Any]:
+    if not read.principal.operator:
+        raise HttpError(403, "dead letters: only an operator token (tenant _system, admin) reads them")
+    return {"dead_letters": read.view.dead_letters()}
+
+
+async def _answer_read(console: Console, handler: Callable[[Read], object], request: Request) -> Response:
+    """A GET: the reader's principal and an open catalog for `handler`; its answer as JSON."""
+    try:
+        principal = require(request, "reader")
+        with _opened(console) as view:
+            answer = handler(Read(console, principal, view, request.path_params, request.query_params))
+    except HttpError as exc:
+        return exc.response()
+    return JSONResponse(msgspec.to_builtins(answer))
+
+
+def _body(kind: type[Any], raw: bytes) -> Any:
+    """The command's JSON body (none is `{}`) decoded as `kind`; a 400 naming the field otherwise."""
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, f"invalid request: {exc}", field_of(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise HttpError(400, f"the body is not JSON: {exc}") from None
+
+
+def _record(cls: type[Command], principal: Principal, **fields: Any) -> Command:
+    try:
+        return cls.create(source=f"console:{principal.token_id}", **fields)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def promote(policy: str, raw: bytes, principal: Principal) -> Command:
+    body: PromoteBody = _body(PromoteBody, raw)
+    return _record(Promote, principal, policy=policy, revision=body.revision, reason=body.reason)
+
+
+def rollback(policy: str, raw: bytes, principal: Principal) -> Command:
+    body: RollbackBody = _body(RollbackBody, raw)
+    return _record(Rollback, principal, policy=policy, to_revision=body.to_revision, reason=body.reason)
+
+
+async def _append_command(
+    console: Console, build: Callable[[str, bytes, Principal], Command], request: Request
+) -> Response:
+    """A POST of an admin button: the admin's principal, a policy it sees that exists, the command
+    `build` makes of the body; appended, answered 202 with its id for the page to follow."""
+    try:
+        principal = require(request, "admin")
+        name = _policy_name(principal, request.path_params)
+        with _opened(console) as view:
+            known = view.policy(name) is not None
+        if not known:
+            raise _no_such_policy(name)
+        record = build(name, await request.body(), principal)
+    except HttpError as exc:
+        return exc.response()
+    await console.log.append([record])
+    return JSONResponse({"command": record.id, "type": type(record).__name__}, status_code=202)
+
+
+async def _stream(console: Console, request: Request) -> Response:
+    try:
+        principal = require(request, "reader")
+    except HttpError as exc:
+        return exc.response()
+    return StreamingResponse(
+        _changes(console, principal.operator),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _changes(console: Console, operator: bool) -> AsyncIterator[bytes]:
     """One event each time the catalog's checkpoint moves, which it does exactly when facts were
     folded in. The checkpoint counts every tenant's facts per partition, so only the operator gets
     it (`position`); a tenant learns that something changed (`changed`) and re-reads what it sees."""
     last: dict[int, int] | None = None
     while True:
-        view = catalog()
-        try:
+        with _opened(console) as view:
             now = view.position()
-        finally:
-            view.close()
         if now != last:
             last = now
             if operator:
@@ -419,3 +302,35 @@ async def _changes(catalog: Callable[[], Catalog], operator: bool) -> AsyncItera
             else:
                 yield b"event: changed\ndata: {}\n\n"
         await anyio.sleep(STREAM_POLL_S)
+
+
+def routes(
+    catalog: Callable[[], Catalog], log: EventLog, in_flight: Callable[[], Mapping[str, int]]
+) -> list[Route | Mount]:
+    console = Console(catalog, log, in_flight)
+    reads: dict[str, Callable[[Read], object]] = {
+        "/admin/api/me": me,
+        "/admin/api/policies": policies,
+        "/admin/api/policies/{tenant}/{name}": policy,
+        "/admin/api/policies/{tenant}/{name}/outcomes/{command}": outcome,
+        "/admin/api/engines": engines,
+        "/admin/api/runs": runs,
+        "/admin/api/runs/{tenant}/{name}": run,
+        "/admin/api/dead-letters": dead_letters,
+    }
+    static = StaticFiles(directory=str(resources.files("mint.console")), html=True)
+    return [
+        *(Route(path, partial(_answer_read, console, handler)) for path, handler in reads.items()),
+        Route(
+            "/admin/api/policies/{tenant}/{name}/promote",
+            partial(_append_command, console, promote),
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/api/policies/{tenant}/{name}/rollback",
+            partial(_append_command, console, rollback),
+            methods=["POST"],
+        ),
+        Route("/admin/api/stream", partial(_stream, console)),
+        Mount("/admin", app=static, name="console"),
+    ]
