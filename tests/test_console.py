@@ -1,6 +1,7 @@
 """The admin console in real headless Chromium against `mint up`'s HTTP server over a live system:
 sign in with the first admin token, search a policy, open it, roll it back, watch the pointer move,
-see a promotion made elsewhere arrive live; keep a screenshot as an artifact."""
+see a promotion made elsewhere arrive live; read durations, sizes, counts and times as people write
+them, with the exact value on hover; keep a screenshot as an artifact."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 from playwright.async_api import BrowserContext, async_playwright, expect
 
@@ -46,7 +48,7 @@ async def browser() -> AsyncIterator[BrowserContext]:
         async with async_playwright() as playwright:
             # A persistent context is how Playwright takes a fresh user-data-dir of our own.
             context = await playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, args=FLAGS, headless=True
+                profile, executable_path=CHROMIUM, args=FLAGS, headless=True, locale="en-US"
             )
             yield context
             await context.close()
@@ -63,13 +65,19 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
         for i in (1, 2, 3)
     ]
     engine = EngineRegistered.create(engine="e1", base_id="tiny", kind="torch", gpu_slots=2, cpu_slots=4)
-    loaded = AdapterLoaded.create(engine="e1", policy="acme/a", revision="r2", tier="gpu", ms=3.5)
-    held_back = [exported("acme/a", "r3", parent="r2"), evaluated("acme/a", "r3", verdict="fail", score=0.1)]
+    # Loaded 200 s ago: "3 min ago" for the next 40 s, whatever the test's own pace.
+    loaded_at = datetime.now(UTC) - timedelta(seconds=200)
+    load_ms = 6.430965999982163
+    loaded = AdapterLoaded.create(
+        engine="e1", policy="acme/a", revision="r2", tier="gpu", ms=load_ms, at=loaded_at
+    )
+    r3 = msgspec.structs.replace(exported("acme/a", "r3", parent="r2"), bytes=1_900_000)
+    held_back = [r3, evaluated("acme/a", "r3", verdict="fail", score=0.1)]
     traffic = TrafficObserved.create(
         engine="e1",
         interval_start=datetime.now(UTC),
         interval_s=1.0,
-        traffic={"acme/a@r2": RevisionTraffic(requests=7, errors=2, scored=4, score_sum=3.0)},
+        traffic={"acme/a@r2": RevisionTraffic(requests=12_345, errors=2, scored=4, score_sum=3.0)},
     )
     await bare_system.log.append([run, *steps, engine, loaded, *held_back, traffic])
     await bare_system.settle()
@@ -96,6 +104,9 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
         await expect(page.locator("#lineage circle")).to_have_count(3)  # r1 <- r2 <- r3
         await expect(page.locator("#rules")).to_contain_text("no gate")
         await expect(page.locator("td", has_text="0.750 on 4")).to_be_visible()  # live traffic of r2
+        await expect(page.locator("td", has_text="12,345")).to_be_visible()
+        size = page.locator("tr", has_text="r3").locator("span[title]", has_text="1.9 MB")
+        await expect(size).to_have_attribute("title", "1,900,000 bytes")
         await page.fill("#reason", "regression seen by on-call")
         await page.click("#rollback")
         await expect(pointer).to_have_text("r1", timeout=WAIT_MS)
@@ -122,6 +133,15 @@ async def test_search_open_roll_back_and_watch_live(bare_system: System, browser
         card = page.locator(".engine")
         await expect(card).to_contain_text("loaded so far gpu: 1", timeout=WAIT_MS)
         await expect(card).to_contain_text("acme/a@r2")
+        resident = card.locator("tr", has_text="acme/a@r2")
+        load_time = resident.locator("span[title]")
+        await expect(load_time).to_have_text("6.4 ms")
+        await expect(load_time).to_have_attribute("title", f"{load_ms} ms")
+        when = resident.locator("time")
+        await expect(when).to_have_text("3 min ago")
+        await expect(when).to_have_attribute("title", loaded_at.isoformat())
+        await expect(when).to_have_attribute("datetime", loaded_at.isoformat())
+        await expect(card).not_to_contain_text("+00:00")  # no raw timestamp left on the card
         await page.click("text=Dead letters")
         await expect(page.locator("th", has_text="reason")).to_be_visible(timeout=WAIT_MS)
         assert errors == []

@@ -12,6 +12,70 @@ function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
+// --- numbers for people: the JSON API is exact (ISO times, float milliseconds, bytes), the page shows
+// "6.4 ms", "1.9 MB", "12,345", "3 min ago", with the exact value on hover (a `title`) ---
+const COUNT = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+const TWO_DIGITS = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 2 });
+const FOUR_DIGITS = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 4 });
+const SCORE = new Intl.NumberFormat(undefined, { minimumFractionDigits: 3, maximumFractionDigits: 3 });
+const SIZE_UNITS = ["B", "kB", "MB", "GB", "TB"];
+
+function missing(value) { return value === null || value === undefined; }
+// Two significant digits below 100 ("6.4", "12"), whole numbers above ("643").
+function short(x) { return x < 100 ? TWO_DIGITS.format(x) : COUNT.format(x); }
+function count(n) { return missing(n) ? "-" : COUNT.format(n); }
+function number(x) { return missing(x) ? "-" : FOUR_DIGITS.format(x); }
+function score(x) { return missing(x) ? "-" : SCORE.format(x); }
+
+function hover(text, exact) { return `<span title="${esc(exact)}">${esc(text)}</span>`; }
+
+function durationText(ms) {
+  const steps = [[1000, "ms"], [60, "s"], [60, "min"], [24, "h"]];
+  let value = ms;
+  for (const [next, unit] of steps) {
+    if (Math.abs(value) < next) return `${short(value)} ${unit}`;
+    value /= next;
+  }
+  return `${short(value)} d`;
+}
+
+function duration(ms) { return missing(ms) ? "-" : hover(durationText(ms), `${ms} ms`); }
+
+function size(bytes) {
+  if (missing(bytes)) return "-";
+  let value = bytes;
+  let unit = 0;
+  while (Math.abs(value) >= 1000 && unit < SIZE_UNITS.length - 1) { value /= 1000; unit++; }
+  return hover(`${unit ? short(value) : COUNT.format(value)} ${SIZE_UNITS[unit]}`, `${COUNT.format(bytes)} bytes`);
+}
+
+// "just now", "42 s ago", "3 min ago", "5 h ago", "2 d ago" (or "in …" for a clock ahead of ours);
+// past a month, the date.
+function agoText(iso) {
+  const seconds = (Date.now() - Date.parse(iso)) / 1000;
+  const span = Math.abs(seconds);
+  if (Number.isNaN(span)) return iso;
+  if (span < 10) return "just now";
+  const steps = [[60, 1, "s"], [3600, 60, "min"], [86400, 3600, "h"], [30 * 86400, 86400, "d"]];
+  for (const [below, per, unit] of steps) {
+    if (span < below) {
+      const text = `${Math.floor(span / per)} ${unit}`;
+      return seconds >= 0 ? `${text} ago` : `in ${text}`;
+    }
+  }
+  return iso.slice(0, 10);
+}
+
+function when(iso) {
+  if (!iso) return "-";
+  return `<time datetime="${esc(iso)}" title="${esc(iso)}">${esc(agoText(iso))}</time>`;
+}
+
+// Relative times age while a page stays open: each is redone from its exact value.
+function refreshTimes() {
+  for (const t of document.querySelectorAll("time[datetime]")) t.textContent = agoText(t.dateTime);
+}
+
 async function api(path, options = {}) {
   const response = await fetch(`/admin/api${path}`, {
     ...options,
@@ -47,7 +111,7 @@ async function renderPolicies() {
   const page = await api(`/policies?${q}`);
   const rows = page.policies.map((p) => [
     policyLink(p.policy), esc(p.status), esc(p.base_id), `<span class="pointer">${esc(p.pointer || "-")}</span>`,
-    esc(p.updated_at),
+    when(p.updated_at),
   ]);
   view.innerHTML = `
     <form id="search">
@@ -105,62 +169,60 @@ function lineageSvg(lineage) {
 // The gate a revision must pass and the watch that rolls it back, in words.
 function rules(p) {
   const gate = p.gate
-    ? `gate ${esc(p.gate.suite)}, tolerance ${esc(p.gate.tolerance)}` +
-      (p.gate.min_score !== null ? `, at least ${esc(p.gate.min_score)}` : "")
+    ? `gate ${esc(p.gate.suite)}, tolerance ${number(p.gate.tolerance)}` +
+      (p.gate.min_score !== null ? `, at least ${number(p.gate.min_score)}` : "")
     : "no gate";
   const watch = p.watch
-    ? `watch: roll back above ${esc(p.watch.max_error_rate)} errors over ${esc(p.watch.min_requests)} requests` +
-      (p.watch.max_score_drop !== null ? ` or a live score ${esc(p.watch.max_score_drop)} below the evaluation` : "")
+    ? `watch: roll back above ${number(p.watch.max_error_rate)} errors over ${count(p.watch.min_requests)} requests` +
+      (p.watch.max_score_drop !== null ? ` or a live score ${number(p.watch.max_score_drop)} below the evaluation` : "")
     : "no watch";
   return `${gate} · ${watch}`;
 }
 
-async function renderPolicy(policy) {
-  const d = await api(`/policies/${policy}`);
-  const p = d.policy;
-  const admin = me && me.roles.includes("admin");
-  const revisions = d.revisions.map((r) => [
-    esc(r.revision) + (r.revision === p.pointer ? ' <span class="pointer">(serving)</span>' : ""),
-    esc(r.parent || "-"), esc(r.run || "-"), esc(r.eval_score ?? "-"), esc(r.eval_verdict || "-"), esc(r.exported_at),
+// The policy page's tables, one per kind of row.
+function revisionsTable(d, admin) {
+  const pointer = d.policy.pointer;
+  return table(["revision", "parent", "run", "size", "eval score", "verdict", "exported", ""], d.revisions.map((r) => [
+    esc(r.revision) + (r.revision === pointer ? ' <span class="pointer">(serving)</span>' : ""),
+    esc(r.parent || "-"), esc(r.run || "-"), size(r.bytes), score(r.eval_score), esc(r.eval_verdict || "-"),
+    when(r.exported_at),
     admin ? `<button class="promote" data-revision="${esc(r.revision)}">Promote</button>` : "",
-  ]);
-  const options = d.revisions.map((r) => `<option>${esc(r.revision)}</option>`).join("");
-  // A live re-render must not eat what the admin is typing or has chosen.
-  const same = view.dataset.policy === policy;
-  const typed = (same && document.getElementById("reason")?.value) || "";
-  const chosen = (same && document.getElementById("rollback-to")?.value) || "";
-  view.dataset.policy = policy;
-  view.innerHTML = `
-    <h2>${esc(p.policy)}</h2>
-    <p>status <b>${esc(p.status)}</b> · base ${esc(p.base_id)} · promotion ${esc(p.promotion)} ·
-       serving <span id="pointer" class="pointer">${esc(p.pointer || "-")}</span></p>
-    ${admin ? `<p><button id="rollback">Roll back</button>
-       <select id="rollback-to"><option value="">to the previous revision</option>${options}</select>
-       <input id="reason" placeholder="reason" size="30"></p>` : ""}
-    <p id="rules">${rules(p)}</p>
-    <p id="outcome" class="muted">${lastCommand && lastCommand.policy === policy ? esc(lastCommand.text) : ""}</p>
-    <h3>Revisions</h3>
-    ${table(["revision", "parent", "run", "eval score", "verdict", "exported", ""], revisions)}
-    <h3>Lineage</h3>
-    ${lineageSvg(d.lineage)}
-    <h3>Evaluations</h3>
-    ${table(["at", "revision", "suite", "score", "baseline", "delta", "verdict", "why"], d.evaluations.map((e) => [
-      esc(e.at), esc(e.revision), esc(`${e.suite} v${e.suite_version}`), esc(e.score),
-      esc(`${e.baseline_score ?? "-"} (${e.baseline_revision || "base model"})`),
-      esc(e.delta ?? "-"), esc(e.verdict), esc(e.detail || "")]))}
-    <h3>Live traffic</h3>
-    ${table(["revision", "requests", "failed", "live score", "updated"], d.traffic.map((t) => [
-      esc(t.revision), esc(t.requests), esc(t.errors),
-      esc(t.scored ? `${(t.score_sum / t.scored).toFixed(3)} on ${t.scored}` : "-"), esc(t.updated_at)]))}
-    <h3>Serving history</h3>
-    ${table(["at", "move", "revision", "from", "reason", "evidence"], d.serving.map((m) => [
-      esc(m.at), esc(m.kind), esc(m.revision), esc(m.previous || "-"), esc(m.reason),
-      esc(Object.entries(m.evidence || {}).map(([k, v]) => `${k}=${v}`).join(", "))]))}
-    <h3>Audit trail</h3>
-    ${table(["at", "what", "revision", "detail", "record", "caused by"], d.audit.map((a) => [
-      esc(a.at), esc(a.what), esc(a.revision || ""), esc(a.detail), `<code>${esc(a.id || "")}</code>`,
-      `<code>${esc(a.causation || "")}</code>`]))}`;
-  if (!admin) return;
+  ]));
+}
+
+function evaluationsTable(evaluations) {
+  return table(["at", "revision", "suite", "score", "baseline", "delta", "verdict", "why"], evaluations.map((e) => [
+    when(e.at), esc(e.revision), esc(`${e.suite} v${e.suite_version}`), score(e.score),
+    `${score(e.baseline_score)} (${esc(e.baseline_revision || "base model")})`,
+    score(e.delta), esc(e.verdict), esc(e.detail || "")]));
+}
+
+function trafficTable(traffic) {
+  return table(["revision", "requests", "failed", "live score", "updated"], traffic.map((t) => [
+    esc(t.revision), count(t.requests), count(t.errors),
+    t.scored ? `${score(t.score_sum / t.scored)} on ${count(t.scored)}` : "-", when(t.updated_at)]));
+}
+
+function servingTable(serving) {
+  return table(["at", "move", "revision", "from", "reason", "evidence"], serving.map((m) => [
+    when(m.at), esc(m.kind), esc(m.revision), esc(m.previous || "-"), esc(m.reason),
+    Object.entries(m.evidence || {}).map(([k, v]) => `${esc(k)}=${hover(number(v), v)}`).join(", ")]));
+}
+
+function auditTable(audit) {
+  return table(["at", "what", "revision", "detail", "record", "caused by"], audit.map((a) => [
+    when(a.at), esc(a.what), esc(a.revision || ""), esc(a.detail), `<code>${esc(a.id || "")}</code>`,
+    `<code>${esc(a.causation || "")}</code>`]));
+}
+
+function adminControls(revisions) {
+  const options = revisions.map((r) => `<option>${esc(r.revision)}</option>`).join("");
+  return `<p><button id="rollback">Roll back</button>
+    <select id="rollback-to"><option value="">to the previous revision</option>${options}</select>
+    <input id="reason" placeholder="reason" size="30"></p>`;
+}
+
+function bindAdminControls(policy, typed, chosen) {
   document.getElementById("reason").value = typed;
   document.getElementById("rollback-to").value = chosen;
   const reason = () => document.getElementById("reason").value || "from the console";
@@ -171,6 +233,31 @@ async function renderPolicy(policy) {
   for (const button of view.querySelectorAll(".promote")) {
     button.onclick = () => command(policy, "promote", { revision: button.dataset.revision, reason: reason() });
   }
+}
+
+async function renderPolicy(policy) {
+  const d = await api(`/policies/${policy}`);
+  const p = d.policy;
+  const admin = me && me.roles.includes("admin");
+  // A live re-render must not eat what the admin is typing or has chosen.
+  const same = view.dataset.policy === policy;
+  const typed = (same && document.getElementById("reason")?.value) || "";
+  const chosen = (same && document.getElementById("rollback-to")?.value) || "";
+  view.dataset.policy = policy;
+  view.innerHTML = `
+    <h2>${esc(p.policy)}</h2>
+    <p>status <b>${esc(p.status)}</b> · base ${esc(p.base_id)} · promotion ${esc(p.promotion)} ·
+       serving <span id="pointer" class="pointer">${esc(p.pointer || "-")}</span> · registered ${when(p.registered_at)}</p>
+    ${admin ? adminControls(d.revisions) : ""}
+    <p id="rules">${rules(p)}</p>
+    <p id="outcome" class="muted">${lastCommand && lastCommand.policy === policy ? esc(lastCommand.text) : ""}</p>
+    <h3>Revisions</h3>${revisionsTable(d, admin)}
+    <h3>Lineage</h3>${lineageSvg(d.lineage)}
+    <h3>Evaluations</h3>${evaluationsTable(d.evaluations)}
+    <h3>Live traffic</h3>${trafficTable(d.traffic)}
+    <h3>Serving history</h3>${servingTable(d.serving)}
+    <h3>Audit trail</h3>${auditTable(d.audit)}`;
+  if (admin) bindAdminControls(policy, typed, chosen);
 }
 
 async function command(policy, action, body) {
@@ -202,25 +289,35 @@ async function followOutcome(policy, sent) {
 }
 
 // --- engines, runs, dead letters ---
+// Adapters per tier ("gpu: 2, cpu: 1"), or "none".
+function perTier(counts) {
+  return Object.entries(counts).map(([tier, n]) => `${esc(tier)}: ${count(n)}`).join(", ") || "none";
+}
+
+function engineCard(e) {
+  // The operator's view carries the engine-wide counts (wave, loads, in flight); a tenant's does not.
+  return `
+    <div class="card engine"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${esc(e.status)} · registered ${when(e.registered_at)}</span></h3>
+    <p>${count(e.gpu_slots)} GPU slots · ${count(e.cpu_slots)} host slots ·
+      ${"wave" in e ? `wave ${count(e.wave)} · in flight ${count(e.in_flight)} ·` : ""}
+      resident ${perTier(e.tiers)}
+      ${"loads" in e ? `· loaded so far ${perTier(e.loads)}` : ""}</p>
+    ${table(["tier", "adapter", "load time", "loaded"], e.resident.map((r) => [esc(r.tier), esc(`${r.policy}@${r.revision}`), duration(r.load_ms), when(r.loaded_at)]))}
+    ${table(["wave", "load", "evict", "at"], e.waves.map((w) => [count(w.wave), esc(w.load.join(", ")), esc(w.evict.join(", ")), when(w.at)]))}
+    ${e.failures.length ? table(["failed load", "reason", "at"], e.failures.map((f) => [esc(`${f.policy}@${f.revision}`), esc(f.reason), when(f.at)])) : ""}
+    </div>`;
+}
+
 async function renderEngines() {
   const { engines } = await api("/engines");
-  view.innerHTML = engines.length ? engines.map((e) => `
-    <div class="card engine"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${esc(e.status)}</span></h3>
-    <p>${esc(e.gpu_slots)} GPU slots · ${esc(e.cpu_slots)} host slots ·
-      ${"wave" in e ? `wave ${esc(e.wave)} · in flight ${esc(e.in_flight)} ·` : ""}
-      resident ${esc(Object.entries(e.tiers).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")}
-      ${"loads" in e ? `· loaded so far ${esc(Object.entries(e.loads).map(([t, n]) => `${t}: ${n}`).join(", ") || "none")}` : ""}</p>
-    ${table(["tier", "adapter", "load ms", "loaded"], e.resident.map((r) => [esc(r.tier), esc(`${r.policy}@${r.revision}`), esc(r.load_ms), esc(r.loaded_at)]))}
-    ${table(["wave", "load", "evict", "at"], e.waves.map((w) => [esc(w.wave), esc(w.load.join(", ")), esc(w.evict.join(", ")), esc(w.at)]))}
-    ${e.failures.length ? table(["failed load", "reason", "at"], e.failures.map((f) => [esc(`${f.policy}@${f.revision}`), esc(f.reason), esc(f.at)])) : ""}
-    </div>`).join("") : "<p class='muted'>No engine has registered.</p>";
+  view.innerHTML = engines.length ? engines.map(engineCard).join("") : "<p class='muted'>No engine has registered.</p>";
 }
 
 async function renderRuns() {
   const { runs } = await api("/runs");
   view.innerHTML = table(["run", "algo", "task", "policies", "steps", "status", "started"], runs.map((r) => [
     `<a href="#/run/${esc(r.run)}">${esc(r.run)}</a>`, esc(r.algo), esc(r.task), esc(r.policies.join(", ")),
-    esc(r.steps), esc(r.status), esc(r.started_at)]));
+    count(r.steps), esc(r.status), when(r.started_at)]));
 }
 
 function chart(title, series) {
@@ -253,7 +350,8 @@ async function renderRun(run) {
     return out;
   };
   view.innerHTML = `<h2>${esc(r.run)}</h2><p>${esc(r.algo)} on ${esc(r.base_id)} · task ${esc(r.task)} · ${esc(r.status)}
-    ${r.reason ? `· ${esc(r.reason)}` : ""}</p>${chart("reward (mean)", series("reward_mean"))}${chart("loss", series("loss"))}`;
+    · step ${count(Math.max(0, ...steps.map((s) => s.step)))} of ${count(r.steps)} · started ${when(r.started_at)}
+    ${r.finished_at ? `· finished ${when(r.finished_at)}` : ""} ${r.reason ? `· ${esc(r.reason)}` : ""}</p>${chart("reward (mean)", series("reward_mean"))}${chart("loss", series("loss"))}`;
 }
 
 async function renderDeadLetters() {
@@ -307,7 +405,7 @@ async function follow() {
           buffer = buffer.slice(cut + 2);
           if (!data) continue;
           const { facts } = JSON.parse(data.slice(6));
-          live.textContent = facts === undefined ? `live · updated ${new Date().toLocaleTimeString()}` : `live · ${facts} facts`;
+          live.textContent = facts === undefined ? `live · updated ${new Date().toLocaleTimeString()}` : `live · ${count(facts)} facts`;
           if (!first && !document.querySelector("form#search :focus")) render();
           first = false;
         }
@@ -327,4 +425,5 @@ document.getElementById("login").onsubmit = (e) => {
   render();
 };
 window.addEventListener("hashchange", render);
+setInterval(refreshTimes, 15_000);
 render();
