@@ -38,7 +38,7 @@ from mint.catalog.rows import POLICIES, RESIDENCY, REVISIONS, PolicyRow, Revisio
 from mint.evaluation.live import LiveScorers, Tally
 from mint.home import Home
 from mint.projection.store import ProjectionStore
-from mint.serving.engine import Completion, Delta, Engine, EngineError, SamplingParams
+from mint.serving.engine import Completion, Delta, Engine, EngineError, SamplingParams, closing
 from mint.serving.fetch import AdapterFetcher
 
 log = logging.getLogger(__name__)
@@ -282,15 +282,9 @@ class EngineHost(StoreActor):
             self._waiting_since.pop(ref, None)
             if ref not in self.engine.resident():
                 raise ColdLoadTimeout(ref, self.load_deadline_s)
-        deltas = self.engine.generate(prompt, ref, params)
-        try:
+        async with closing(self.engine.generate(prompt, ref, params)) as deltas:
             async for delta in deltas:
                 yield delta
-        finally:
-            # Both engines stream from an async generator: close it now that this one is closed (its
-            # client went away), so the engine drops the request at once, not when it is collected.
-            if isinstance(deltas, AsyncGenerator):
-                await deltas.aclose()
 
     async def _report_demand(self, log: EventLog) -> None:
         while True:

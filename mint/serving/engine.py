@@ -7,7 +7,8 @@ suite (tests/engine_contract.py) holds both to it. Adapters are named by immutab
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -158,3 +159,14 @@ async def complete(engine: Engine, prompt: str, adapter: str | None, params: Sam
     async for delta in engine.generate(prompt, adapter, params):
         out.add(delta)
     return out
+
+
+@asynccontextmanager
+async def closing(deltas: AsyncIterator[Delta]) -> AsyncIterator[AsyncIterator[Delta]]:
+    """`deltas`, closed on exit. Both engines stream from async generators; closing one at once (its
+    client went away) makes the engine drop the request now, not when the generator is collected."""
+    try:
+        yield deltas
+    finally:
+        if isinstance(deltas, AsyncGenerator):
+            await deltas.aclose()

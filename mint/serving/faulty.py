@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 from anyio.abc import TaskStatus
 
-from mint.serving.engine import AdapterRef, Delta, Engine, EngineError, SamplingParams
+from mint.serving.engine import AdapterRef, Delta, Engine, EngineError, SamplingParams, closing
 
 
 class InjectedFault(EngineError):
@@ -42,8 +42,9 @@ class FaultyEngine:
         share = self._failing.get(adapter or "", 0.0)
         if share and self._random.random() < share:
             raise InjectedFault(f"injected fault serving {adapter}")
-        async for delta in self.inner.generate(prompt, adapter, params):
-            yield delta
+        async with closing(self.inner.generate(prompt, adapter, params)) as inner:
+            async for delta in inner:
+                yield delta
 
     async def text_logprobs(self, text: str, adapter: str | None) -> list[float]:
         return await self.inner.text_logprobs(text, adapter)

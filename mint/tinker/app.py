@@ -39,7 +39,7 @@ async def tinker_routes(
     from mint.tinker.service import TinkerService
 
     service = TinkerService(home, log, artifacts, catalog)
-    keys = Keys(tokens, home.root / "tinker" / "jwt.key")
+    keys = Keys(tokens, home.tinker / "jwt.key")
     async with anyio.create_task_group() as tg:
         await tg.start(service.run)
         yield list(routes(service, keys, chunk_datums))

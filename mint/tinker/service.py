@@ -44,7 +44,7 @@ class TinkerService:
         self.futures = Futures()
         self.bases = Bases(home)
         self.sessions = Sessions()
-        self.checkpoints = CheckpointDirectory(home.root / "tinker" / "checkpoints")
+        self.checkpoints = CheckpointDirectory(home.tinker / "checkpoints")
         policies = Policies(log, catalog)
         self.clients = TrainingClients(log, self.bases, self.futures, self.sessions, policies)
         self.samplers = Samplers(log, self.bases, self.futures, self.sessions, self.checkpoints)
