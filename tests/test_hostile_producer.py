@@ -92,6 +92,11 @@ async def _send_raw(
         await producer.stop()
 
 
+def _bare(type_name: str) -> bytes:
+    """A forged record of `type_name`: its header alone (a fold refuses it on its type unread)."""
+    return json.dumps({"type": type_name, "id": f"forged-{type_name}", "key": "acme/a"}).encode()
+
+
 def _headers(record: Record) -> list[tuple[str, bytes]]:
     return [
         ("id", record.id.encode()),
@@ -130,6 +135,17 @@ async def test_forgeries_written_straight_onto_kafka_are_dead_letters_and_comman
                 ("globex/b", codec.encode(later), []),  # another tenant's command, after all that
             ],
         )
+        # Every other fact a decider owns, forged the same way (the fold refuses it on its type alone).
+        every = [t for t in DECIDERS_FACTS if t in CATALOG_FOLD.handlers]
+        await _send_raw(
+            kafka_bootstrap,
+            topic,
+            log.partitions,
+            [
+                ("acme/a", json.dumps({"type": t, "id": f"forged-{t}", "key": "acme/a"}).encode(), [])
+                for t in every
+            ],
+        )
         # Sealed (appended by MinT) but crossing tenants: globex's step inside acme's run.
         crossing = msgspec.structs.replace(Encoded.of(step), raw=forged(step, run="acme/run"))
         await log.append_encoded([crossing])
@@ -148,9 +164,11 @@ async def test_forgeries_written_straight_onto_kafka_are_dead_letters_and_comman
         decider = {d.id: d.reason for d in dead_letters_of(home.actor_state("catalog"))}
         assert "key: the message key 'acme/zzz'" in decider[misplaced.id]
         assert "run: 'acme/run' belongs to another tenant than 'globex'" in letters[step.id]
+        assert all("unsealed" in letters[f"forged-{t}"] for t in every), "every forged fact is set aside"
         (garbage,) = [reason for ident, reason in letters.items() if ident.startswith(f"{topic}[")]
         assert garbage.startswith("not a record:")
-        assert not [s for s in await read_all(log) if s.type == "ActorRestarted"], "no actor crashed"
+        restarts = [s for s in await read_all(log) if s.type == "ActorRestarted" and s.sealed]
+        assert not restarts, "no actor crashed"
         verdict = await verify(log, CATALOG_FOLD, home.catalog)
         assert verdict.equal, verdict.diffs
     log_url = f"kafka://{kafka_bootstrap}/{topic}"
