@@ -55,7 +55,7 @@ from events.log import EventLog
 from events.names import POLICY_PATTERN, RevisionId
 from mint.api.auth import require
 from mint.api.console_views import audit, engine_seen, lineage
-from mint.api.errors import HttpError, retry_later
+from mint.api.errors import HttpError, decoded, retry_later
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.catalog.rows import RejectionRow, ServingMove
@@ -230,12 +230,7 @@ async def _answer_read(console: Console, handler: Callable[[Read], object], requ
 
 def _body(kind: type[Any], raw: bytes) -> Any:
     """The command's JSON body (none is `{}`) decoded as `kind`; a 400 naming the field otherwise."""
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise HttpError(400, f"invalid request: {exc}", field_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise HttpError(400, f"the body is not JSON: {exc}") from None
+    return decoded(raw or b"{}", kind)
 
 
 def _record(cls: type[Command], principal: Principal, **fields: Any) -> Command:

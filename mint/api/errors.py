@@ -8,9 +8,14 @@ follows from the status in one place (`error_type`). The Tinker routes keep Tink
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from starlette.responses import JSONResponse
+
+from events.codec import field_of
+
+T = TypeVar("T")
 
 RETRY_AFTER_S = "1"
 
@@ -61,3 +66,14 @@ class HttpError(Exception):
 def retry_later(status: int, message: str) -> HttpError:
     """A refusal the client should retry (429, 503): with `Retry-After`."""
     return HttpError(status, message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+def decoded(raw: bytes, kind: type[T]) -> T:
+    """A JSON body decoded as `kind`, or a 400 naming the field at fault."""
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise HttpError(400, f"invalid request: {exc}", field_of(str(exc))) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise HttpError(400, f"the body is not JSON: {why}") from None

@@ -31,10 +31,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from actors.engine_host import ColdLoadTimeout, EngineHost, ModelNotFound
-from events.codec import field_of
 from events.names import tenant_of
 from mint.api.auth import AuthError, require
-from mint.api.errors import HttpError, retry_later
+from mint.api.errors import HttpError, decoded, retry_later
 from mint.api.metrics import InFlight
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
@@ -150,13 +149,8 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready: its generation was cancelled."""
 
 
-async def _decode(request: Request, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(await request.body(), type=kind)
-    except msgspec.ValidationError as exc:
-        raise HttpError(400, f"invalid request: {exc}", field_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise HttpError(400, f"the body is not JSON: {exc}") from None
+async def _decode(request: Request, kind: type[T]) -> T:
+    return decoded(await request.body(), kind)
 
 
 def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> EngineHost:
