@@ -27,7 +27,7 @@ if pytest.importorskip("vllm.platforms").current_platform.is_unspecified():
 
 from mint.adapters.adapter import AdapterError
 from mint.adapters.peft_layout import CONFIG_FILE
-from mint.serving.engine import AdapterRef, EngineError, SamplingParams, complete
+from mint.serving.engine import AdapterRef, ContextExceeded, EngineError, SamplingParams, complete
 from mint.serving.vllm_engine import VllmEngine
 from tests.engine_contract import GREEDY, PROMPT, EngineContract
 
@@ -219,8 +219,10 @@ class TestVllmParticulars:
                     assert ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
             tg.cancel_scope.cancel()
 
-    async def test_a_prompt_longer_than_the_model_is_an_engine_error(self, engine: VllmEngine) -> None:
-        with pytest.raises(EngineError, match="longer than the maximum model length"):
+    async def test_a_prompt_longer_than_the_model_is_refused_before_vllm_sees_it(
+        self, engine: VllmEngine
+    ) -> None:
+        with pytest.raises(ContextExceeded, match="the prompt is 1200 tokens; the model's context is 512"):
             await complete(engine, "x " * 600, None, GREEDY)
         assert len((await complete(engine, PROMPT, None, GREEDY)).tokens) == 12
 
