@@ -27,11 +27,11 @@ from tests.records import evaluated
 
 
 @asynccontextmanager
-async def serving_system(root: Path, load_deadline_s: float = 2.0) -> AsyncIterator[System]:
-    """The actors and engine host `e1` over a 2-slot torch engine on the tiny base in `root`."""
+async def serving_system(root: Path, load_deadline_s: float = 2.0, slots: int = 2) -> AsyncIterator[System]:
+    """The actors and engine host `e1` over a torch engine of `slots` slots on the tiny base in `root`."""
     home = Home(root)
     create_tiny_base(home.base("tiny"), seed=0)
-    engine = TorchEngine(home.base("tiny"), slots=2)
+    engine = TorchEngine(home.base("tiny"), slots=slots)
     async with (
         SqliteLog(home.log, partitions=2) as log,
         running(home, log, backoff=Backoff(0.001, 0.01), engines={"e1": engine}) as system,

@@ -48,7 +48,9 @@ UNBOUNDED = {"concurrency": 1000, "requests_per_s": 1e6, "burst": 1000}
 
 @pytest.fixture
 async def system(tmp_path: Path) -> AsyncIterator[System]:
-    async with serving_system(tmp_path, load_deadline_s=120.0) as system:
+    # A slot to spare beside r1 and r2: the scheduler places a cold revision (export_unloadable) there,
+    # so a request held waiting for it never makes the served revision cold for the others.
+    async with serving_system(tmp_path, load_deadline_s=120.0, slots=3) as system:
         await ready(system)
         yield system
 
