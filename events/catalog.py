@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -151,10 +150,11 @@ class CommandRejected(Fact, kw_only=True, frozen=True):
     reason: str
     field: str | None = None
 
-    def tenant_names(self) -> Iterator[tuple[str, str]]:
+    def crossing(self) -> tuple[str, str] | None:
         # The refusal of an infrastructure command (keyed by engine) belongs to the system tenant.
-        if self.tenant != SYSTEM_TENANT:
-            yield "key", self.key
+        if self.tenant == SYSTEM_TENANT or self.key.startswith(self.tenant + "/"):
+            return None
+        return "key", self.key
 
     @classmethod
     def refusing(cls, command: Command, source: str, reason: str, field: str | None) -> CommandRejected:

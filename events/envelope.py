@@ -11,7 +11,6 @@ import os
 import time
 import typing
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, ClassVar, Self
@@ -90,18 +89,27 @@ class Record(
                     f"tenant: {type(self).__name__} belongs to {SYSTEM_TENANT!r}, not {self.tenant!r}"
                 )
             return
-        for field, name in self.tenant_names():
-            if tenant_of(name) != self.tenant:
-                raise ValueError(f"{field}: {name!r} belongs to another tenant than {self.tenant!r}")
+        crossing = self.crossing()
+        if crossing is not None:
+            field, name = crossing
+            raise ValueError(f"{field}: {name!r} belongs to another tenant than {self.tenant!r}")
 
-    def tenant_names(self) -> Iterator[tuple[str, str]]:
-        """(field, name) of every name in this record that must belong to its tenant."""
-        yield "key", self.key
+    def crossing(self) -> tuple[str, str] | None:
+        """The first (field, name) of this record that belongs to another tenant than its own, if
+        any. Runs on every decode, so it compares prefixes rather than splitting names."""
+        prefix = self.tenant + "/"
+        if not self.key.startswith(prefix):
+            return "key", self.key
         for field in _policy_fields(type(self)):
             value = getattr(self, field)
-            for name in value if isinstance(value, list) else [value]:
-                if name is not None:
-                    yield field, name
+            if type(value) is str:
+                if not value.startswith(prefix):
+                    return field, value
+            elif value is not None:
+                for name in value:
+                    if not name.startswith(prefix):
+                        return field, name
+        return None
 
     @classmethod
     def create(
