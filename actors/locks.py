@@ -44,13 +44,13 @@ def _lock(path: Path, name: str) -> Iterator[None]:
 def actor_locks(home: Home, names: list[str]) -> Iterator[None]:
     with ExitStack() as stack:
         for name in names:
-            stack.enter_context(_lock(home.root / "actors" / f"{name}.lock", name))
+            stack.enter_context(_lock(home.actors / f"{name}.lock", name))
         yield
 
 
 def actor_runs(home: Home, name: str) -> bool:
     """Whether some process holds actor `name`'s lock on this home now."""
-    path = home.root / "actors" / f"{name}.lock"
+    path = home.actors / f"{name}.lock"
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)

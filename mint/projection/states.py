@@ -18,9 +18,8 @@ from mint.projection.store import DEAD_LETTERS, DeadLetter
 def projection_states(home: Home) -> dict[str, Path]:
     """Actor name → its store file, for the stores that exist: `projector` for the catalog."""
     states = {"projector": home.catalog} if home.catalog.exists() else {}
-    actors = home.actor_state("_").parent
-    if actors.is_dir():
-        states.update({path.stem: path for path in sorted(actors.glob("*.db"))})
+    if home.actors.is_dir():
+        states.update({path.stem: path for path in sorted(home.actors.glob("*.db"))})
     return states
 
 
