@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 
 import msgspec
 
-from events.names import POLICY_PATTERN, SYSTEM_TENANT, RecordId, tenant_of
+from events.names import POLICY_PATTERN, SYSTEM_TENANT, Count, RecordId, tenant_of
 
 
 def new_record_id() -> str:
@@ -146,4 +146,15 @@ class Command(Record, kw_only=True, frozen=True):
 
 
 class Fact(Record, kw_only=True, frozen=True):
-    """Something that happened. Folds never reject a fact."""
+    """Something that happened. Folds never reject a fact: they may only find it fenced.
+
+    `epoch` is the claim (events/claims.py) its writer decided under: a partition owner's, or a run
+    lease's. A fact whose epoch is older than the latest claim of its fence on its partition is
+    ignored by every fold, so a writer that lost its claim (a zombie) cannot make anything count.
+    0 means unfenced: the embedded system, where one process owns every key."""
+
+    epoch: Count = 0
+
+    def fence(self) -> str:
+        """Whose claims this fact's epoch answers to: by default its deciding actor's."""
+        return f"actor:{self.source}"

@@ -20,12 +20,14 @@ from events.catalog import (
     RevisionRolledBack,
     Rollback,
 )
+from events.claims import PartitionClaimed
 from events.envelope import Command, Fact, Record
 from events.evaluation import EvaluationCompleted, EvaluationFailed, RequestEvaluation
 from events.serving import (
     AdapterEvicted,
     AdapterLoaded,
     AdapterLoadFailed,
+    EngineHeartbeat,
     EngineLost,
     EngineRegistered,
     ReportDemand,
@@ -72,9 +74,11 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     AdapterLoaded,
     AdapterLoadFailed,
     AdapterEvicted,
+    EngineHeartbeat,
     EngineLost,
     TrafficObserved,
     ActorRestarted,
+    PartitionClaimed,
     TrainingClientCreated,
     CheckpointSaved,
     SamplerCreated,

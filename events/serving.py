@@ -83,6 +83,22 @@ class AdapterEvicted(Fact, kw_only=True, frozen=True):
     tier: ResidencyTier
 
 
+class EngineHeartbeat(Fact, kw_only=True, frozen=True):
+    """An engine host is alive: which incarnation (a process start), where it serves, and what it
+    really holds on the accelerator (`holds`, revision refs) with its requests in flight. Liveness is
+    taken from these, never from Kafka group membership: a wedged host still heartbeats to the group."""
+
+    KEY_FIELD: ClassVar[str] = "engine"
+    SYSTEM: ClassVar[bool] = True
+    engine: Name
+    incarnation: Name
+    base_id: Name
+    url: str
+    holds: list[str]
+    in_flight: Count = 0
+    interval_s: float
+
+
 class EngineLost(Fact, kw_only=True, frozen=True):
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True

@@ -22,11 +22,12 @@ from typing import Any
 
 import msgspec
 
+from events.claims import Claim, PartitionClaimed
 from events.codec import RecordError, UnknownRecord, read_header
 from events.dedupe import remember
-from events.envelope import Record
+from events.envelope import Fact, Record
 from events.log import UNREADABLE, Position, Stored
-from events.schema import producer_may_write, refusal_for_producer
+from events.schema import BY_NAME, producer_may_write, refusal_for_producer
 from mint.projection.table import Row, Table
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,35 @@ class DeadLetter(Row, frozen=True):
     raw: str
 
 
+class ClaimRow(Row, frozen=True):
+    """The latest counted claim of a fence scope on one partition (events/claims.py)."""
+
+    scope: str
+    partition: int
+    epoch: int
+    replica: str
+    claim: str  # the claim's record id: an owner checks that its own is the one that counted
+    offset: int
+
+
+class FencedRow(Row, frozen=True):
+    """A fact ignored because its epoch was not its fence's latest claim: kept for audits."""
+
+    partition: int
+    offset: int
+    id: str
+    type: str
+    scope: str
+    epoch: int
+    latest: int
+
+
 RECENT_IDS = Table("_recent_ids", RecentIdsRow, key=("key",), digest=False)
 DEAD_LETTERS = Table("dead_letters", DeadLetter, key=("partition", "offset"), append_only=True)
+CLAIMS = Table("_claims", ClaimRow, key=("scope", "partition"), digest=False)
+FENCED = Table("_fenced", FencedRow, key=("partition", "offset"), append_only=True, digest=False)
+# Every store folds claims, whatever its fold: the fence holds in every reader.
+CLAIM_TYPES = frozenset(name for name, cls in BY_NAME.items() if issubclass(cls, Claim))
 
 Handler = Callable[[Any, "Rows"], None]
 
@@ -183,7 +211,7 @@ class ProjectionStore:
         self.dedupe = dedupe
         self.cache_limit = cache_limit
         self.tables = store_tables(fold)
-        self._decode = set(fold.handlers) | set(decode_types)
+        self._decode = set(fold.handlers) | set(decode_types) | CLAIM_TYPES
         self._con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._con.execute("PRAGMA cache_size=-65536")
         self.bulk = bulk
@@ -210,6 +238,9 @@ class ProjectionStore:
         self._own_changed = False
         self.rows = Rows(self._con, self.tables, complete)
         self.dead_letters = 0
+        self.fenced = 0
+        # Once a claim was seen, own facts are decoded on their way back: a zombie's may be fenced.
+        self._claimed = CLAIMS.name not in complete
 
     def finish_bulk(self) -> None:
         """End a bulk load: build the indexes it deferred and make the file an ordinary projection."""
@@ -230,6 +261,8 @@ class ProjectionStore:
             return None  # redelivered below the checkpoint
         self.position[p] = stored.offset + 1
         if stored.id in self._own:
+            if self._claimed and self._own_copy_fenced(stored):
+                return None  # it does not count: it stays pending, for the rightful owner to decide
             self._own.discard(stored.id)
             self._own_changed = True
             return None  # a decider's own fact, folded when it was decided
@@ -243,7 +276,7 @@ class ProjectionStore:
                 stored, f"type: unsealed, so not written by MinT: {refusal_for_producer(stored.type)}"
             )
             return None
-        if self.dedupe and not self._first_time(stored.key, stored.id):
+        if self.dedupe and self._seen(stored.key, stored.id):
             return None
         try:
             record = stored.decode()
@@ -256,9 +289,70 @@ class ProjectionStore:
         if mismatch is not None:
             self.dead_letter(stored, mismatch)
             return None
+        # Fenced before it is remembered: a zombie's copy must not hide the rightful owner's, which
+        # carries the same derived id and arrives later.
+        if isinstance(record, Claim):
+            self._claim(record, stored)
+        elif isinstance(record, Fact) and record.epoch and self._is_fenced(record, stored):
+            return None
+        if self.dedupe:
+            self._remember(stored.key, stored.id)
         if self._fold(record, stored):
             return record
         return None
+
+    # -- fencing (events/claims.py) ----------------------------------------------------------------
+
+    def claim_of(self, scope: str, partition: int) -> ClaimRow | None:
+        """The latest counted claim of `scope` on `partition`, as far as this store has folded."""
+        row: ClaimRow | None = self.rows.get(CLAIMS, scope, partition)
+        return row
+
+    def _claim(self, claim: Claim, stored: Stored) -> None:
+        if isinstance(claim, PartitionClaimed) and claim.partition != stored.partition:
+            self.dead_letter(stored, f"partition: claims {claim.partition} but sits on {stored.partition}")
+            return
+        scope = claim.scope()
+        latest = self.claim_of(scope, stored.partition)
+        self._claimed = True
+        if latest is not None and claim.epoch <= latest.epoch:
+            return  # a claim that lost a race: the one before it still counts
+        replica = getattr(claim, "replica", claim.source)
+        self.rows.put(
+            CLAIMS, ClaimRow(scope, stored.partition, claim.epoch, replica, claim.id, stored.offset)
+        )
+
+    def _is_fenced(self, fact: Fact, stored: Stored) -> bool:
+        scope = fact.fence()
+        latest = self.claim_of(scope, stored.partition)
+        if latest is None or fact.epoch == latest.epoch:
+            return False
+        self.fenced += 1
+        log.info(
+            "%s: fenced %s %s (epoch %d, %s is at %d)",
+            self.fold.name,
+            stored.type,
+            stored.id,
+            fact.epoch,
+            scope,
+            latest.epoch,
+        )
+        self.rows.add(
+            FENCED,
+            FencedRow(
+                stored.partition, stored.offset, stored.id, stored.type, scope, fact.epoch, latest.epoch
+            ),
+        )
+        return True
+
+    def _own_copy_fenced(self, stored: Stored) -> bool:
+        try:
+            record = stored.decode()
+        except Exception:  # our own fact always decodes; if not, it is nothing to keep pending
+            return False
+        if not isinstance(record, Fact) or isinstance(record, Claim) or not record.epoch:
+            return False
+        return self._is_fenced(record, stored)
 
     def apply_own(self, fact: Record) -> None:
         """Fold a fact this store's decider has just appended, so its next decision sees it (never
@@ -283,13 +377,14 @@ class ProjectionStore:
             return False
         return True
 
-    def _first_time(self, key: str, record_id: str) -> bool:
-        row = self.rows.get(RECENT_IDS, key)
+    def _seen(self, key: str, record_id: str) -> bool:
+        row: RecentIdsRow | None = self.rows.get(RECENT_IDS, key)
+        return row is not None and record_id in row.ids
+
+    def _remember(self, key: str, record_id: str) -> None:
+        row: RecentIdsRow | None = self.rows.get(RECENT_IDS, key)
         recent = row.ids if row is not None else ()
-        if record_id in recent:
-            return False
         self.rows.put(RECENT_IDS, RecentIdsRow(key, remember(recent, record_id)))
-        return True
 
     def dead_letter(self, stored: Stored, reason: str) -> None:
         """Keep `stored` aside with why it could not be applied; it commits with the batch."""
@@ -383,4 +478,4 @@ def combined_digest(digests: Mapping[str, str]) -> str:
 
 def store_tables(fold: Fold) -> tuple[Table, ...]:
     """Every table a store of `fold` holds, bookkeeping included."""
-    return (*fold.tables, DEAD_LETTERS, RECENT_IDS)
+    return (*fold.tables, DEAD_LETTERS, RECENT_IDS, CLAIMS, FENCED)
