@@ -23,7 +23,7 @@ class ActorAlreadyRunning(RuntimeError):
 
 
 @contextmanager
-def _lock(path: Path, name: str) -> Iterator[None]:
+def held_lock(path: Path, name: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -44,7 +44,7 @@ def _lock(path: Path, name: str) -> Iterator[None]:
 def actor_locks(home: Home, names: list[str]) -> Iterator[None]:
     with ExitStack() as stack:
         for name in names:
-            stack.enter_context(_lock(home.actors / f"{name}.lock", name))
+            stack.enter_context(held_lock(home.actors / f"{name}.lock", name))
         yield
 
 

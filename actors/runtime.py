@@ -22,19 +22,45 @@ from actors.faults import NO_FAULTS, Faults
 from actors.progress import Progress
 from events.envelope import Record
 from events.log import EventLog, Stored
+from events.partitioning import partition_for
 from events.system import ActorRestarted
 from mint.projection.store import Fold, ProjectionStore
 
 log = logging.getLogger(__name__)
 
 
+class Ownership:
+    """Which partitions this replica decides for, under which epoch (events/claims.py). The embedded
+    system's: every partition, unfenced (epoch 0). actors/owned.py gives a replica of a group its own."""
+
+    partitions = 0  # 0: every partition
+
+    def epoch(self, partition: int) -> int | None:
+        """The epoch of this replica's counted claim on `partition`; None when it does not decide there."""
+        return 0
+
+    def partition_of(self, key: str) -> int:
+        return partition_for(key, self.partitions) if self.partitions else 0
+
+    def decides(self, key: str) -> bool:
+        """Whether a record keyed `key` is this replica's to write (it lands on a partition it owns)."""
+        return self.epoch(self.partition_of(key)) is not None
+
+
+OWNS_EVERYTHING = Ownership()
+
+
 class StoreActor:
     """Folds the log into its own store. Its hooks, each called by `run` at one point of a batch:
     `opened` once the store is open, `on_record` per record (decide), `act` per batch (effects),
-    `committed` once the batch's facts are on the log and its state is committed."""
+    `committed` once the batch's facts are on the log and its state is committed, and `claimed` when
+    a replica of a group has just become the owner of a partition."""
 
     batch_size = 2000
     decode_types: frozenset[str] = frozenset()
+    # Records whose decision must survive a change of owner: a replica that folded one while its
+    # partition had no owner decides it once it claims the partition (actors/owned.py).
+    redecide_types: frozenset[str] = frozenset()
 
     def __init__(self, name: str, fold: Fold, path: Path, faults: Faults = NO_FAULTS) -> None:
         self.name = name
@@ -42,6 +68,10 @@ class StoreActor:
         self.path = path
         self.faults = faults
         self.progress = Progress()
+        self.ownership: Ownership = OWNS_EVERYTHING
+
+    def claimed(self, partition: int, store: ProjectionStore) -> None:
+        """Called once this replica's claim on `partition` counts, before it decides anything there."""
 
     def opened(self, store: ProjectionStore) -> None:
         """Called once the store is open (at start and after each restart), before any record."""
@@ -79,15 +109,21 @@ class StoreActor:
                     store.dead_letter(stored, f"deciding {stored.type} failed: {type(exc).__name__}: {exc}")
                     continue
                 for fact in decided:
-                    store.apply_own(fact)
-                out.extend(decided)
+                    # A replica writes only onto partitions it owns; the owner decides the rest.
+                    if self.ownership.decides(fact.key):
+                        store.apply_own(fact)
+                        out.append(fact)
         return batch
 
     def open_store(self, log: EventLog) -> ProjectionStore:
         # With a log that refuses duplicate ids there is no second copy to skip, and deciders fold
         # their own facts eagerly, which the store tracks separately; so only Kafka needs the window.
         dedupe = not log.refuses_duplicates or bool(self.decode_types)
-        return ProjectionStore(self.path, self.fold, dedupe=dedupe, decode_types=self.decode_types)
+        return self.open_store_at(self.path, dedupe)
+
+    def open_store_at(self, path: Path, dedupe: bool = True) -> ProjectionStore:
+        """A store of this actor's fold at `path`: its own file, or one partition's (actors/owned.py)."""
+        return ProjectionStore(path, self.fold, dedupe=dedupe, decode_types=self.decode_types)
 
     async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         store = self.open_store(log)

@@ -370,7 +370,7 @@ class KafkaLog(AsyncResource):
         finally:
             await consumer.stop()
 
-    def _group_consumer(self, group: str, fetch_wait_ms: int) -> Any:
+    def _group_consumer(self, group: str | None, fetch_wait_ms: int) -> Any:
         return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id=self.client_id,
@@ -466,3 +466,62 @@ class KafkaSubscription(AsyncResource):
     async def __aenter__(self) -> Self:
         await self._ensure_started()
         return self
+
+
+class KafkaPartitionReader(AsyncResource):
+    """Reads a chosen set of partitions, each from its own position: an owner's mailbox, whose set
+    changes with every rebalance. No group: positions live in the owner's stores, not in Kafka."""
+
+    def __init__(self, log: KafkaLog) -> None:
+        self._log = log
+        self._consumer: Any = None
+        self._positions: Position = {}
+        self._changed = anyio.Event()
+
+    async def start(self) -> Self:
+        consumer = self._log._group_consumer(None, fetch_wait_ms=_SUBSCRIPTION_FETCH_WAIT_MS)
+        await consumer.start()
+        self._consumer = consumer
+        return self
+
+    def assign(self, positions: Position) -> None:
+        """Read exactly these partitions from now on, each from its position; what was fetched but not
+        yet returned for a partition is dropped (a revoked partition's records must not be handled)."""
+        consumer = self._consumer
+        tps = [self._log._tp(p) for p in sorted(positions)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, positions[tp.partition])
+        self._positions = dict(positions)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def next_batch(self, max_records: int = 1000, timeout: float = 1.0) -> list[Stored]:
+        consumer = self._consumer
+        if not self._positions:
+            with anyio.move_on_after(timeout):
+                await self._changed.wait()  # nothing owned: wait for an assignment, not a fetch
+            return []
+        try:
+            got = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except OffsetOutOfRangeError as exc:
+            partitions = sorted(tp.partition for tp in exc.args[0])
+            raise KafkaLogError(
+                f"topic {self._log.topic!r} partitions {partitions}: a stored position is past the end "
+                "of the log (was the topic recreated, or the broker's storage lost?)"
+            ) from exc
+        batch: list[Stored] = []
+        for tp in sorted(got, key=lambda tp: tp.partition):
+            if tp.partition not in self._positions:
+                continue
+            for message in got[tp]:
+                batch.append(_stored(message, self._log.seal))
+        return batch
+
+    async def aclose(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()

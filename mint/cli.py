@@ -7,6 +7,7 @@ import os
 
 import click
 
+from mint.commands.actor import actor
 from mint.commands.base import base_group
 from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
@@ -34,6 +35,7 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_command(up)
+cli.add_command(actor)
 cli.add_command(demo)
 cli.add_command(events_group)
 cli.add_command(replay_group)

@@ -362,6 +362,11 @@ class ProjectionStore:
         if type(fact).__name__ in self.fold.handlers:
             self._fold(fact, None)
 
+    def own_pending(self, record_id: str) -> bool:
+        """Whether `record_id` is a fact this store's decider folded whose counted copy it has not
+        yet read back from the log."""
+        return record_id in self._own
+
     def _fold(self, record: Record, stored: Stored | None) -> bool:
         handler = self.fold.handlers.get(type(record).__name__)
         if handler is None:
