@@ -5,6 +5,12 @@ tiers), serves requests, and reports demand aggregated per interval — never on
 Residency changes only as a WavePlanned fact (durable on the log) says; each executed change is then
 reported as AdapterLoaded / AdapterEvicted / AdapterLoadFailed with ids derived from the wave, so a
 wave repeated after a crash reports nothing twice.
+
+A host that runs as its own process (`mint actor engine-host`) also heartbeats: an EngineHeartbeat
+every interval with its incarnation (this process start), where it serves, the adapters it really
+holds and its requests in flight (mint/serving/liveness.py says how readers judge them). If the
+scheduler declared it lost while it was silent (a pause, a partition) and it is still here, it
+registers again and comes back.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
@@ -27,6 +34,8 @@ from events.serving import (
     AdapterEvicted,
     AdapterLoaded,
     AdapterLoadFailed,
+    EngineHeartbeat,
+    EngineLost,
     EngineRegistered,
     ReportDemand,
     RevisionTraffic,
@@ -62,6 +71,16 @@ def split_ref(ref: str) -> tuple[str, str]:
     return policy, revision
 
 
+@dataclass(frozen=True)
+class Heartbeats:
+    """How a host that runs as its own process says it is alive: this process start's `incarnation`,
+    the `url` its inference server answers on, one heartbeat every `interval_s`."""
+
+    incarnation: str
+    url: str
+    interval_s: float = 1.0
+
+
 class EngineHost(StoreActor):
     def __init__(
         self,
@@ -72,6 +91,7 @@ class EngineHost(StoreActor):
         faults: Faults = NO_FAULTS,
         demand_interval_s: float = 1.0,
         load_deadline_s: float = 30.0,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         super().__init__(f"engine-{engine_id}", CATALOG_FOLD, home.actor_state(f"engine-{engine_id}"), faults)
         self.engine = engine
@@ -79,6 +99,9 @@ class EngineHost(StoreActor):
         self.fetcher = fetcher
         self.demand_interval_s = demand_interval_s
         self.load_deadline_s = load_deadline_s
+        self.heartbeats = heartbeats
+        self.in_flight = 0  # generations started and not yet ended
+        self.silent = False  # set while draining: routers stop choosing this host within T1
         self._demand: Counter[str] = Counter()
         self._traffic: defaultdict[str, Tally] = defaultdict(Tally)
         self.live = LiveScorers(home.suites, engine.word_token)
@@ -91,21 +114,58 @@ class EngineHost(StoreActor):
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await log.append(
-            [
-                EngineRegistered.create(
-                    source=self.name,
-                    engine=self.engine_id,
-                    base_id=self.engine.base_id,
-                    kind=self.engine.kind,
-                    gpu_slots=self.engine.slots,
-                    cpu_slots=self.engine.cpu_slots,
-                )
-            ]
-        )
+        await log.append([self._registration()])
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_demand, log)
+            if self.heartbeats is not None:
+                tg.start_soon(self._heartbeat, log, self.heartbeats)
             await super().run(log, task_status=task_status)
+
+    def _registration(self, cause: EngineLost | None = None) -> EngineRegistered:
+        return EngineRegistered.create(
+            id=f"{cause.id}/rejoined" if cause else None,
+            cause=cause,
+            source=self.name,
+            engine=self.engine_id,
+            base_id=self.engine.base_id,
+            kind=self.engine.kind,
+            gpu_slots=self.engine.slots,
+            cpu_slots=self.engine.cpu_slots,
+            incarnation=self.heartbeats.incarnation if self.heartbeats else None,
+        )
+
+    def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
+        if (
+            isinstance(record, EngineLost)
+            and record.engine == self.engine_id
+            and self.heartbeats is not None
+            and record.incarnation == self.heartbeats.incarnation
+        ):
+            # Declared lost while silent, yet still here: come back (the scheduler plans from the
+            # registration on; what this host holds is in its next heartbeat).
+            return [self._registration(record)]
+        return []
+
+    async def _heartbeat(self, events: EventLog, heartbeats: Heartbeats) -> None:
+        while True:
+            if not self.silent:
+                # Taken and appended in one step, so a load or eviction reported after it is also
+                # after it on the log (one producer keeps the order of its appends on a partition).
+                beat = EngineHeartbeat.create(
+                    source=self.name,
+                    engine=self.engine_id,
+                    incarnation=heartbeats.incarnation,
+                    base_id=self.engine.base_id,
+                    url=heartbeats.url,
+                    holds=sorted(self.engine.resident()),
+                    in_flight=self.in_flight,
+                    interval_s=heartbeats.interval_s,
+                )
+                try:
+                    await events.append([beat])
+                except Exception as exc:  # the log may be down a while: the next beat tries again
+                    log.warning("%s: heartbeat not appended: %s", self.name, exc)
+            await anyio.sleep(heartbeats.interval_s)
 
     def opened(self, store: ProjectionStore) -> None:
         self._store = store
@@ -254,6 +314,7 @@ class EngineHost(StoreActor):
         policy = self._policy(ref)
         scorer = self.live.sample(policy.gate, policy.watch) if policy else None
         completion = Completion()
+        self.in_flight += 1
         try:
             async with aclosing(self._generate(ref, prompt, params)) as deltas:
                 async for delta in deltas:
@@ -262,6 +323,8 @@ class EngineHost(StoreActor):
         except Exception:
             self._traffic[ref].errors += 1
             raise
+        finally:
+            self.in_flight -= 1
         if scorer is not None:
             tally = self._traffic[ref]
             tally.scored += 1

@@ -4,22 +4,35 @@ It is the single writer of WavePlanned. It folds the catalog (engines, residency
 revision sizes) like every actor, keeps per-engine demand rates in memory (a soft signal, rebuilt from
 the next reports after a restart), and answers each ReportDemand — and each pointer move — with the
 planner's next wave for the engines concerned (mint/serving/planner.py says how it chooses).
+
+It also judges engine hosts' liveness, from a timer beside its loop: an engine whose latest heartbeat
+is older than T2 (mint/serving/liveness.py) is declared EngineLost, once per silence and only by the
+replica that owns the engine's partition. Every replica that folds the loss re-plans the adapters
+the lost engine held or was to load onto the other live engines of its base (each replica writing
+the waves of the engines it owns).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+from anyio.abc import TaskStatus
 
 from actors.faults import NO_FAULTS, Faults
+from actors.progress import passed
 from actors.runtime import StoreActor
 from events.catalog import RevisionPromoted, RevisionRolledBack
 from events.envelope import Record
-from events.serving import AdapterLoaded, AdapterLoadFailed, ReportDemand, WavePlanned
+from events.log import EventLog
+from events.serving import AdapterLoaded, AdapterLoadFailed, EngineLost, ReportDemand, WavePlanned
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.rows import ENGINES, POLICIES, REVISIONS, EngineRow, PolicyRow, RevisionRow
 from mint.home import Home
 from mint.projection.store import ProjectionStore
+from mint.serving.liveness import Liveness, heard_age
 from mint.serving.planner import (
     Capacity,
     Demand,
@@ -37,10 +50,111 @@ MIB = 1024 * 1024
 class WaveScheduler(StoreActor):
     decode_types = frozenset({"ReportDemand"})
 
-    def __init__(self, home: Home, faults: Faults = NO_FAULTS) -> None:
+    def __init__(self, home: Home, faults: Faults = NO_FAULTS, liveness: Liveness | None = None) -> None:
         super().__init__("scheduler", CATALOG_FOLD, home.actor_state("scheduler"), faults)
         self.demand: dict[str, dict[str, Demand]] = defaultdict(dict)
         self.loading: dict[str, set[str]] = defaultdict(set)  # planned loads not yet reported done
+        self.liveness = liveness or Liveness.from_env()
+        self._store: ProjectionStore | None = None
+        self._declared: dict[str, str] = {}  # engine -> the `heard_at` of the silence declared lost
+
+    # -- liveness ---------------------------------------------------------------------------------
+
+    async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_liveness, log)
+            await super().run(log, task_status=task_status)
+            tg.cancel_scope.cancel()
+
+    def opened(self, store: ProjectionStore) -> None:
+        self._store = store
+
+    async def _watch_liveness(self, log: EventLog) -> None:
+        """Every heartbeat interval: once this actor has folded everything on its partitions up to
+        now (so a silence is not just its own lag), declare each engine silent past T2 lost."""
+        while True:
+            await anyio.sleep(self.liveness.heartbeat_s)
+            now = datetime.now(UTC)
+            end = await log.end_offsets()
+            mine = {p: offset for p, offset in end.items() if self.ownership.epoch(p) is not None}
+            with anyio.move_on_after(self.liveness.lost_after_s):
+                await self.progress.reached(mine)
+            store = self._store
+            if store is None or not passed(self.progress.position, mine):
+                continue  # behind the log: judge nobody from a stale view
+            lost = self.silent_engines(store, now)
+            if lost:
+                await log.append(lost)
+
+    def silent_engines(self, store: ProjectionStore, now: datetime) -> list[EngineLost]:
+        """EngineLost for each engine of this replica's partitions silent past T2, once per silence
+        (its id names the silence, so a second copy is a duplicate every fold skips)."""
+        out = []
+        for (data,) in store.query("SELECT data FROM engines WHERE status = 'up'"):
+            engine: EngineRow = ENGINES.from_data(data)
+            age = heard_age(engine, now)
+            partition = self.ownership.partition_of(engine.engine)
+            epoch = self.ownership.epoch(partition)
+            if age is None or age <= self.liveness.lost_after_s or epoch is None:
+                continue
+            if self._declared.get(engine.engine) == engine.heard_at:
+                continue  # declared already; the loop has not folded it yet
+            self._declared[engine.engine] = engine.heard_at or ""
+            out.append(
+                EngineLost.create(
+                    id=f"{engine.engine}/lost/{engine.incarnation}/{engine.heard_at}",
+                    source=self.name,
+                    engine=engine.engine,
+                    reason=f"no heartbeat for {age:.1f}s (lost after {self.liveness.lost_after_s:g}s)",
+                    incarnation=engine.incarnation,
+                    epoch=epoch,
+                )
+            )
+        return out
+
+    def _replan_lost(self, store: ProjectionStore, lost: EngineLost) -> list[Record]:
+        """Waves placing what the lost engine held, or was to load, on the other live engines of its
+        base: each adapter on the engine with the fewest resident, as if its requests had waited
+        past the deadline (they are loaded first)."""
+        row: EngineRow | None = store.rows.get(ENGINES, lost.engine)
+        if row is None or row.status != "lost":
+            return []  # a loss of an incarnation already replaced
+        demand = self.demand.pop(lost.engine, {})
+        asked = set(demand)
+        refs = self._resident(store, lost.engine) | set(row.holds) | asked
+        self.loading.pop(lost.engine, None)
+        servable = self._servable(store, asked)
+        targets = {
+            other.engine: len(self._resident(store, other.engine))
+            for other in self._engines(store)
+            if other.engine != lost.engine and other.base_id == row.base_id and other.status == "up"
+        }
+        if not targets:
+            return []
+        placed: dict[str, set[str]] = defaultdict(set)
+        for ref in sorted(r for r in refs if servable(r)):
+            target = min(targets, key=lambda e: (targets[e], e))
+            targets[target] += 1
+            placed[target].add(ref)
+        planned: list[Record] = []
+        for target, moved in sorted(placed.items()):
+            if not self.ownership.decides(target):
+                continue  # its owner folds the same loss and plans it
+            for ref in moved & asked:
+                before = self.demand[target].get(ref)
+                rate, burst = demand[ref].rate, demand[ref].burst
+                self.demand[target][ref] = (
+                    Demand(rate + before.rate, burst + before.burst) if before else Demand(rate, burst)
+                )
+            waiting = {ref: Waiting(1, float("inf")) for ref in moved}
+            planned += self._plan(store, target, f"{lost.id}/wave/{target}", lost, waiting, moved)
+        return planned
+
+    def _engines(self, store: ProjectionStore) -> list[EngineRow]:
+        names = [name for (name,) in store.query("SELECT engine FROM engines ORDER BY engine")]
+        return [row for name in names if (row := store.rows.get(ENGINES, name)) is not None]
+
+    # -- waves ------------------------------------------------------------------------------------
 
     def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
         if isinstance(record, ReportDemand):
@@ -56,6 +170,8 @@ class WaveScheduler(StoreActor):
             return self._plan(store, engine, f"{record.id}/wave", record, waiting, set(record.counts))
         if isinstance(record, AdapterLoaded | AdapterLoadFailed):
             self.loading[record.engine].discard(f"{record.policy}@{record.revision}")
+        if isinstance(record, EngineLost):
+            return self._replan_lost(store, record)
         if isinstance(record, RevisionPromoted | RevisionRolledBack) and record.previous:
             old, new = f"{record.policy}@{record.previous}", f"{record.policy}@{record.revision}"
             planned: list[Record] = []

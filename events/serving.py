@@ -29,6 +29,9 @@ class ReportDemand(Command, kw_only=True, frozen=True):
 
 
 class EngineRegistered(Fact, kw_only=True, frozen=True):
+    """An engine (re)joined. `incarnation` names the engine host's process start when it heartbeats
+    (EngineHeartbeat); None for an engine inside the embedded system, whose liveness is its process's."""
+
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
     engine: Name
@@ -36,6 +39,7 @@ class EngineRegistered(Fact, kw_only=True, frozen=True):
     kind: Name
     gpu_slots: Slots
     cpu_slots: Slots
+    incarnation: Name | None = None
 
 
 class WavePlanned(Fact, kw_only=True, frozen=True):
@@ -100,10 +104,14 @@ class EngineHeartbeat(Fact, kw_only=True, frozen=True):
 
 
 class EngineLost(Fact, kw_only=True, frozen=True):
+    """The scheduler stopped hearing from an engine. `incarnation` is the one it judged: a loss of an
+    incarnation that a newer registration already replaced says nothing."""
+
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
     engine: Name
     reason: str
+    incarnation: Name | None = None
 
 
 class RevisionTraffic(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -18,10 +18,12 @@ from events.catalog import (
 )
 from events.envelope import Record
 from events.evaluation import EvaluationCompleted, EvaluationFailed
+from events.names import parse_model_ref
 from events.serving import (
     AdapterEvicted,
     AdapterLoaded,
     AdapterLoadFailed,
+    EngineHeartbeat,
     EngineLost,
     EngineRegistered,
     TrafficObserved,
@@ -344,7 +346,7 @@ def engine_registered(fact: EngineRegistered, rows: Rows) -> None:
             fact.cpu_slots,
             "up",
             before.wave if before else 0,
-            _at(fact),
+            at,
             None,
             dict(before.loads) if before else {},
         ),
@@ -359,6 +361,7 @@ def engine_lost(fact: EngineLost, rows: Rows) -> None:
 
 def wave_planned(fact: WavePlanned, rows: Rows) -> None:
     rows.add(
+    at = _at(fact)
         WAVES,
         WaveRow(fact.engine, fact.wave, tuple(fact.load), tuple(fact.keep), tuple(fact.evict), _at(fact)),
     )
@@ -370,13 +373,63 @@ def wave_planned(fact: WavePlanned, rows: Rows) -> None:
 def adapter_loaded(fact: AdapterLoaded, rows: Rows) -> None:
     rows.put(RESIDENCY, ResidencyRow(fact.engine, fact.policy, fact.revision, fact.tier, fact.ms, _at(fact)))
     engine: EngineRow | None = rows.get(ENGINES, fact.engine)
-    if engine is not None:
+    if engine is not None and (fact.incarnation is None or fact.incarnation == engine.incarnation):
         loads = {**engine.loads, fact.tier: engine.loads.get(fact.tier, 0) + 1}
+            incarnation=fact.incarnation,
+            # A host that heartbeats is judged from its registration on, so one that dies before its
+            # first heartbeat is still found silent.
+            heard_at=at if fact.incarnation else None,
+            # What it held before stays until its first heartbeat says otherwise (the diff below).
+            holds=before.holds if before else (),
         rows.put(ENGINES, replace(engine, loads=loads))
 
 
 def adapter_evicted(fact: AdapterEvicted, rows: Rows) -> None:
+def engine_heartbeat(fact: EngineHeartbeat, rows: Rows) -> None:
+    """The engine's own word on what it holds: residency follows it (a load it reports, an adapter
+    it no longer reports), never a plan. A heartbeat of another incarnation than the one registered
+    (a zombie process the new one replaced) says nothing."""
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is None or fact.incarnation != engine.incarnation:
+        return
+    holds = tuple(sorted(set(fact.holds)))
+    at = _at(fact)
+    for ref in holds:
+        policy, revision = _ref(ref)
+        resident: ResidencyRow | None = rows.get(RESIDENCY, fact.engine, policy, revision)
+        if resident is None or resident.tier != "gpu":
+            rows.put(RESIDENCY, ResidencyRow(fact.engine, policy, revision, "gpu", 0.0, at))
+    for ref in set(engine.holds) - set(holds):
+        policy, revision = _ref(ref)
+        resident = rows.get(RESIDENCY, fact.engine, policy, revision)
+        if resident is not None and resident.tier == "gpu":
+            rows.delete(RESIDENCY, fact.engine, policy, revision)
+    rows.put(
+        ENGINES,
+        replace(
+            engine,
+            heard_at=at,
+            url=fact.url,
+            holds=holds,
+            in_flight=fact.in_flight,
+            heartbeat_s=fact.interval_s,
+        ),
+    )
+
+
+def _ref(ref: str) -> tuple[str, str]:
+    try:
+        policy, revision = parse_model_ref(ref)
+    except ValueError as exc:
+        raise Poison(f"holds: {exc}") from None
+    if revision is None:
+        raise Poison(f"holds: {ref!r} names no revision (tenant/name@rev)")
+    return policy, revision
+
+
     resident: ResidencyRow | None = rows.get(RESIDENCY, fact.engine, fact.policy, fact.revision)
+    # What it last reported holding stays recorded (the scheduler re-plans from it; routers skip a
+    # lost engine); its next incarnation's heartbeats and reconciliation correct it.
     if resident is not None and resident.tier == fact.tier:
         rows.delete(RESIDENCY, fact.engine, fact.policy, fact.revision)
 
@@ -419,3 +472,4 @@ CATALOG_FOLD = Fold(
         "ActorRestarted": actor_restarted,
     },
 )
+        "EngineHeartbeat": engine_heartbeat,

@@ -125,7 +125,7 @@ class EngineRow(Row, frozen=True):
     kind: str
     gpu_slots: int
     cpu_slots: int
-    status: str  # up | lost
+    status: str  # up | lost (an EngineLost said so; a fresh registration makes it up again)
     wave: int
     registered_at: str
     lost_reason: str | None
@@ -136,6 +136,16 @@ class ResidencyRow(Row, frozen=True):
     engine: str
     policy: str
     revision: str
+    # From its heartbeats (an engine host process; all None/empty for an embedded engine): the
+    # incarnation that registered last, when it was last heard from (ISO `at` of its latest
+    # heartbeat, or of its registration until the first one), where it serves, what it reported
+    # holding on the accelerator and its requests in flight then.
+    incarnation: str | None = None
+    heard_at: str | None = None
+    url: str = ""
+    holds: tuple[str, ...] = ()
+    in_flight: int = 0
+    heartbeat_s: float = 0.0
     tier: str
     load_ms: float
     loaded_at: str
