@@ -336,6 +336,7 @@ def training_failed(fact: TrainingFailed, rows: Rows) -> None:
 
 def engine_registered(fact: EngineRegistered, rows: Rows) -> None:
     before: EngineRow | None = rows.get(ENGINES, fact.engine)
+    at = _at(fact)
     rows.put(
         ENGINES,
         EngineRow(
@@ -349,42 +350,16 @@ def engine_registered(fact: EngineRegistered, rows: Rows) -> None:
             at,
             None,
             dict(before.loads) if before else {},
-        ),
-    )
-
-
-def engine_lost(fact: EngineLost, rows: Rows) -> None:
-    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
-    if engine is not None:
-        rows.put(ENGINES, replace(engine, status="lost", lost_reason=fact.reason))
-
-
-def wave_planned(fact: WavePlanned, rows: Rows) -> None:
-    rows.add(
-    at = _at(fact)
-        WAVES,
-        WaveRow(fact.engine, fact.wave, tuple(fact.load), tuple(fact.keep), tuple(fact.evict), _at(fact)),
-    )
-    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
-    if engine is not None and fact.wave > engine.wave:
-        rows.put(ENGINES, replace(engine, wave=fact.wave))
-
-
-def adapter_loaded(fact: AdapterLoaded, rows: Rows) -> None:
-    rows.put(RESIDENCY, ResidencyRow(fact.engine, fact.policy, fact.revision, fact.tier, fact.ms, _at(fact)))
-    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
-    if engine is not None and (fact.incarnation is None or fact.incarnation == engine.incarnation):
-        loads = {**engine.loads, fact.tier: engine.loads.get(fact.tier, 0) + 1}
             incarnation=fact.incarnation,
             # A host that heartbeats is judged from its registration on, so one that dies before its
             # first heartbeat is still found silent.
             heard_at=at if fact.incarnation else None,
             # What it held before stays until its first heartbeat says otherwise (the diff below).
             holds=before.holds if before else (),
-        rows.put(ENGINES, replace(engine, loads=loads))
+        ),
+    )
 
 
-def adapter_evicted(fact: AdapterEvicted, rows: Rows) -> None:
 def engine_heartbeat(fact: EngineHeartbeat, rows: Rows) -> None:
     """The engine's own word on what it holds: residency follows it (a load it reports, an adapter
     it no longer reports), never a plan. A heartbeat of another incarnation than the one registered
@@ -427,9 +402,34 @@ def _ref(ref: str) -> tuple[str, str]:
     return policy, revision
 
 
-    resident: ResidencyRow | None = rows.get(RESIDENCY, fact.engine, fact.policy, fact.revision)
+def engine_lost(fact: EngineLost, rows: Rows) -> None:
     # What it last reported holding stays recorded (the scheduler re-plans from it; routers skip a
     # lost engine); its next incarnation's heartbeats and reconciliation correct it.
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is not None and (fact.incarnation is None or fact.incarnation == engine.incarnation):
+        rows.put(ENGINES, replace(engine, status="lost", lost_reason=fact.reason))
+
+
+def wave_planned(fact: WavePlanned, rows: Rows) -> None:
+    rows.add(
+        WAVES,
+        WaveRow(fact.engine, fact.wave, tuple(fact.load), tuple(fact.keep), tuple(fact.evict), _at(fact)),
+    )
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is not None and fact.wave > engine.wave:
+        rows.put(ENGINES, replace(engine, wave=fact.wave))
+
+
+def adapter_loaded(fact: AdapterLoaded, rows: Rows) -> None:
+    rows.put(RESIDENCY, ResidencyRow(fact.engine, fact.policy, fact.revision, fact.tier, fact.ms, _at(fact)))
+    engine: EngineRow | None = rows.get(ENGINES, fact.engine)
+    if engine is not None:
+        loads = {**engine.loads, fact.tier: engine.loads.get(fact.tier, 0) + 1}
+        rows.put(ENGINES, replace(engine, loads=loads))
+
+
+def adapter_evicted(fact: AdapterEvicted, rows: Rows) -> None:
+    resident: ResidencyRow | None = rows.get(RESIDENCY, fact.engine, fact.policy, fact.revision)
     if resident is not None and resident.tier == fact.tier:
         rows.delete(RESIDENCY, fact.engine, fact.policy, fact.revision)
 
@@ -463,6 +463,7 @@ CATALOG_FOLD = Fold(
         "TrainingFinished": training_finished,
         "TrainingFailed": training_failed,
         "EngineRegistered": engine_registered,
+        "EngineHeartbeat": engine_heartbeat,
         "EngineLost": engine_lost,
         "WavePlanned": wave_planned,
         "AdapterLoaded": adapter_loaded,
@@ -472,4 +473,3 @@ CATALOG_FOLD = Fold(
         "ActorRestarted": actor_restarted,
     },
 )
-        "EngineHeartbeat": engine_heartbeat,
