@@ -15,6 +15,7 @@ import anyio
 import msgspec
 
 from events import codec
+from events.claims import Claim
 from events.codec import UnknownRecord
 from events.envelope import Fact, Record
 
@@ -147,11 +148,26 @@ async def append_one(log: EventLog, record: Record) -> Appended:
 OUTCOME_POLL_S = 0.2  # how often `outcome` re-reads the partition (another process decides)
 
 
-async def outcome(log: EventLog, appended: Appended, command_id: str, timeout_s: float) -> Fact:
-    """The first fact caused by `command_id` (its decision: the facts, or CommandRejected). Deciders
-    key it like the command, so it follows the command on the same partition. TimeoutError when no
-    decider answers within `timeout_s`."""
+class Outcome(msgspec.Struct, frozen=True, gc=False):
+    """A command's decision and where it sits on the log."""
+
+    fact: Fact
+    partition: int
+    offset: int
+
+    @property
+    def position(self) -> Position:
+        """The position just past the decision: a read at it sees the command decided."""
+        return {self.partition: self.offset + 1}
+
+
+async def outcome(log: EventLog, appended: Appended, command_id: str, timeout_s: float) -> Outcome:
+    """The first counted fact caused by `command_id` (its decision: the facts, or CommandRejected).
+    Deciders key it like the command, so it follows the command on the same partition. A decision of
+    an owner that a later claim on the partition fenced (a zombie's) is passed over, as every fold
+    passes over it. TimeoutError when no decider answers within `timeout_s`."""
     offset = appended.offset + 1
+    claimed: dict[str, int] = {}  # fence scope -> the latest epoch claimed since the command
     with anyio.fail_after(timeout_s):
         while True:
             for stored in await log.read(appended.partition, offset):
@@ -160,6 +176,13 @@ async def outcome(log: EventLog, appended: Appended, command_id: str, timeout_s:
                     record = stored.decode()
                 except codec.RecordError:
                     continue  # someone's poison on this partition: not the answer
-                if isinstance(record, Fact) and record.causation == command_id:
-                    return record
+                if isinstance(record, Claim):
+                    scope = record.scope()
+                    claimed[scope] = max(claimed.get(scope, 0), record.epoch)
+                elif (
+                    isinstance(record, Fact)
+                    and record.causation == command_id
+                    and claimed.get(record.fence(), record.epoch) == record.epoch  # not fenced since
+                ):
+                    return Outcome(record, stored.partition, stored.offset)
             await anyio.sleep(OUTCOME_POLL_S)

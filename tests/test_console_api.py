@@ -70,7 +70,9 @@ async def test_policy_page_data_and_admin_commands(
     unknown = await admin.post("/admin/api/policies/acme/a/rollback", json={"to": "r1"})
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "to"
     sent = await admin.post("/admin/api/policies/acme/a/rollback", json={"reason": "regression"})
-    assert sent.status_code == 202 and sent.json()["type"] == "Rollback"
+    assert sent.status_code == 200 and sent.json()["type"] == "Rollback"  # decided within the wait
+    assert sent.json()["outcome"] == "RevisionRolledBack"
+    assert sent.headers["x-mint-position"] == sent.json()["position"] != ""
     command = sent.json()["command"]
     outcome_url = f"/admin/api/policies/acme/a/outcomes/{command}"
     with anyio.fail_after(30):

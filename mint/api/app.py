@@ -1,5 +1,6 @@
 """The ASGI application `mint up --port` serves: every route checks a bearer token (mint/api/auth.py),
-and no route reads a body over the app's limit (413)."""
+no route reads a body over the app's limit (413), and a request carrying `x-mint-after` is answered
+only once this replica's catalog has folded that far (mint/api/positions.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from mint.api.ingest import routes as ingest_routes
 from mint.api.metrics import Metrics
 from mint.api.openai import Admission, InferenceLimits
 from mint.api.openai import routes as openai_routes
+from mint.api.positions import DEFAULT_READ_WAIT_S, Checkpoint, ReadAfter
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from mint.ingest import IngestLimits
@@ -92,8 +94,10 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     inference: InferenceLimits | None = None,
+    read_wait_s: float = DEFAULT_READ_WAIT_S,
 ) -> Starlette:
-    """`max_body_bytes` bounds every route's body; `inference` bounds each token's inference."""
+    """`max_body_bytes` bounds every route's body; `inference` bounds each token's inference;
+    `read_wait_s` bounds how long a read waits for its `x-mint-after` (mint/api/positions.py)."""
     limits = limits or IngestLimits()
     if max_body_bytes < limits.max_bytes:
         raise ValueError(
@@ -122,7 +126,13 @@ def create_app(
             *metrics.routes(),
             *tinker,  # the Tinker API (mint/tinker/app.py), under /api/v1
         ],
-        middleware=[Middleware(metrics.middleware), Middleware(BodyLimit, max_bytes=max_body_bytes)],
+        middleware=[
+            Middleware(metrics.middleware),
+            Middleware(BodyLimit, max_bytes=max_body_bytes),
+            Middleware(
+                ReadAfter, checkpoint=Checkpoint(system.home.catalog), log=system.log, wait_s=read_wait_s
+            ),
+        ],
     )
     app.state.tokens = tokens
     app.state.admission = admission

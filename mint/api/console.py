@@ -14,8 +14,11 @@ JSON API (all GET unless said):
                                                   50 if not given); `next` pages on
   /admin/api/policies/{tenant}/{name}             revisions, lineage, evaluations, serving history,
                                                   rejections, and the audit trail with causation
-  POST /admin/api/policies/{tenant}/{name}/promote   {"revision", "reason"} -> {"command": id}
-  POST /admin/api/policies/{tenant}/{name}/rollback  {"to_revision"?, "reason"} -> {"command": id}
+  POST /admin/api/policies/{tenant}/{name}/promote   {"revision", "reason"} -> {"command": id, "type",
+                                                  "outcome": its fact's type, "position"} (200, with
+                                                  x-mint-position), or {"command", "type"} (202: not
+                                                  decided within OUTCOME_WAIT_S; follow it)
+  POST /admin/api/policies/{tenant}/{name}/rollback  {"to_revision"?, "reason"} -> the same
   /admin/api/policies/{tenant}/{name}/outcomes/{command}
                                                   {"status": pending | applied | rejected, …}
   /admin/api/engines                              slots, residency per tier, waves, in-flight requests
@@ -52,15 +55,18 @@ from events.catalog import Promote, Rollback
 from events.codec import field_of
 from events.envelope import Command
 from events.log import EventLog
+from events.log import outcome as decision_of
 from events.names import POLICY_PATTERN, RevisionId
 from mint.api.auth import require
 from mint.api.console_views import audit, engine_seen, lineage
 from mint.api.errors import HttpError, decoded, retry_later
+from mint.api.positions import positioned
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.catalog.rows import RejectionRow, ServingMove
 
 STREAM_POLL_S = 0.25
+OUTCOME_WAIT_S = 10.0  # how long a button's answer waits for the catalog's decision
 PAGE_LIMIT = 200
 _POLICY = re.compile(POLICY_PATTERN)
 NOT_BUILT = "the catalog projection is not built yet (is `mint up` running?)"
@@ -254,7 +260,9 @@ async def _append_command(
     console: Console, build: Callable[[str, bytes, Principal], Command], request: Request
 ) -> Response:
     """A POST of an admin button: the admin's principal, a policy it sees that exists, the command
-    `build` makes of the body; appended, answered 202 with its id for the page to follow."""
+    `build` makes of the body; appended, then answered 200 with its decision's type and position once
+    the catalog has decided it, or 202 (its id only, for the page to follow) if that takes longer
+    than OUTCOME_WAIT_S."""
     try:
         principal = require(request, "admin")
         name = _policy_name(principal, request.path_params)
@@ -265,8 +273,13 @@ async def _append_command(
         record = build(name, await request.body(), principal)
     except HttpError as exc:
         return exc.response()
-    await console.log.append([record])
-    return JSONResponse({"command": record.id, "type": type(record).__name__}, status_code=202)
+    (appended,) = await console.log.append([record])
+    sent = {"command": record.id, "type": type(record).__name__}
+    try:
+        decided = await decision_of(console.log, appended, record.id, OUTCOME_WAIT_S)
+    except TimeoutError:
+        return JSONResponse(sent, status_code=202)  # on the log, not decided yet: the page follows it
+    return positioned({**sent, "outcome": type(decided.fact).__name__}, decided.position)
 
 
 async def _stream(console: Console, request: Request) -> Response:

@@ -1,8 +1,13 @@
 """`POST /v1/events` (facts) and `POST /v1/commands` (commands) for upstream producers.
 
 Needs a token with the producer role. 200: every record is on the log (`duplicates` counts ids it
-already held). 400: nothing was appended; `error.records` names each bad record (index in the batch,
-id, type, field, message). 413: over the size limits. 429 with Retry-After: over the token's rate.
+already held), and `position` (also in `x-mint-position`) is the position just past the batch's
+records: a read sent with it as `x-mint-after` sees every one of them folded. That is the records
+themselves, not the decisions of the commands among them, which come later from their deciders (an
+evaluation or a training run may take minutes); `mint policy …` and the console's buttons wait for a
+command's decision and answer its position instead. 400: nothing was appended; `error.records` names
+each bad record (index in the batch, id, type, field, message). 413: over the size limits. 429 with
+Retry-After: over the token's rate.
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 import math
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from events.log import EventLog
 from mint.api.auth import AuthError, require
 from mint.api.errors import HttpError
+from mint.api.positions import after_appended, positioned
 from mint.ingest import BatchRefused, IngestLimits, Kind, RateLimited, RateLimiter, TooLarge, validate_batch
 
 
@@ -56,7 +62,7 @@ def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
             wait = {"Retry-After": str(math.ceil(exc.retry_after_s))}
             return HttpError(429, str(exc), headers=wait).response()
         placed = await log.append(records)
-        return JSONResponse(
+        return positioned(
             {
                 "appended": sum(1 for p in placed if not p.duplicate),
                 "duplicates": sum(1 for p in placed if p.duplicate),
@@ -64,7 +70,8 @@ def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
                     {"id": r.id, "partition": p.partition, "offset": p.offset, "duplicate": p.duplicate}
                     for r, p in zip(records, placed, strict=True)
                 ],
-            }
+            },
+            after_appended(placed),
         )
 
     async def events(request: Request) -> Response:

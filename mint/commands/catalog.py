@@ -1,13 +1,27 @@
-"""`mint catalog`: read the catalog projection (policies, revisions, pointers, dead letters)."""
+"""`mint catalog`: read the catalog projection (policies, revisions, pointers, dead letters).
+
+Each read waits until the home's catalog has folded the position of this CLI's last write to the log
+(`--log`), or `--after POSITION`, for up to `--wait` seconds (mint/commands/positions.py): reading
+another replica's home never shows a state older than what this CLI wrote.
+"""
 
 from __future__ import annotations
 
 import click
 
+from events.log import Position
 from mint.catalog.queries import Catalog, ProjectionMissing
-from mint.commands.common import context, home_option
+from mint.commands.common import context, home_option, log_option
+from mint.commands.positions import read_bound, wait_for_position
 from mint.home import Home
 from mint.projection.states import dead_letters_of, projection_states
+
+
+def _fresh(home_dir: str | None, log_url: str | None, after: Position | None, wait_s: float) -> Home:
+    """The home, once its catalog has folded up to the position this read is bound by."""
+    home, spec = context(home_dir, log_url)
+    wait_for_position(home, spec, after, wait_s)
+    return home
 
 
 def _open(home: Home) -> Catalog:
@@ -26,26 +40,38 @@ def catalog_group() -> None:
 @click.argument("prefix", default="")
 @click.option("--status", type=click.Choice(["active", "retired"]), default=None)
 @click.option("--base", "base_id", default=None, help="Only policies on this base.")
-@click.option("--after", default="", help="Page after this policy name.")
+@click.option("--page-after", "page_after", default="", help="Page after this policy name.")
 @click.option("--limit", default=50, show_default=True)
+@read_bound
+@log_option
 @home_option
 def search(
-    prefix: str, status: str | None, base_id: str | None, after: str, limit: int, home_dir: str | None
+    prefix: str,
+    status: str | None,
+    base_id: str | None,
+    page_after: str,
+    limit: int,
+    home_dir: str | None,
+    log_url: str | None,
+    after: Position | None,
+    wait_s: float,
 ) -> None:
     """Policies whose tenant/name starts with PREFIX."""
-    home, _ = context(home_dir, None)
-    catalog = _open(home)
-    for row in catalog.search(prefix, status, base_id, after, limit):
+    catalog = _open(_fresh(home_dir, log_url, after, wait_s))
+    for row in catalog.search(prefix, status, base_id, page_after, limit):
         click.echo(f"{row.policy:<40} {row.status:<8} base={row.base_id:<12} serving={row.pointer or '-'}")
 
 
 @catalog_group.command("show")
 @click.argument("policy")
+@read_bound
+@log_option
 @home_option
-def show(policy: str, home_dir: str | None) -> None:
+def show(
+    policy: str, home_dir: str | None, log_url: str | None, after: Position | None, wait_s: float
+) -> None:
     """One policy: pointer, revisions with evaluations, serving history, refused commands."""
-    home, _ = context(home_dir, None)
-    catalog = _open(home)
+    catalog = _open(_fresh(home_dir, log_url, after, wait_s))
     row = catalog.policy(policy)
     if row is None:
         raise click.ClickException(f"unknown policy {policy!r}")
@@ -88,11 +114,13 @@ def show(policy: str, home_dir: str | None) -> None:
 
 
 @catalog_group.command("dead-letters")
+@read_bound
+@log_option
 @home_option
-def dead_letters(home_dir: str | None) -> None:
+def dead_letters(home_dir: str | None, log_url: str | None, after: Position | None, wait_s: float) -> None:
     """Records an actor could not fold or decide (the projector's and every other actor's), with the
     reason: one line per actor and record."""
-    home, _ = context(home_dir, None)
+    home = _fresh(home_dir, log_url, after, wait_s)
     for actor, path in projection_states(home).items():
         for letter in dead_letters_of(path):
             where = f"{letter.partition}:{letter.offset}"

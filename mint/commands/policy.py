@@ -1,13 +1,18 @@
 """`mint policy …`: the catalog commands a person gives — register, configure, evaluate, promote,
-roll back, retire — each appended to the log, then answered with the fact or the refusal it caused.
+roll back, retire — each appended to the log, then answered with the fact or the refusal it caused and
+that outcome's log position, which the CLI remembers so that its later reads wait for it
+(mint/commands/positions.py).
 
-Like `mint train`, a command is a client of a running `mint up` on the same home, or starts the actors
-in this process until its answer arrives.
+On SQLite, like `mint train`, a command is a client of a running `mint up` on the same home, or starts
+the actors in this process until its answer arrives. On Kafka it is only a client: the cluster decides.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import click
@@ -23,13 +28,16 @@ from events.catalog import (
     Watch,
 )
 from events.codec import RecordError, checked
-from events.envelope import Command, Fact, Record
+from events.envelope import Command, Record
 from events.evaluation import RequestEvaluation
-from events.log import outcome
+from events.log import EventLog, Outcome, outcome
 from events.names import ModelRefError, parse_model_ref
+from mint.api.positions import format_position
 from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
+from mint.commands.positions import remember
 from mint.commands.train import actors_unless_running
-from mint.config import open_log
+from mint.config import ArtifactSpec, LogSpec, open_log
+from mint.home import Home
 
 SOURCE = "cli"
 
@@ -56,26 +64,53 @@ def _submit(
     log_url: str | None,
     artifacts_url: str | None,
     timeout_s: float,
+    as_json: bool,
 ) -> None:
     _checked(command)
     home, spec = context(home_dir, log_url)
     artifacts = artifacts_spec(home, artifacts_url)
 
-    async def go() -> Fact:
-        async with open_log(spec) as log, actors_unless_running(home, log, artifacts):
+    async def go() -> Outcome:
+        async with open_log(spec) as log, _deciders(home, spec, log, artifacts):
             (appended,) = await log.append([command])
             return await outcome(log, appended, command.id, timeout_s)
 
     try:
-        ok, said = _say(run(go))
+        decided = run(go)
     except TimeoutError:
         raise click.ClickException(
             f"no answer to {type(command).__name__} {command.id} within {timeout_s:g}s; it is on the log "
             "and will be decided when the actors run"
         ) from None
-    click.echo(said)
+    remember(spec, decided.position)
+    ok, said = _say(decided.fact)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "outcome": type(decided.fact).__name__,
+                    "fact": msgspec.to_builtins(decided.fact),
+                    "position": format_position(decided.position),
+                }
+            )
+        )
+    else:
+        click.echo(said)
+        click.echo(f"position: {format_position(decided.position)}")
     if not ok:
         raise SystemExit(1)
+
+
+def _deciders(
+    home: Home, spec: LogSpec, log: EventLog, artifacts: ArtifactSpec
+) -> AbstractAsyncContextManager[None]:
+    """Who decides the command. On Kafka, the cluster's actors (`mint actor`, `mint up --only`): actors
+    started here would be one more owner of every partition, deciding what the cluster's owners decide.
+    On SQLite, a `mint up` running on the home, or the actors run here until the answer arrives."""
+    if spec.kind == "kafka":
+        return contextlib.nullcontext()
+    return actors_unless_running(home, log, artifacts)
 
 
 def _build(kind: type[Command], param: str, **fields: Any) -> Command:
@@ -136,6 +171,9 @@ def common(fn: Callable[..., None]) -> Callable[..., None]:
     for option in (
         click.option(
             "--timeout", "timeout_s", default=600.0, show_default=True, help="Seconds to wait for the answer."
+        ),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print the outcome as JSON: ok, outcome, fact, position."
         ),
         artifacts_option,
         log_option,

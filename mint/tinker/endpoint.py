@@ -19,7 +19,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mint.tinker import proto, wire
+from mint.api.positions import POSITION_HEADER, format_position
+from mint.tinker import proto, wire, written
 from mint.tinker.auth import Grant, Keys
 from mint.tinker.idempotency import Replies
 from mint.tinker.service import TinkerService
@@ -93,7 +94,17 @@ def endpoint(api: Api, door: Door) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def handle(api: Api, door: Door, request: Request) -> Response:
-    """`door`'s handler's reply to `request`, or the error it raised in the routes' JSON shape."""
+    """`door`'s handler's reply to `request`, or the error it raised in the routes' JSON shape. The
+    answer of a call that appended (a refusal too: a registration's CommandRejected is on the log)
+    carries the position just past what it appended in `x-mint-position`."""
+    appended = written.collect()
+    response = await _answer(api, door, request)
+    if appended:
+        response.headers[POSITION_HEADER] = format_position(appended)
+    return response
+
+
+async def _answer(api: Api, door: Door, request: Request) -> Response:
     retry_key = request.headers.get("x-idempotency-key") if door.starts else None
     owner: Grant | None = None
     try:

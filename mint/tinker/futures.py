@@ -19,6 +19,8 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from events.log import Position
+from mint.tinker import written
 from mint.tinker.wire import WireError
 
 KEEP_FINISHED_S = 600.0
@@ -45,6 +47,7 @@ class Future:
     result: Any = None
     error: RequestFailed | None = None
     finished_at: float = 0.0
+    position: Position = field(default_factory=dict)  # where its work's appends landed
 
 
 class Futures:
@@ -100,6 +103,7 @@ class Futures:
     async def complete(self, future: Future, work: Callable[[], Awaitable[Any]]) -> None:
         """Run `work` and settle `future` with its result or failure. A failure of the server's own is
         reported as a "server" error, so one bad request never takes the service down."""
+        future.position = written.collect()
         try:
             future.result = await work()
         except RequestFailed as exc:

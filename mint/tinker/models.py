@@ -18,6 +18,7 @@ from events.log import EventLog
 from events.names import tenant_of
 from events.tinker import TrainingClientCreated
 from events.training import StepCompleted
+from mint.tinker import written
 from mint.tinker.auth import Grant
 from mint.tinker.bases import Bases, on_base
 from mint.tinker.checkpoints import TinkerPath
@@ -188,7 +189,7 @@ class TrainingClients:
             targets=list(targets),
             loaded_from=None if client.loaded_from is None else str(client.loaded_from),
         )
-        await self.log.append([created])
+        await written.append(self.log, [created])
         self.models[client.model_id] = model
         return model
 
@@ -264,7 +265,7 @@ class TrainingClients:
                 step=model.step,
                 loss=loss,
             )
-            await self.log.append([step])
+            await written.append(self.log, [step])
             return {"metrics": metrics, "type": "optim_step"}
 
         return self.ordered(request, owner, run)

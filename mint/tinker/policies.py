@@ -19,6 +19,7 @@ from events.catalog import CommandRejected, RegisterPolicy
 from events.log import EventLog, append_one, outcome
 from events.names import POLICY_PATTERN, TENANT_PATTERN, tenant_of
 from mint.catalog.queries import Catalog, ProjectionMissing
+from mint.tinker import written
 from mint.tinker.auth import Grant
 from mint.tinker.wire import WireError
 
@@ -77,8 +78,9 @@ class Policies:
                 f"{REGISTER_TIMEOUT_S:g}s; retry",
                 503,
             ) from None
-        if isinstance(answered, CommandRejected):
-            raise WireError(FIELD, f"the catalog refused to register {policy!r}: {answered.reason}", 409)
+        written.note(answered.position)
+        if isinstance(answered.fact, CommandRejected):
+            raise WireError(FIELD, f"the catalog refused to register {policy!r}: {answered.fact.reason}", 409)
 
     def revisions(self, policy: str) -> set[str]:
         """The revisions the catalog lists for `policy` (none while it has no projection)."""

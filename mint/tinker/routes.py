@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mint.tinker import proto, wire
+from mint.tinker import proto, wire, written
 from mint.tinker.auth import Grant, Keys
 from mint.tinker.endpoint import PROTOBUF, READ, TRAIN, Api, Door, Reply, endpoint, error, is_protobuf
 from mint.tinker.futures import Future
@@ -172,6 +172,7 @@ async def retrieve_future(api: Api, request: Request, owner: Grant) -> Reply:
         raise WireError("request_id", f"no request {body.request_id!r} (unknown or expired)", 404)
     if not await futures.wait(future, LONG_POLL_S):
         return {"type": "try_again", "request_id": future.request_id, "queue_state": futures.queue_state}
+    written.note(future.position)  # the answer carries where the future's work appended
     if future.error is not None:
         return {"error": future.error.message, "category": future.error.category}
     result = future.result

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from events.log import EventLog
 from events.tinker import SamplerCreated
+from mint.tinker import written
 from mint.tinker.auth import Grant
 from mint.tinker.bases import Bases, on_base
 from mint.tinker.checkpoints import CheckpointDirectory, TinkerPath
@@ -68,7 +69,7 @@ class Samplers:
             policy=sampler.policy,
             model_path=None if sampler.checkpoint is None else str(sampler.checkpoint),
         )
-        await self.log.append([created])
+        await written.append(self.log, [created])
         self._samplers[sampler.sampler_id] = sampler
         return sampler
 

@@ -19,6 +19,7 @@ from events.tinker import CheckpointSaved
 from events.training import RevisionExported
 from mint.artifacts.keys import adapter_key
 from mint.artifacts.store import ArtifactStore
+from mint.tinker import written
 from mint.tinker.auth import Grant
 from mint.tinker.bases import on_base
 from mint.tinker.checkpoints import CheckpointDirectory, CheckpointInfo, TinkerPath, check_name
@@ -68,7 +69,7 @@ class Weights:
 
         async def run(model: TrainingModel) -> dict[str, Any]:
             path = named(model)
-            await self.log.append([await self._save(model, path, overwrite)])
+            await written.append(self.log, [await self._save(model, path, overwrite)])
             return {"path": str(path), "type": "save_weights"}
 
         return self.clients.ordered(request, owner, run)
@@ -94,7 +95,7 @@ class Weights:
             if name in self.policies.revisions(model.policy):
                 raise RequestFailed(f"path: policy {model.policy!r} already has a revision {name!r}")
             revision = await self._export(model, name)
-            await self.log.append([revision, await self._save(model, path, False, revision)])
+            await written.append(self.log, [revision, await self._save(model, path, False, revision)])
             return {"path": str(path), "type": "save_weights_for_sampler"}
 
         return self.clients.ordered(request, owner, run)
