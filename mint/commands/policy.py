@@ -32,9 +32,9 @@ from events.envelope import Command, Record
 from events.evaluation import RequestEvaluation
 from events.log import EventLog, Outcome, outcome
 from events.names import ModelRefError, parse_model_ref
-from mint.api.positions import format_position
+from mint.api.positions import Checkpoint, format_position
 from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
-from mint.commands.positions import remember
+from mint.commands.positions import DEFAULT_WAIT_S, remember
 from mint.commands.train import actors_unless_running
 from mint.config import ArtifactSpec, LogSpec, open_log
 from mint.home import Home
@@ -52,7 +52,7 @@ def _say(fact: Record) -> tuple[bool, str]:
     shown = {
         k: v
         for k, v in fields.items()
-        if k not in ("id", "v", "key", "tenant", "at", "source", "causation", "correlation")
+        if k not in ("id", "v", "key", "tenant", "at", "source", "causation", "correlation", "epoch")
     }
     return True, f"{kind}: " + ", ".join(f"{k}={v}" for k, v in shown.items())
 
@@ -73,7 +73,12 @@ def _submit(
     async def go() -> Outcome:
         async with open_log(spec) as log, _deciders(home, spec, log, artifacts):
             (appended,) = await log.append([command])
-            return await outcome(log, appended, command.id, timeout_s)
+            decided = await outcome(log, appended, command.id, timeout_s)
+            if spec.kind == "sqlite":
+                # The home's projector (run here, or by its `mint up`) folds the decision soon: let it,
+                # so that the next read of this home needs no wait (nor fails for want of a projector).
+                await Checkpoint(home.catalog).reached(decided.position, DEFAULT_WAIT_S)
+            return decided
 
     try:
         decided = run(go)
