@@ -28,8 +28,9 @@ from events.catalog import Promote
 from events.kafka_log import KafkaLog
 from events.log import Position
 from events.seal import Seal
+from events.sqlite_log import SqliteLog
 from mint.api.app import create_app
-from mint.api.positions import PositionError, format_position, merged, parse_position
+from mint.api.positions import POSITION_HEADER, PositionError, format_position, merged, parse_position
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from mint.cli import cli
@@ -286,3 +287,31 @@ async def test_on_one_home_the_cli_returns_once_its_write_is_folded(
     refused = await invoke("policy", "register", "acme/x", "--base", "tiny", *at_home)
     assert refused.exit_code == 1 and "already registered" in refused.output  # a refusal is an outcome too
     assert "position: " in refused.output
+
+
+# -- Tinker ----------------------------------------------------------------------------------------
+
+
+async def test_tinker_calls_that_append_answer_the_position_of_what_they_appended(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    from mint.bases.tiny import create_tiny_base
+    from tests.test_tinker_registration import records, tinker_api
+
+    home = Home(tmp_path)
+    create_tiny_base(home.base("tiny"), seed=0)
+    async with (
+        SqliteLog(home.log, partitions=2) as log,
+        running(home, log, backoff=FAST, only=frozenset({"catalog", "projector"})),
+        tinker_api(home, log) as http,
+    ):
+        opened = await http.post("/create_session", json={})
+        assert POSITION_HEADER not in opened.headers  # it appends nothing
+        body = {"session_id": opened.json()["session_id"], "base_model": "tiny"}
+        asked = await http.post("/create_model", json=body)  # registers the policy: the catalog decides
+        built = await http.post("/retrieve_future", json=asked.json())  # the client's creation, later
+        sampler = await http.post("/create_sampling_session", json=body)
+        on_log = {type(r).__name__: offset for offset, r in await records(log)}
+        answers = {"PolicyRegistered": asked, "TrainingClientCreated": built, "SamplerCreated": sampler}
+        for fact, answer in answers.items():
+            (offset,) = parse_position(answer.headers[POSITION_HEADER], fact).values()
+            assert offset == on_log[fact] + 1, fact
