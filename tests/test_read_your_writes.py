@@ -59,6 +59,7 @@ def test_a_position_round_trips_through_its_wire_form(position: Position) -> Non
         ("0@-1", "'0@-1'"),
         ("0@012", "'0@012'"),
         (" 0@1", "' 0@1'"),
+        ("0@1\n", "'0@1\\n'"),
         ("0@1,0@2", "partition 0 is named twice"),
     ],
 )

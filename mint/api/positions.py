@@ -32,7 +32,7 @@ POSITION_HEADER = "x-mint-position"
 AFTER_HEADER = "x-mint-after"
 DEFAULT_READ_WAIT_S = 5.0  # how long a read waits for its x-mint-after before answering 503
 CHECKPOINT_POLL_S = 0.02  # how often a waiting read looks at the projection's checkpoint
-_POSITION = re.compile(r"^(0|[1-9]\d{0,6})@(0|[1-9]\d{0,18})$")
+_PART = re.compile(r"(0|[1-9]\d{0,6})@(0|[1-9]\d{0,18})")  # partition@offset, no leading zeros
 
 
 class PositionError(ValueError):
@@ -49,7 +49,7 @@ def parse_position(text: str, where: str) -> Position:
         return {}
     position: Position = {}
     for part in text.split(","):
-        match = _POSITION.match(part)
+        match = _PART.fullmatch(part)
         if match is None:
             raise PositionError(
                 f"{where}: {part[:40]!r} in {text[:80]!r} is not PARTITION@OFFSET "
