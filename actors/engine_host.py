@@ -29,7 +29,6 @@ from actors.faults import NO_FAULTS, Faults
 from actors.runtime import Batch, StoreActor
 from events.envelope import Record
 from events.log import EventLog
-from events.names import parse_model_ref
 from events.serving import (
     AdapterEvicted,
     AdapterLoaded,
@@ -49,14 +48,9 @@ from mint.home import Home
 from mint.projection.store import ProjectionStore
 from mint.serving.engine import Completion, Delta, Engine, EngineError, SamplingParams, closing
 from mint.serving.fetch import AdapterFetcher
+from mint.serving.models import resolve_model
 
 log = logging.getLogger(__name__)
-
-
-class ModelNotFound(LookupError):
-    def __init__(self, model: str, why: str) -> None:
-        super().__init__(f"model {model!r}: {why}")
-        self.model = model
 
 
 class ColdLoadTimeout(TimeoutError):
@@ -115,11 +109,13 @@ class EngineHost(StoreActor):
 
     async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await log.append([self._registration()])
+        await super().run(log, task_status=task_status)
+
+    async def beside(self, log: EventLog) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_demand, log)
             if self.heartbeats is not None:
                 tg.start_soon(self._heartbeat, log, self.heartbeats)
-            await super().run(log, task_status=task_status)
 
     def _registration(self, cause: EngineLost | None = None) -> EngineRegistered:
         return EngineRegistered.create(
@@ -288,21 +284,14 @@ class EngineHost(StoreActor):
 
     def resolve(self, model: str) -> str:
         """`tenant/name` (follows the serving pointer) or `tenant/name@rev` -> the revision ref."""
-        try:
-            policy, revision = parse_model_ref(model)
-        except ValueError as exc:
-            raise ModelNotFound(model, str(exc)) from None
-        assert self._store is not None, "the engine host is not running"
-        row: PolicyRow | None = self._store.rows.get(POLICIES, policy)
-        if row is None or row.status != "active":
-            raise ModelNotFound(model, "no such policy")
-        if revision is None:
-            if row.pointer is None:
-                raise ModelNotFound(model, "the policy serves no revision yet")
-            revision = row.pointer
-        elif self._store.rows.get(REVISIONS, policy, revision) is None:
-            raise ModelNotFound(model, f"no revision {revision!r}")
-        return f"{policy}@{revision}"
+        store = self._store
+        assert store is not None, "the engine host is not running"
+        ref, _ = resolve_model(
+            model,
+            lambda policy: store.rows.get(POLICIES, policy),
+            lambda policy, revision: store.rows.get(REVISIONS, policy, revision) is not None,
+        )
+        return ref
 
     async def generate(self, model: str, prompt: str, params: SamplingParams) -> AsyncGenerator[Delta, None]:
         """Stream the completion; count the request, its failure, and (on a sample) its live score,

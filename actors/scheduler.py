@@ -19,7 +19,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import anyio
-from anyio.abc import TaskStatus
 
 from actors.faults import NO_FAULTS, Faults
 from actors.progress import passed
@@ -60,18 +59,13 @@ class WaveScheduler(StoreActor):
 
     # -- liveness ---------------------------------------------------------------------------------
 
-    async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_liveness, log)
-            await super().run(log, task_status=task_status)
-            tg.cancel_scope.cancel()
-
     def opened(self, store: ProjectionStore) -> None:
         self._store = store
 
-    async def _watch_liveness(self, log: EventLog) -> None:
-        """Every heartbeat interval: once this actor has folded everything on its partitions up to
-        now (so a silence is not just its own lag), declare each engine silent past T2 lost."""
+    async def beside(self, log: EventLog) -> None:
+        """The liveness timer. Every heartbeat interval: once this actor has folded everything on
+        its partitions up to now (so a silence is not just its own lag), declare each engine silent
+        past T2 lost."""
         while True:
             await anyio.sleep(self.liveness.heartbeat_s)
             now = datetime.now(UTC)

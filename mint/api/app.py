@@ -25,6 +25,7 @@ from mint.api.positions import DEFAULT_READ_WAIT_S, Checkpoint, ReadAfter
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from mint.ingest import IngestLimits
+from mint.serving.router import Router
 
 # The ingest routes refuse bodies over their own limit (IngestLimits.max_bytes); this one is for
 # every route, so it is never below that.
@@ -95,9 +96,11 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     inference: InferenceLimits | None = None,
     read_wait_s: float = DEFAULT_READ_WAIT_S,
+    router: Router | None = None,
 ) -> Starlette:
     """`max_body_bytes` bounds every route's body; `inference` bounds each token's inference;
-    `read_wait_s` bounds how long a read waits for its `x-mint-after` (mint/api/positions.py)."""
+    `read_wait_s` bounds how long a read waits for its `x-mint-after` (mint/api/positions.py);
+    `router` sends inference to engine hosts elsewhere when the system has no engines of its own."""
     limits = limits or IngestLimits()
     if max_body_bytes < limits.max_bytes:
         raise ValueError(
@@ -120,7 +123,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/healthz", health),
-            *openai_routes(system.engines, catalog, admission),
+            *openai_routes(system.engines, catalog, admission, router),
             *ingest_routes(system.log, limits),
             *console_routes(catalog, system.log, admission.in_flight.snapshot),
             *metrics.routes(),

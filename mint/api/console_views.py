@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from mint.catalog.rows import (
     ServingMove,
     WaveRow,
 )
+from mint.serving.liveness import Liveness, heard_age
 
 # What a tenant sees of an engine besides its own adapters: what the engine is, not what it did.
 # Its wave counter, load counts and requests in flight add up every tenant's traffic, and a new
@@ -144,11 +146,19 @@ def _wave_seen(wave: WaveRow, principal: Principal) -> dict[str, Any] | None:
 
 
 def engine_seen(
-    view: Catalog, engine: EngineRow, principal: Principal, in_flight: Mapping[str, int]
+    view: Catalog,
+    engine: EngineRow,
+    principal: Principal,
+    in_flight: Mapping[str, int],
+    *,
+    liveness: Liveness | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """One engine as `principal` may see it: a tenant sees what the engine is and its own adapters
-    (resident, moved by a wave, failed to load); the operator also the engine-wide counts and the
-    requests in flight (`in_flight`, by engine)."""
+    """One engine as `principal` may see it: a tenant sees what the engine is, whether it is alive
+    (`liveness`: up, stale past T1, lost past T2 or once declared; `heard_s`: seconds since its last
+    heartbeat, None for an engine that never heartbeats) and its own adapters (resident, moved by a
+    wave, failed to load); the operator also the engine-wide counts, where it serves, and the
+    requests in flight (`in_flight` here by engine, or what the engine last reported, the larger)."""
 
     def mine(policy: str) -> bool:
         return principal.sees(tenant_of(policy))
@@ -157,11 +167,15 @@ def engine_seen(
     waves = [w for w in (_wave_seen(w, principal) for w in view.waves(engine.engine, WAVES_SHOWN)) if w]
     row: dict[str, Any] = msgspec.to_builtins(engine)
     if principal.operator:
-        row["in_flight"] = in_flight.get(engine.engine, 0)
+        row["in_flight"] = max(in_flight.get(engine.engine, 0), engine.in_flight)
     else:
         row = {field: row[field] for field in ENGINE_FIELDS_FOR_TENANTS}
+    now = now or datetime.now(UTC)
+    age = heard_age(engine, now)
     return {
         **row,
+        "liveness": (liveness or Liveness.from_env()).state(engine, now),
+        "heard_s": None if age is None else round(age, 1),
         "tiers": dict(Counter(r.tier for r in resident)),
         "resident": msgspec.to_builtins(resident),
         "waves": waves,

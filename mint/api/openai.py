@@ -8,9 +8,13 @@ bad request (an unknown field, a value out of range, a prompt plus max_tokens be
 context), 404 for an unknown model, 429 with Retry-After over the token's concurrency or rate limit or
 when the engine's queue is full, 503 with Retry-After when a cold adapter was not loaded within the
 deadline or the server is shutting down, 500 when the engine failed the request. Every answer names
-the revision that produced it in the `x-mint-revision` header (`tenant/name@rev`), so a client (and
-the demo) sees a rollback take effect. A client that goes away cancels its generation, streaming or
-not: the engine stops decoding for it.
+the revision that produced it in the `x-mint-revision` header (`tenant/name@rev`) and the engine in
+`x-mint-engine`, so a client (and the demo) sees a rollback take effect. A client that goes away
+cancels its generation, streaming or not: the engine stops decoding for it.
+
+An API without engines of its own (an `api` replica) sends each generation through its router
+(mint/serving/router.py) to an engine host, streaming included; when no host can take it within the
+router's deadline, the answer is 503 with Retry-After and the reasons.
 """
 
 from __future__ import annotations
@@ -30,13 +34,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from actors.engine_host import ColdLoadTimeout, EngineHost, ModelNotFound
+from actors.engine_host import ColdLoadTimeout, EngineHost
 from events.names import tenant_of
 from mint.api.auth import AuthError, require
-from mint.api.errors import HttpError, decoded, retry_later
+from mint.api.errors import RETRY_AFTER_S, HttpError, decoded, retry_later
 from mint.api.metrics import InFlight
-from mint.auth.tokens import Principal
-from mint.catalog.queries import Catalog
+from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.ingest import IngestLimits, RateLimited, RateLimiter
 from mint.serving.engine import (
     AdapterNotLoaded,
@@ -47,6 +50,9 @@ from mint.serving.engine import (
     Overloaded,
     SamplingParams,
 )
+from mint.serving.models import ModelNotFound, resolve_model
+from mint.serving.router import EngineRefused, NoEngine, Router
+from mint.serving.wire import ChatMessage, GenerateRequest, Params
 
 # What vLLM's OpenAI server accepts for `seed` (a torch long).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -130,8 +136,11 @@ class CompletionRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None
 
-    def text(self, host: EngineHost) -> str:
+    def text(self, render_chat: Callable[[list[dict[str, str]]], str]) -> str:
         return self.prompt
+
+    def routed(self, params: SamplingParams, ref: str) -> GenerateRequest:
+        return GenerateRequest(ref, Params.of(params), prompt=self.prompt, usage=not self.stream)
 
 
 class ChatRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
@@ -141,8 +150,12 @@ class ChatRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
     def wants_logprobs(self) -> bool:
         return self.logprobs
 
-    def text(self, host: EngineHost) -> str:
-        return host.engine.render_chat([msgspec.to_builtins(m) for m in self.messages])
+    def text(self, render_chat: Callable[[list[dict[str, str]]], str]) -> str:
+        return render_chat([msgspec.to_builtins(m) for m in self.messages])
+
+    def routed(self, params: SamplingParams, ref: str) -> GenerateRequest:
+        messages = [ChatMessage(m.role, m.content) for m in self.messages]
+        return GenerateRequest(ref, Params.of(params), messages=messages, usage=not self.stream)
 
 
 class ClientGone(Exception):
@@ -153,9 +166,7 @@ async def _decode(request: Request, kind: type[T]) -> T:
     return decoded(await request.body(), kind)
 
 
-def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> EngineHost:
-    if not principal.sees(tenant_of(model)):
-        raise ModelNotFound(model, "no such policy")
+def _host_for(hosts: list[EngineHost], model: str) -> EngineHost:
     errors = []
     for host in hosts:
         try:
@@ -166,11 +177,17 @@ def _host_for(hosts: list[EngineHost], model: str, principal: Principal) -> Engi
     raise HttpError(404, str(errors[0]) if errors else f"model {model!r}: no engine serves it", "model")
 
 
-def _errors(exc: Exception, prompt_field: str) -> HttpError:
+def inference_error(exc: Exception, prompt_field: str) -> HttpError:
+    """The answer to an inference request that failed with `exc` (re-raised when it is no refusal)."""
     if isinstance(exc, HttpError):
         return exc
     if isinstance(exc, ModelNotFound):
         return HttpError(404, str(exc), "model")
+    if isinstance(exc, NoEngine | ProjectionMissing):
+        return retry_later(503, str(exc))
+    if isinstance(exc, EngineRefused):
+        retry = {"Retry-After": RETRY_AFTER_S} if exc.status in (429, 503) else {}
+        return HttpError(exc.status, str(exc), exc.param, headers=retry)
     if isinstance(exc, ContextExceeded):
         return HttpError(400, str(exc), prompt_field if exc.prompt_too_long else "max_tokens")
     if isinstance(exc, Overloaded):
@@ -221,12 +238,14 @@ async def _attended(request: Request, cut_off: anyio.Event, work: Callable[[], A
     return done[0]
 
 
-async def _collect(first: Delta, stream: AsyncIterator[Delta], host: EngineHost, prompt: str) -> Completion:
-    # A prompt may be megabytes: count its tokens off the event loop.
-    out = Completion(prompt_tokens=await anyio.to_thread.run_sync(host.engine.count_tokens, prompt))
+async def _collect(
+    first: Delta, stream: AsyncIterator[Delta], prompt_tokens: Callable[[], Awaitable[int]]
+) -> Completion:
+    out = Completion()
     out.add(first)
     async for delta in stream:
         out.add(delta)
+    out.prompt_tokens = await prompt_tokens()
     return out
 
 
@@ -285,11 +304,13 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class OpenAiApi:
-    """What the OpenAI routes share: the engine hosts, the catalog read model, the admission limits."""
+    """What the OpenAI routes share: the engine hosts in this process, the catalog read model, the
+    admission limits, and the router to engine hosts elsewhere (used when there are no local hosts)."""
 
     hosts: list[EngineHost]
     catalog: Callable[[], Catalog]
     admission: Admission
+    router: Router | None = None
 
 
 async def list_models(api: OpenAiApi, request: Request) -> Response:
@@ -312,15 +333,55 @@ async def list_models(api: OpenAiApi, request: Request) -> Response:
 
 
 @dataclass
+class _Generation:
+    """A generation about to start: the revision it serves, its deltas, the engine answering (known
+    once the first delta is out), its prompt's token count (once it ended), and the end of its count
+    per engine."""
+
+    ref: str
+    deltas: AsyncGenerator[Delta, None]
+    engine: Callable[[], str]
+    prompt_tokens: Callable[[], Awaitable[int]]
+    leave_engine: Callable[[], None] = _nothing
+
+
+def _in_process(api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams) -> _Generation:
+    host = _host_for(api.hosts, body.model)
+    prompt = body.text(host.engine.render_chat)
+    ref = host.resolve(body.model)  # pinned here, so the header names what really answered
+
+    async def prompt_tokens() -> int:
+        # A prompt may be megabytes: count its tokens off the event loop.
+        return await anyio.to_thread.run_sync(host.engine.count_tokens, prompt)
+
+    leave = api.admission.in_flight.enter(host.engine_id)
+    return _Generation(ref, host.generate(ref, prompt, params), lambda: host.engine_id, prompt_tokens, leave)
+
+
+def _routed(
+    api: OpenAiApi, router: Router, body: CompletionRequest | ChatRequest, params: SamplingParams
+) -> _Generation:
+    view = api.catalog()
+    try:
+        ref, policy = resolve_model(body.model, view.policy, lambda p, r: view.revision(p, r) is not None)
+    finally:
+        view.close()
+    # The router counts the request against the engine it sends it to (admission.in_flight).
+    routed = router.route(ref, policy.base_id, body.routed(params, ref), api.admission.in_flight)
+
+    async def prompt_tokens() -> int:
+        return routed.prompt_tokens or 0
+
+    return _Generation(ref, routed.deltas, lambda: routed.engine, prompt_tokens)
+
+
+@dataclass
 class _Started:
     """A generation that has produced its first delta, and what answering it needs."""
 
     body: CompletionRequest | ChatRequest
-    host: EngineHost
-    prompt: str
-    ref: str
+    generation: _Generation
     logprobs: bool
-    generation: AsyncGenerator[Delta, None]
     first: Delta
     leave: Callable[[], None]  # ends the request's counts (per token and per engine)
 
@@ -329,13 +390,14 @@ async def _start(api: OpenAiApi, request: Request, chat: bool) -> _Started:
     """Admit, decode and start the request; on any failure (a cancellation included) it leaves the
     counts and closes what it started before the error goes on."""
     admission = api.admission
-    leave_token = leave_engine = _nothing
+    leave_token = _nothing
+    started: _Generation | None = None
 
     def leave() -> None:
-        leave_engine()
+        if started is not None:
+            started.leave_engine()
         leave_token()
 
-    started: AsyncGenerator[Delta, None] | None = None
     try:
         principal = require(request, "reader")
         leave_token = admission.admit(principal.token_id)
@@ -344,19 +406,21 @@ async def _start(api: OpenAiApi, request: Request, chat: bool) -> _Started:
         )
         logprobs = body.wants_logprobs()
         params = body.params(logprobs)
-        host = _host_for(api.hosts, body.model, principal)
-        prompt = body.text(host)
-        ref = host.resolve(body.model)  # pinned here, so the header names what really answered
-        leave_engine = admission.in_flight.enter(host.engine_id)
-        started = generation = host.generate(ref, prompt, params)
-        first = await _attended(request, admission.cut_off, lambda: anext(generation))
+        if not principal.sees(tenant_of(body.model)):
+            raise ModelNotFound(body.model, "no such policy")
+        if api.router is not None and not api.hosts:
+            started = _routed(api, api.router, body, params)
+        else:
+            started = _in_process(api, body, params)
+        deltas = started.deltas
+        first = await _attended(request, admission.cut_off, lambda: anext(deltas))
     except BaseException:
         leave()
         if started is not None:
             with anyio.CancelScope(shield=True):
-                await started.aclose()
+                await started.deltas.aclose()
         raise
-    return _Started(body, host, prompt, ref, logprobs, generation, first, leave)
+    return _Started(body, started, logprobs, first, leave)
 
 
 async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
@@ -366,9 +430,9 @@ async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
     except ClientGone:
         return Response(status_code=499)  # nobody reads it: the status is for the access log
     except Exception as exc:
-        return _errors(exc, prompt_field).response()
-    body, generation, cut_off = started.body, started.generation, api.admission.cut_off
-    answered = {"x-mint-revision": started.ref}
+        return inference_error(exc, prompt_field).response()
+    body, generation, cut_off = started.body, started.generation.deltas, api.admission.cut_off
+    answered = {"x-mint-revision": started.generation.ref, "x-mint-engine": started.generation.engine()}
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
@@ -377,19 +441,26 @@ async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
     try:
         async with aclosing(generation):
             out = await _attended(
-                request, cut_off, lambda: _collect(started.first, generation, started.host, started.prompt)
+                request,
+                cut_off,
+                lambda: _collect(started.first, generation, started.generation.prompt_tokens),
             )
     except ClientGone:
         return Response(status_code=499)
     except Exception as exc:
-        return _errors(exc, prompt_field).response()
+        return inference_error(exc, prompt_field).response()
     finally:
         started.leave()
     return JSONResponse(_whole(ident, created, body.model, chat, out, started.logprobs), headers=answered)
 
 
-def routes(hosts: list[EngineHost], catalog: Callable[[], Catalog], admission: Admission) -> list[Route]:
-    api = OpenAiApi(hosts, catalog, admission)
+def routes(
+    hosts: list[EngineHost],
+    catalog: Callable[[], Catalog],
+    admission: Admission,
+    router: Router | None = None,
+) -> list[Route]:
+    api = OpenAiApi(hosts, catalog, admission, router)
 
     async def models(request: Request) -> Response:
         return await list_models(api, request)

@@ -68,6 +68,10 @@ class Catalog:
         found = self._rows(POLICIES, "policy = ?", (policy,))
         return found[0] if found else None
 
+    def revision(self, policy: str, revision: str) -> RevisionRow | None:
+        found = self._rows(REVISIONS, "policy = ? AND revision = ?", (policy, revision))
+        return found[0] if found else None
+
     def revisions(self, policy: str) -> list[RevisionRow]:
         return self._rows(REVISIONS, "policy = ?", (policy,), "exported_at, revision")
 

@@ -134,7 +134,7 @@ def up(
     chosen = _chosen(only)
     if no_serve and bases:
         raise click.BadParameter("--no-serve starts no engine: drop it or --serve", param_hint="--no-serve")
-    engines = {name: factory for name, factory in (_engine_spec(home, b) for b in bases)}
+    engines = {name: factory for name, factory in (engine_spec(home, b) for b in bases)}
     inference = _inference_limits(inference_concurrency, inference_rate, inference_burst)
     faults = _faults(chaos, seed, walkthrough)
 
@@ -144,7 +144,7 @@ def up(
             open_log(spec) as log,
             open_artifacts(artifacts) as store,
             running(
-                home, log, faults, only=chosen, artifacts=store, engines=_start(engines, engine_kind)
+                home, log, faults, only=chosen, artifacts=store, engines=start_engines(engines, engine_kind)
             ) as system,
             anyio.create_task_group() as tg,
         ):
@@ -229,23 +229,23 @@ def _inference_limits(
 EngineSpec = tuple[Path, int, int]
 
 
-def _engine_spec(home: Home, spec: str) -> tuple[str, EngineSpec]:
+def engine_spec(home: Home, spec: str, option: str = "--serve") -> tuple[str, EngineSpec]:
+    """`BASE[:SLOTS[:CPU_SLOTS]]` of a base in the home: its id, directory and slots (`option` is
+    the command-line option that gave it, named in errors)."""
     base, _, rest = spec.partition(":")
     slots, _, cpu = rest.partition(":")
     directory = home.base(base)
     if not (directory / "config.json").is_file():
         raise click.BadParameter(
-            f"no base {base!r} in {home.bases} (mint base create tiny {directory})", param_hint="--serve"
+            f"no base {base!r} in {home.bases} (mint base create tiny {directory})", param_hint=option
         )
     try:
         return base, (directory, int(slots or 8), int(cpu or 32))
     except ValueError:
-        raise click.BadParameter(
-            f"{spec!r}: expected BASE[:SLOTS[:CPU_SLOTS]]", param_hint="--serve"
-        ) from None
+        raise click.BadParameter(f"{spec!r}: expected BASE[:SLOTS[:CPU_SLOTS]]", param_hint=option) from None
 
 
-def _start(engines: dict[str, EngineSpec], kind: str) -> dict[str, Engine]:
+def start_engines(engines: dict[str, EngineSpec], kind: str) -> dict[str, Engine]:
     if not engines:
         return {}
     # torch (and vLLM) load only when something is served, so the control plane starts fast.

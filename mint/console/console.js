@@ -294,10 +294,18 @@ function perTier(counts) {
   return Object.entries(counts).map(([tier, n]) => `${esc(tier)}: ${count(n)}`).join(", ") || "none";
 }
 
+// Liveness as it is, from heartbeats: "up", "stale" (silent past T1: no requests routed to it) or
+// "lost" (declared lost, or silent past T2), with why.
+function liveness(e) {
+  const why = e.liveness === "lost" && e.lost_reason ? `: ${esc(e.lost_reason)}`
+    : e.liveness !== "up" && e.heard_s !== null ? `: silent for ${duration(e.heard_s * 1000)}` : "";
+  return `<b class="liveness ${esc(e.liveness)}">${esc(e.liveness)}</b>${why}`;
+}
+
 function engineCard(e) {
   // The operator's view carries the engine-wide counts (wave, loads, in flight); a tenant's does not.
   return `
-    <div class="card engine"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${esc(e.status)} · registered ${when(e.registered_at)}</span></h3>
+    <div class="card engine ${esc(e.liveness)}"><h3>${esc(e.engine)} <span class="muted">${esc(e.kind)} · base ${esc(e.base_id)} · ${liveness(e)} · registered ${when(e.registered_at)}${e.url ? ` · ${esc(e.url)}` : ""}</span></h3>
     <p>${count(e.gpu_slots)} GPU slots · ${count(e.cpu_slots)} host slots ·
       ${"wave" in e ? `wave ${count(e.wave)} · in flight ${count(e.in_flight)} ·` : ""}
       resident ${perTier(e.tiers)}
