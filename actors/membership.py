@@ -9,6 +9,12 @@ paused and never fetches. Records are read by the owner's own reader from each p
 checkpoint (the store is the truth, not the group's committed offsets), so the rebalance callbacks
 share no lock with a fetch (aiokafka's consumer docs warn of that deadlock).
 
+Static membership is the default and what Kafka deployments should use. Tansu 0.6 (the broker of our
+tests and of `mint cluster`) livelocks when two static members join one rebalance: the follower's
+SyncGroup fails with REBALANCE_IN_PROGRESS round after round. So `static=False` (`mint actor
+--membership dynamic`) joins as a dynamic member; every rule below holds either way, a restart just
+costs a rebalance.
+
 Self-fencing: aiokafka heartbeats from a background task, and a process that was stopped (SIGSTOP, a
 long GC pause, a frozen VM) wakes up still believing it owns its partitions. `fresh()` is False once
 the last successful group heartbeat is older than the session timeout minus a margin: by then the
@@ -65,13 +71,17 @@ class GroupMembership:
         on_assigned: Change,
         on_revoked: Change,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        static: bool = True,
     ) -> None:
         self.log = log
+        self.static = static
         self.group = group
         self.replica = replica
         self.session_timeout_s = session_timeout_s
         self.owned: frozenset[int] = frozenset()
         self.generations = 0  # completed rebalances that gave this replica an assignment
+        # False from a revocation until the next assignment: a rebalance is under way.
+        self.settled = False
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._last_heartbeat = 0.0
@@ -92,7 +102,7 @@ class GroupMembership:
             bootstrap_servers=self.log.bootstrap,
             client_id=f"{self.log.client_id}-{self.replica}",
             group_id=self.group,
-            group_instance_id=self.replica,
+            group_instance_id=self.replica if self.static else None,
             partition_assignment_strategy=(StickyPartitionAssignor,),
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 10),
@@ -137,10 +147,12 @@ class GroupMembership:
         self._last_heartbeat = time.monotonic()  # a completed join is the group's word too
         self.owned = partitions
         self.generations += 1
+        self.settled = True
         log.info("%s/%s: assigned %s", self.group, self.replica, sorted(partitions))
         await self._on_assigned(partitions)
 
     async def _revoked(self, partitions: frozenset[int]) -> None:
         log.info("%s/%s: revoked %s", self.group, self.replica, sorted(partitions))
         self.owned = self.owned - partitions
+        self.settled = False
         await self._on_revoked(partitions)

@@ -143,6 +143,7 @@ class _Owner:
         log: KafkaLog,
         replica: str,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        static: bool = True,
     ) -> None:
         self.actor = actor
         self.log = log
@@ -150,7 +151,7 @@ class _Owner:
         self.claims = Claims(actor.name, replica, log.partitions)
         actor.ownership = self.claims
         self.membership = GroupMembership(
-            log, actor.name, replica, self._assigned, self._revoked, session_timeout_s=session_timeout_s
+            log, actor.name, replica, self._assigned, self._revoked, session_timeout_s, static
         )
         # Held while a batch is handled; a rebalance callback waits for it, so no partition is closed
         # under a batch, and no fetch ever waits on it.
@@ -158,7 +159,7 @@ class _Owner:
         self.caught_up = False
 
     def ready(self) -> bool:
-        return self.caught_up and self.membership.generations > 0 and self.claims.ready()
+        return self.caught_up and self.membership.settled and self.claims.ready()
 
     def status(self) -> dict[str, object]:
         return {
@@ -208,8 +209,9 @@ class PartitionOwner(_Owner):
         replica: str,
         state_dir: Path,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        static: bool = True,
     ) -> None:
-        super().__init__(actor, log, replica, session_timeout_s)
+        super().__init__(actor, log, replica, session_timeout_s, static)
         self.state_dir = state_dir
         self.parts: dict[int, OwnedPartition] = {}
         self._reader = KafkaPartitionReader(log)
@@ -334,8 +336,9 @@ class GlobalOwner(_Owner):
         log: KafkaLog,
         replica: str,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        static: bool = True,
     ) -> None:
-        super().__init__(actor, log, replica, session_timeout_s)
+        super().__init__(actor, log, replica, session_timeout_s, static)
         self.store: ProjectionStore | None = None
         # Per partition without our claim: unanswered records of redecide_types, by id, in log order.
         self._unanswered: dict[int, OrderedDict[str, Stored]] = {}
@@ -350,6 +353,7 @@ class GlobalOwner(_Owner):
                 anyio.create_task_group() as tg,
             ):
                 await tg.start(self.membership.run)
+                tg.start_soon(self.actor.beside, self.log)
                 task_status.started()
                 while True:
                     stored = await mailbox.next_batch(max_records=self.actor.batch_size, timeout=0.5)

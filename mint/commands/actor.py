@@ -61,6 +61,15 @@ class Replica(Protocol):
     help="Seconds without a group heartbeat before this replica's partitions move (and it stops deciding).",
 )
 @click.option(
+    "--membership",
+    type=click.Choice(["static", "dynamic"]),
+    envvar="MINT_GROUP_MEMBERSHIP",
+    default="static",
+    show_default=True,
+    help="Consumer-group membership: static (Kafka; a restart within the session timeout keeps the "
+    "partitions) or dynamic (Tansu 0.6, whose static membership livelocks).",
+)
+@click.option(
     "--base", "base", default=None, help="engine-host: the base it serves, BASE[:SLOTS[:CPU_SLOTS]]."
 )
 @click.option(
@@ -83,6 +92,7 @@ def actor(
     host: str,
     port: int,
     session_timeout_s: float,
+    membership: str,
     base: str | None,
     engine_kind: str,
     tokens_path: str | None,
@@ -127,25 +137,33 @@ def actor(
                     **options,
                 )
                 return
-            build = partial(_replica, name, home, event_log, store, replica, session_timeout_s)
+            build = partial(
+                _replica, name, home, event_log, store, replica, session_timeout_s, membership == "static"
+            )
             await _serve(build, name, replica, host, port)
 
     run(go)
 
 
 def _replica(
-    name: str, home: Home, log: Any, artifacts: ArtifactStore, replica: str, session_timeout_s: float
+    name: str,
+    home: Home,
+    log: Any,
+    artifacts: ArtifactStore,
+    replica: str,
+    session_timeout_s: float,
+    static: bool,
 ) -> ReplicaRunner:
-    actor = _actor(name, home, artifacts)
+    actor = _actor(name, home, artifacts, replica)
     if name == "projector":
         return FoldRunner(actor, log)
     assert isinstance(log, KafkaLog)
     if name == "catalog":
-        return PartitionOwner(actor, log, replica, home.actors / name, session_timeout_s)
-    return GlobalOwner(actor, log, replica, session_timeout_s)
+        return PartitionOwner(actor, log, replica, home.actors / name, session_timeout_s, static)
+    return GlobalOwner(actor, log, replica, session_timeout_s, static)
 
 
-def _actor(name: str, home: Home, artifacts: ArtifactStore) -> StoreActor:
+def _actor(name: str, home: Home, artifacts: ArtifactStore, replica: str) -> StoreActor:
     if name == "catalog":
         from actors.catalog import CatalogActor
 
@@ -161,7 +179,7 @@ def _actor(name: str, home: Home, artifacts: ArtifactStore) -> StoreActor:
     if name == "trainer":
         from actors.trainer import TrainerActor
 
-        return TrainerActor(home, artifacts)
+        return TrainerActor(home, artifacts, replica=replica)
     from actors.evaluator import EvaluatorActor
     from mint.serving.fetch import AdapterFetcher
 
