@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -42,7 +43,9 @@ from mint.cluster.table import HOST, ClusterDir, ClusterError, ClusterTable, Pro
 from mint.local_services import free_port, tansu_binary, tansu_command
 
 _BASE_SPEC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+(:[0-9]+)?)?")
-BROKER_BUCKET = "mint-broker"
+# The broker's log on the cluster's S3 (kept across broker restarts), or in the broker's memory (a
+# benchmark of the actors then measures them, not moto's Python S3 under tansu's writes).
+BROKER_STORAGE = {"s3": "s3://mint-broker/", "memory": "memory://tansu/"}
 ARTIFACTS_BUCKET = "mint-artifacts"
 # moto checks no signature; any key pair works, and these are the ones its documentation uses.
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -70,6 +73,8 @@ def _shared_env(cluster: ClusterDir, table: ClusterTable) -> dict[str, str]:
     """What every process of the cluster shares: the key its records are sealed with, and S3's place."""
     return {
         "MINT_CLUSTER_KEY": cluster.key.read_text().strip(),
+        # Tansu 0.6 livelocks static group members (actors/membership.py): join as dynamic ones.
+        "MINT_GROUP_MEMBERSHIP": "dynamic",
         "AWS_ENDPOINT_URL": table.s3,
         "AWS_DEFAULT_REGION": "us-east-1",
         **S3_CREDENTIALS,
@@ -112,7 +117,7 @@ def _service(cluster: ClusterDir, table: ClusterTable, role: str, port: int) -> 
     if role == "s3":
         command = [sys.executable, "-m", "mint.cluster.s3_server", HOST, str(port)]
     else:
-        command = tansu_command(tansu_binary(), HOST, port, f"s3://{table.broker_bucket}/")
+        command = tansu_command(tansu_binary(), HOST, port, table.broker_storage)
     return Process(name=role, role=role, pid=0, port=port, home=None, command=command, log="", started=None)
 
 
@@ -200,7 +205,10 @@ def _provide_base(cluster: ClusterDir, table: ClusterTable) -> _BaseBuild | None
 
 
 def _create_buckets(table: ClusterTable) -> None:
-    for bucket in (table.broker_bucket, table.bucket):
+    buckets = [table.bucket]
+    if table.broker_storage.startswith("s3://"):
+        buckets.append(urlsplit(table.broker_storage).netloc)
+    for bucket in buckets:
         response = httpx.put(f"{table.s3}/{bucket}", timeout=10.0)
         if response.status_code not in (200, 409):  # 409: it exists already
             raise ClusterError(f"s3: creating bucket {bucket!r} answered {response.status_code}")
@@ -242,6 +250,7 @@ def up(
     base: str = BUILDABLE_BASE,
     base_source: Path | None = None,
     partitions: int = 8,
+    broker_storage: str = "s3",
     timeout_s: float = READY_TIMEOUT_S,
     say: Say = lambda _: None,
 ) -> ClusterTable:
@@ -272,7 +281,7 @@ def up(
         log=f"kafka://{HOST}:{kafka_port}/{DEFAULT_TOPIC}",
         s3=f"http://{HOST}:{s3_port}",
         bucket=ARTIFACTS_BUCKET,
-        broker_bucket=BROKER_BUCKET,
+        broker_storage=BROKER_STORAGE[broker_storage],
         artifacts=f"s3://{ARTIFACTS_BUCKET}",
         partitions=partitions,
         admin_token=str(cluster.admin_token),

@@ -55,6 +55,7 @@ class Replica(Protocol):
 @click.option(
     "--session-timeout",
     "session_timeout_s",
+    envvar="MINT_SESSION_TIMEOUT",
     type=click.FloatRange(min=1.0),
     default=10.0,
     show_default=True,
