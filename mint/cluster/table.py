@@ -40,7 +40,9 @@ class ClusterTable(msgspec.Struct, kw_only=True):
     log: str  # the `--log` URL every actor was given
     s3: str  # the S3 endpoint URL
     bucket: str  # the artifacts bucket (`--artifacts s3://BUCKET`)
-    broker_bucket: str  # where the broker keeps its log
+    # Where the broker keeps its log: s3://BUCKET/ on the cluster's S3 (it survives a broker restart),
+    # or memory:// (it does not).
+    broker_storage: str
     artifacts: str  # the `--artifacts` URL every actor was given
     partitions: int
     admin_token: str  # a file holding the first admin token of the API replicas' token store

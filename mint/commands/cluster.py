@@ -90,6 +90,13 @@ def _count(option: str, role: str) -> Callable[[Callable[..., None]], Callable[.
     help="Copy this base directory in instead of building the base.",
 )
 @click.option("--partitions", type=click.IntRange(min=1), default=DEFAULT_PARTITIONS, show_default=True)
+@click.option(
+    "--broker-storage",
+    type=click.Choice(["s3", "memory"]),
+    default="s3",
+    show_default=True,
+    help="Where the broker keeps the log: in the cluster's S3 (survives a broker restart) or in memory.",
+)
 @timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print cluster.json on stdout.")
 def up(
@@ -97,6 +104,7 @@ def up(
     base: str,
     base_source: Path | None,
     partitions: int,
+    broker_storage: str,
     timeout_s: float,
     as_json: bool,
     **counts: int,
@@ -113,6 +121,7 @@ def up(
             base=base,
             base_source=base_source,
             partitions=partitions,
+            broker_storage=broker_storage,
             timeout_s=timeout_s,
             say=_say,
         )
