@@ -49,8 +49,11 @@ BROKER_STORAGE = {"s3": "s3://mint-broker/", "memory": "memory://tansu/"}
 ARTIFACTS_BUCKET = "mint-artifacts"
 # moto checks no signature; any key pair works, and these are the ones its documentation uses.
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Configuration a process would otherwise inherit from the launching shell and read before ours.
-_NOT_INHERITED = ("MINT_", "AWS_")
+# What a process would otherwise inherit from the launching shell in place of the cluster's own: where
+# its state, log and artifacts are (given on its command line), its key, and any AWS setting (a profile,
+# a region, real credentials). Other MINT_ settings (e.g. MINT_SESSION_TIMEOUT) pass through; a restart
+# runs in the environment of the command that restarts.
+_NOT_INHERITED = frozenset({"MINT_HOME", "MINT_LOG", "MINT_ARTIFACTS", "MINT_CLUSTER_KEY"})
 
 Say = Callable[[str], None]
 
@@ -90,7 +93,7 @@ def environment(root: Path) -> dict[str, str]:
 
 
 def _process_env(cluster: ClusterDir, table: ClusterTable, role: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED and not k.startswith("AWS_")}
     env.update(_shared_env(cluster, table), PYTHONUNBUFFERED="1")
     if role == "broker":  # tansu's S3 client reads these names
         env.update(AWS_ENDPOINT=table.s3, AWS_ALLOW_HTTP="true")
