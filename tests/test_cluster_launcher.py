@@ -164,3 +164,20 @@ def test_the_cluster_knows_every_role_mint_actor_runs() -> None:
     (name,) = [p for p in cli.commands["actor"].params if p.name == "name"]
     assert isinstance(name.type, click.Choice)
     assert set(ROLES) == set(name.type.choices)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_cluster_reports_decision_rates_and_their_ratio() -> None:
+    done = subprocess.run(
+        [MINT, "bench", "cluster", "--json", "--commands", "300", "--replicas", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    assert report["bench"] == "cluster" and report["catalog_commands"] == 300
+    assert report["catalog_decisions_per_s_1"] > 0 and report["catalog_decisions_per_s_2"] > 0
+    ratio = report["catalog_decisions_per_s_2"] / report["catalog_decisions_per_s_1"]
+    assert report["catalog_ratio_2_vs_1"] == pytest.approx(ratio, rel=1e-3)

@@ -140,6 +140,30 @@ def kafka(records: int, bootstrap: str | None) -> Results:
     return results
 
 
+@benchmark("cluster")
+@click.option("--commands", default=2_000, show_default=True, help="RegisterPolicy commands per run.")
+@click.option(
+    "--replicas",
+    default="1,2,4",
+    show_default=True,
+    help="Catalog replica counts, comma-separated (the first should be 1: ratios are against it).",
+)
+@click.option("--partitions", default=8, show_default=True, type=click.IntRange(min=1))
+def cluster(commands: int, replicas: str, partitions: int) -> Results:
+    """Catalog decisions/s with 1, 2 and 4 replicas on one topic, each on a fresh `mint cluster`."""
+    from mint.bench.cluster_bench import bench_cluster
+
+    try:
+        counts = [int(n) for n in replicas.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{replicas!r} is not a comma-separated list of counts", param_hint="--replicas"
+        ) from None
+    if any(n < 1 for n in counts):
+        raise click.BadParameter(f"{replicas!r}: every count must be at least 1", param_hint="--replicas")
+    return bench_cluster(commands, counts, partitions, _say)
+
+
 @benchmark("train")
 @click.option("--steps", default=5, show_default=True, help="RL steps per handoff measurement.")
 @click.option("--policies", default=4, show_default=True, help="K for the multi-policy comparison.")
