@@ -37,8 +37,11 @@ from events.seal import Seal
 DEFAULT_TOPIC = "mint.records"
 # Produce batches stay under a broker's default message.max.bytes (about 1 MB).
 DEFAULT_BATCH_BYTES = 512 * 1024
-# The reader consumer only fetches what it knows is there, so the broker need not hold a fetch open.
-_READER_FETCH_WAIT_MS = 10
+# The reader consumer only fetches what it knows is there, so the broker need not hold a fetch open
+# long; but a broker that reads its records from object storage answers with only what it has loaded
+# within this wait (tansu's s3:// engine on moto: nothing ever at 10 ms, a 3-record read in 0.4 s at
+# 50-100 ms), so it is no shorter than a storage read.
+_READER_FETCH_WAIT_MS = 100
 _READER_POLL_MS = 20
 # Subscriptions long-poll: the broker answers a fetch as soon as a record arrives, or after this.
 _SUBSCRIPTION_FETCH_WAIT_MS = 500

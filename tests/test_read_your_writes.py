@@ -6,7 +6,9 @@ process, each folding into its own home; the second one lags on purpose (its pro
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -26,15 +28,23 @@ from actors.system import System, running
 from events import codec
 from events.catalog import Promote
 from events.kafka_log import KafkaLog
-from events.log import Position
+from events.log import Position, outcome
 from events.seal import Seal
 from events.sqlite_log import SqliteLog
 from mint.api.app import create_app
-from mint.api.positions import POSITION_HEADER, PositionError, format_position, merged, parse_position
+from mint.api.positions import (
+    POSITION_HEADER,
+    PositionError,
+    after_appended,
+    format_position,
+    merged,
+    parse_position,
+)
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from mint.cli import cli
 from mint.home import Home
+from tests.cluster import MINT, RunningCluster, running_cluster
 from tests.records import evaluated, exported, register
 
 pytestmark = pytest.mark.anyio
@@ -316,3 +326,73 @@ async def test_tinker_calls_that_append_answer_the_position_of_what_they_appende
         for fact, answer in answers.items():
             (offset,) = parse_position(answer.headers[POSITION_HEADER], fact).values()
             assert offset == on_log[fact] + 1, fact
+
+
+# -- on a real cluster -----------------------------------------------------------------------------
+
+
+async def _seed(cluster: RunningCluster) -> str:
+    """acme/a registered (the catalog's decision awaited), with r1 and r2 exported and evaluated (the
+    evaluations sealed as MinT's); the position just past all of it."""
+    async with cluster.log() as log:
+        command = register("acme/a")
+        (appended,) = await log.append([command])
+        decided = await outcome(log, appended, command.id, timeout_s=60)
+        revisions = await log.append([exported("acme/a", r) for r in ("r1", "r2")])
+        evaluations = await log.append([evaluated("acme/a", r) for r in ("r1", "r2")])
+    return format_position(merged(decided.position, after_appended([*revisions, *evaluations])))
+
+
+def _bounded_read(url: str, headers: dict[str, str], position: str) -> httpx.Response:
+    """A read on another replica bound by `position`: again while it answers 503 (with Retry-After),
+    and never anything else but the answer that reflects the write."""
+    with httpx.Client(base_url=url, headers={**headers, "x-mint-after": position}, timeout=30) as http:
+        for _ in range(30):
+            read = http.get("/admin/api/policies/acme/a")
+            if read.status_code != 503:
+                return read
+            assert read.headers["Retry-After"] and read.json()["error"]["after"] == position
+    raise AssertionError(f"{url} stayed behind {position}")
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_read_your_writes_a_promotion_through_one_api_replica_is_seen_by_the_next_read_on_another(
+    tmp_path: Path,
+) -> None:
+    with running_cluster(tmp_path, catalog=1, api=2) as cluster:
+        seeded = anyio.run(_seed, cluster)
+        admin = {"Authorization": f"Bearer {cluster.admin_token()}"}
+        one, two = cluster.api_url(0), cluster.api_url(1)
+        for revision in ("r1", "r2"):  # r1 becomes the old pointer, which no read may show after r2
+            # A write may be bound too: replica 1 checks the policy exists only once it has folded it.
+            promoted = httpx.post(
+                f"{one}/admin/api/policies/acme/a/promote",
+                json={"revision": revision},
+                headers={**admin, "x-mint-after": seeded},
+                timeout=30,
+            )
+            assert promoted.status_code == 200 and promoted.json()["outcome"] == "RevisionPromoted", (
+                promoted.text
+            )
+            read = _bounded_read(two, admin, promoted.headers["x-mint-position"])
+            assert read.status_code == 200 and read.json()["policy"]["pointer"] == revision
+
+        # The CLI, a client of the cluster: it rolls back, then reads the other replica's home.
+        url = f"kafka://{cluster.table['kafka']}/{cluster.table['topic']}"
+        env = {
+            **os.environ,
+            "MINT_CLUSTER_KEY": cluster.key(),
+            "MINT_POSITION_FILE": str(tmp_path / "pos.json"),
+        }
+        home_2 = cluster.process("api-2")["home"]
+
+        def mint(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [MINT, *args, "--log", url], capture_output=True, text=True, env=env, timeout=120
+            )
+
+        rolled = mint("policy", "rollback", "acme/a", "--home", str(tmp_path / "cli-home"), "--timeout", "60")
+        assert rolled.returncode == 0 and "RevisionRolledBack" in rolled.stdout, rolled.stdout + rolled.stderr
+        shown = mint("catalog", "show", "acme/a", "--home", home_2, "--wait", "30")
+        assert shown.returncode == 0 and "serving: r1" in shown.stdout, shown.stdout + shown.stderr
