@@ -93,6 +93,11 @@ class StoreActor:
         """Called once a batch's facts are on the log and its state is committed: the moment an
         actor may start effects that those facts announce."""
 
+    async def beside(self, log: EventLog) -> None:
+        """Long work beside the loop (a trainer's runs), for as long as the loop runs: started once the
+        store is open, whoever runs the actor (`run`, or a group's owner in actors/owned.py). It must
+        never hold the loop up; by default there is none."""
+
     def handle(self, stored_batch: list[Stored], store: ProjectionStore) -> Batch:
         """Fold a batch and decide: its decoded records, and the facts to append before the store
         may commit."""
@@ -130,7 +135,11 @@ class StoreActor:
         try:
             self.opened(store)
             self.progress.update(store.position)
-            async with log.subscribe(self.name, start=store.position) as mailbox:
+            async with (
+                log.subscribe(self.name, start=store.position) as mailbox,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(self.beside, log)
                 task_status.started()
                 while True:
                     batch = await mailbox.next_batch(max_records=self.batch_size, timeout=1.0)

@@ -1,31 +1,42 @@
-"""The trainer actor: decides StartTraining (the single writer of run keys), then runs each accepted
-run to completion on one resident base, appending a StepCompleted per policy per step and a
+"""The trainer actor: decides StartTraining (the single writer of run keys), and trains runs beside
+its loop, each under a lease (actors/run_lease.py), appending a StepCompleted per policy per step and a
 RevisionExported per policy at the end.
 
-Crash safety: a step's facts are appended before its checkpoint is written, and their ids derive from
-(run, policy, step). After a restart the run resumes from its newest checkpoint and recomputes any
-step past it; steps are deterministic for the run's seed, so a recomputed step appends the same ids,
-which the log refuses (SQLite) or every fold skips (Kafka). The log never shows a step twice.
+Replicas: every trainer replica folds the whole log. A replica may take a run when it may decide for
+the run's partition (`ownership`; the embedded system owns everything) and the run's lease is free: never
+claimed, held by an earlier incarnation of this same replica, or silent for the lease timeout. It claims
+the next epoch and resumes from the newest checkpoint in the artifact store that the log's counted steps
+reach, so a replica on another machine finishes a run whose worker died.
+
+No step doubled: ids derive from (run, policy, step), and a resumed worker appends only the steps,
+failures and exports that do not already count on the log (it has folded everything before its
+claims, so it knows). A stale worker's appends after the claim are fenced in every fold.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterable, Mapping
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from actors.faults import NO_FAULTS, Faults, InjectedCrash
+from actors.run_lease import LeaseLost, LeaseTimings, RunLease, claim
 from actors.runtime import StoreActor
 from events.catalog import CommandRejected
 from events.envelope import Record
 from events.log import EventLog
 from events.training import (
     RevisionExported,
+    RunClaimed,
+    RunHeartbeat,
     StartTraining,
     StepCompleted,
     TrainingFailed,
@@ -36,9 +47,10 @@ from mint.adapters.peft_layout import WEIGHTS_FILE
 from mint.artifacts.keys import adapter_key
 from mint.artifacts.store import ArtifactStore
 from mint.catalog.fold import CATALOG_FOLD
-from mint.catalog.rows import POLICIES, RUNS, PolicyRow, RunRow
+from mint.catalog.rows import POLICIES, REVISIONS, RUNS, PolicyRow, RunRow
 from mint.home import Home
 from mint.projection.store import ProjectionStore
+from mint.training import stored_checkpoints
 from mint.training.tasks import TaskError, parse_task
 
 if TYPE_CHECKING:  # torch: imported where a run is trained, not when the control plane starts
@@ -49,19 +61,77 @@ logger = logging.getLogger(__name__)
 SOURCE = "trainer"
 
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The lease's timings and how often a run is checkpointed to the artifact store. From the
+    environment: MINT_TRAINER_HEARTBEAT_S (1), MINT_TRAINER_LEASE_TIMEOUT_S (6),
+    MINT_TRAINER_CHECKPOINT_EVERY (1 step)."""
+
+    lease: LeaseTimings = field(default_factory=LeaseTimings)
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every: must be 1 or more steps, got {self.checkpoint_every}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> TrainerSettings:
+        def number(name: str, default: float) -> float:
+            try:
+                return float(env.get(name, default))
+            except ValueError:
+                raise ValueError(f"{name}: expected a number of seconds, got {env[name]!r}") from None
+
+        try:
+            every = int(env.get("MINT_TRAINER_CHECKPOINT_EVERY", 1))
+        except ValueError:
+            raise ValueError(
+                f"MINT_TRAINER_CHECKPOINT_EVERY: expected a whole number of steps, "
+                f"got {env['MINT_TRAINER_CHECKPOINT_EVERY']!r}"
+            ) from None
+        lease = LeaseTimings(
+            heartbeat_s=number("MINT_TRAINER_HEARTBEAT_S", LeaseTimings.heartbeat_s),
+            timeout_s=number("MINT_TRAINER_LEASE_TIMEOUT_S", LeaseTimings.timeout_s),
+        )
+        return cls(lease, every)
+
+
 class TrainerActor(StoreActor):
     decode_types = frozenset({"StartTraining"})
+    redecide_types = frozenset({"StartTraining"})
 
-    def __init__(self, home: Home, artifacts: ArtifactStore, faults: Faults = NO_FAULTS) -> None:
+    def __init__(
+        self,
+        home: Home,
+        artifacts: ArtifactStore,
+        faults: Faults = NO_FAULTS,
+        *,
+        replica: str = SOURCE,
+        settings: TrainerSettings | None = None,
+    ) -> None:
         super().__init__("trainer", CATALOG_FOLD, home.actor_state("trainer"), faults)
         self.home = home
         self.artifacts = artifacts
-        self._queue: MemoryObjectSendStream[RunRow] | None = None
+        self.replica = replica
+        self.settings = settings or TrainerSettings.from_env()
         self._store: ProjectionStore | None = None
+        self._wake = anyio.Event()
+        # Per run, when this replica last saw a sign of its lease's life (a start, a claim, a counted
+        # heartbeat), by its own clock: a lease is expired when that is older than the timeout.
+        self._sightings: dict[str, float] = {}
+        self._opened_at = time.monotonic()
+        self.holding: RunLease | None = None
+        # Runs this incarnation has held a lease on: whatever its store still says (a completion it
+        # appended and has not folded yet, a lease it lost), it takes them again only once expired.
+        self._held: set[str] = set()
 
     # -- deciding --------------------------------------------------------------------------------
 
     def on_record(self, record: Record, store: ProjectionStore) -> list[Record]:
+        if isinstance(record, TrainingStarted | RunClaimed | RunHeartbeat):
+            # Not a decision: an observation of the lease's life, for `_free` to judge by. A fenced
+            # heartbeat (a stale worker's) never gets here.
+            self._sightings[record.run] = time.monotonic()
         if not isinstance(record, StartTraining):
             return []
         refusal = self._refusal(record, store)
@@ -111,91 +181,170 @@ class TrainerActor(StoreActor):
             return f"task {command.task!r} is a {task.algo} task, not {command.algo}", "algo"
         return None
 
-    # -- running ---------------------------------------------------------------------------------
-
-    async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        send, receive = anyio.create_memory_object_stream[RunRow](1000)
-        self._queue = send
-        async with anyio.create_task_group() as tg, send, receive:
-            tg.start_soon(self._work, log, receive)
-            await super().run(log, task_status=task_status)
-
-    def committed(self, facts: list[Record], store: ProjectionStore) -> None:
-        for fact in facts:
-            if isinstance(fact, TrainingStarted):
-                run: RunRow | None = store.rows.get(RUNS, fact.run)
-                if run is not None:
-                    self._enqueue(run)
+    # -- which runs to take ------------------------------------------------------------------------
 
     def opened(self, store: ProjectionStore) -> None:
         self._store = store
-        for (data,) in store.query("SELECT data FROM runs WHERE status = 'running'"):
-            run = RUNS.from_data(data)
-            # Interrupted by a crash: resume it, if this trainer decided it. A run started by any
-            # other writer (the walkthrough's script, a Tinker client) is not this actor's to train.
-            if run.decided_by == SOURCE:
-                self._enqueue(run)
+        self._opened_at = time.monotonic()
 
-    def _enqueue(self, run: RunRow) -> None:
-        assert self._queue is not None
-        self._queue.send_nowait(run)
+    def committed(self, facts: list[Record], store: ProjectionStore) -> None:
+        if any(isinstance(f, TrainingStarted) for f in facts):
+            self.look_for_runs()
 
-    async def _work(self, log: EventLog, runs: MemoryObjectReceiveStream[RunRow]) -> None:
-        """Train the queued runs one after another, beside the actor loop rather than inside it: a run
-        outlives many batches, and the loop must keep deciding meanwhile. So the work appends its
-        facts itself, outside the batch's append-then-commit, which is safe because nothing the
-        trainer's store commits depends on them:
-        - they decide nothing: every id derives from (run, policy, step) or the run, so a repeat after
-          a crash is refused by the SQLite log or skipped by every fold on Kafka;
-        - record before effect still holds: a step's facts are durable before its checkpoint is
-          written, and an export's before the run is reported finished;
-        - the trainer's own state learns of them from the log, like every other reader's."""
-        done: set[str] = set()
-        async for run in runs:
-            if run.run in done:
+    def claimed(self, partition: int, store: ProjectionStore) -> None:
+        self.look_for_runs()  # runs of a partition this replica has just taken may be free
+
+    def look_for_runs(self) -> None:
+        """Look for a run to take now rather than at the next heartbeat interval."""
+        self._wake.set()
+
+    def may_take(self, run: str) -> bool:
+        """Whether this replica may start or resume `run`: it decides for the run's partition."""
+        return self.ownership.decides(run)
+
+    def _free(self, run: RunRow) -> bool:
+        """Whether `run` is this replica's to take now (see the module's docstring)."""
+        # A run started by any other writer (the walkthrough's script, a Tinker client) is not this
+        # actor's to train.
+        if run.status != "running" or run.decided_by != SOURCE or not self.may_take(run.run):
+            return False
+        if run.holder == "" or (run.holder == self.replica and run.run not in self._held):
+            return True  # never claimed, or claimed by this replica before it restarted
+        seen = self._sightings.get(run.run, self._opened_at)
+        return time.monotonic() - seen > self.settings.lease.timeout_s
+
+    def _next_free(self) -> RunRow | None:
+        store = self._store
+        assert store is not None
+        running = (
+            RUNS.from_data(d) for (d,) in store.query("SELECT data FROM runs WHERE status = 'running'")
+        )
+        # The row as folded so far: a batch under way may have moved it on since it was committed.
+        current = [store.rows.get(RUNS, r.run) or r for r in running]
+        free = sorted((r for r in current if self._free(r)), key=lambda r: (r.started_at, r.run))
+        return free[0] if free else None
+
+    # -- training ----------------------------------------------------------------------------------
+
+    async def beside(self, log: EventLog) -> None:
+        """Take free runs one after another, beside the actor loop rather than inside it: a run
+        outlives many batches, and the loop must keep folding (the lease's claims included) and
+        deciding meanwhile. The work appends its facts itself, outside the batch's
+        append-then-commit, which is safe because nothing the trainer's store commits depends on
+        them: they decide nothing (every id derives from the run, its policies and steps), and the
+        store learns of them from the log, like every other reader's."""
+        self.holding = None
+        self._held = set()
+        while True:
+            run = self._next_free()
+            if run is None:
+                with anyio.move_on_after(self.settings.lease.heartbeat_s):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
                 continue
-            try:
-                await self._execute(log, run)
-            except InjectedCrash:
-                raise  # chaos testing: crash the actor as a real fault would, and resume
-            except (
-                Exception
-            ) as exc:  # a run that cannot go on (its base is gone, ...) fails; the actor goes on
-                logger.exception("run %s failed", run.run)
-                reason = f"{type(exc).__name__}: {exc}"
-                await log.append(
-                    [TrainingFailed.create(id=f"{run.run}/failed", source=SOURCE, run=run.run, reason=reason)]
-                )
-            done.add(run.run)
+            await self._take(log, run)
 
-    async def _execute(self, log: EventLog, run: RunRow) -> None:
+    async def _take(self, log: EventLog, run: RunRow) -> None:
+        assert self._store is not None
+        lease = await claim(
+            log,
+            self._store,
+            self.progress,
+            run.run,
+            run.policies,
+            self.replica,
+            run.epoch + 1,
+            self.settings.lease,
+        )
+        self._sightings[run.run] = time.monotonic()  # whoever won, the lease has just been taken
+        if lease is None:
+            return
+        self.holding = lease
+        self._held.add(run.run)
+        try:
+            await _holding(lease, lambda: self._train(run, lease))
+        except LeaseLost as exc:
+            logger.warning("%s: stopped: %s", self.replica, exc)
+        except InjectedCrash:
+            raise  # chaos testing: crash the actor as a real fault would, and resume
+        except Exception as exc:  # a run that cannot go on (its base is gone, ...) fails; the actor goes on
+            logger.exception("run %s failed", run.run)
+            failed = TrainingFailed.create(
+                id=f"{run.run}/failed", source=SOURCE, run=run.run, reason=f"{type(exc).__name__}: {exc}"
+            )
+            try:
+                await lease.append([failed])
+            except LeaseLost as lost:
+                logger.warning("%s: run %s failed, but: %s", self.replica, run.run, lost)
+        finally:
+            self.holding = None
+
+    async def _train(self, run: RunRow, lease: RunLease) -> None:
         from mint.training.session import TrainingSession  # torch loads here, not at control-plane start
 
-        session = await anyio.to_thread.run_sync(TrainingSession.open, self.home, run)
+        assert self._store is not None
+        # The lease's claims are folded, so everything appended before them is: what counts is known.
+        current: RunRow = self._store.rows.get(RUNS, run.run) or run
+        if current.status != "running":
+            return  # its completion counted before our claims (a stalled worker's, just in time)
+        failed = dict(current.failed_policies)
+        counted = self._counted_steps(run.run)
+        start = stored_checkpoints.newest(
+            await stored_checkpoints.stored(self.artifacts, run.run), resume_bound(run, counted, failed)
+        )
+        with tempfile.TemporaryDirectory(prefix="mint-resume-") as fetched:
+            resume_from = None
+            if start is not None:
+                resume_from = await stored_checkpoints.download(self.artifacts, run.run, start, Path(fetched))
+            session = await anyio.to_thread.run_sync(
+                TrainingSession.open, self.home, run, resume_from, failed
+            )
+        logger.info(
+            "%s: run %s from step %d at epoch %d", self.replica, run.run, session.completed, lease.epoch
+        )
+        lease.progress = session.completed
+        await lease.beat()  # the new holder's first heartbeat says where it resumes
         for step in range(session.completed + 1, run.steps + 1):
+            # In a thread: the loop keeps heartbeating (and folding) while the step computes.
             metrics = await anyio.to_thread.run_sync(session.trainer.step, step)
-            await log.append(_step_facts(run, step, metrics, session.newly_failed()))
+            fresh = _step_facts(run, step, metrics, session.newly_failed())
+            await lease.append([f for f in fresh if not _counted(f, counted, failed)])
+            lease.progress = step
             self.faults.point(f"{self.name}: after step {step}")
-            await anyio.to_thread.run_sync(session.checkpoint, step)
-        await log.append(await self._export(run, session))
+            if step % self.settings.checkpoint_every == 0 or step == run.steps:
+                directory = await anyio.to_thread.run_sync(session.checkpoint, step)
+                await stored_checkpoints.upload(self.artifacts, run.run, lease.epoch, step, directory)
+        await lease.append(await self._export(run, session))
         if not session.trainer.live:
-            failed = TrainingFailed.create(
+            failed_run = TrainingFailed.create(
                 id=f"{run.run}/failed", source=SOURCE, run=run.run, reason="every policy failed"
             )
-            await log.append([failed])
+            await lease.append([failed_run])
             return
-        await log.append(
+        await lease.append(
             [TrainingFinished.create(id=f"{run.run}/finished", source=SOURCE, run=run.run, steps=run.steps)]
         )
 
+    def _counted_steps(self, run: str) -> dict[str, set[int]]:
+        assert self._store is not None
+        counted: dict[str, set[int]] = {}
+        for policy, step in self._store.query("SELECT policy, step FROM steps WHERE run = ?", (run,)):
+            counted.setdefault(policy, set()).add(step)
+        return counted
+
     async def _export(self, run: RunRow, session: TrainingSession) -> list[Record]:
         """Each policy's adapter in the artifact store (write-once: a retried export is a no-op), and
-        the facts that name them; the parent is what the policy serves now."""
+        the facts that name them; the parent is what the policy serves now. A policy whose revision
+        already counts (exported before a takeover) is not exported again."""
+        from mint.training.session import revision_of
+
         assert self._store is not None
+        revision = revision_of(run.run)
+        waiting = [p for p in session.trainer.live if self._store.rows.get(REVISIONS, p, revision) is None]
         parents = {
             p: (row.pointer if (row := self._store.rows.get(POLICIES, p)) else None) for p in run.policies
         }
-        written = await anyio.to_thread.run_sync(session.write_adapters)
+        written = await anyio.to_thread.run_sync(session.write_adapters, waiting)
         exported: list[Record] = []
         for adapter in written:
             key = adapter_key(adapter.policy, adapter.revision, adapter.sha256)
@@ -218,6 +367,43 @@ class TrainerActor(StoreActor):
                 )
             )
         return exported
+
+
+async def _holding(lease: RunLease, work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` while the lease heartbeats beside it; `work`'s own error, unwrapped, is the result."""
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lease.keep_alive)
+        try:
+            await work()
+        except Exception as exc:
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+
+
+def resume_bound(run: RunRow, counted: Mapping[str, set[int]], failed: Mapping[str, str]) -> int:
+    """The last step that every policy still in the run has on the log, without a gap: a checkpoint
+    beyond it would skip steps that never counted."""
+    bound = run.steps
+    for policy in run.policies:
+        if policy in failed:
+            continue
+        steps = counted.get(policy, set())
+        reached = 0
+        while reached + 1 in steps:
+            reached += 1
+        bound = min(bound, reached)
+    return bound
+
+
+def _counted(fact: Record, counted: Mapping[str, set[int]], failed: Mapping[str, str]) -> bool:
+    """Whether the log already holds `fact` (a step or a failure computed again after a takeover)."""
+    if isinstance(fact, StepCompleted):
+        return fact.step in counted.get(fact.policy, set())
+    return isinstance(fact, TrainingFailed) and fact.policy in failed
 
 
 def _step_facts(

@@ -34,6 +34,8 @@ FACT_WRITERS: Mapping[str, tuple[str, ...]] = {
     "RevisionExported": ("trainer", "tinker", PRODUCER),
     "TrainingFinished": ("trainer",),
     "TrainingFailed": ("trainer",),
+    "RunClaimed": ("trainer",),
+    "RunHeartbeat": ("trainer",),
     "EvaluationCompleted": ("evaluator",),
     "EvaluationFailed": ("evaluator",),
     "EngineRegistered": ("engine-host",),

@@ -458,6 +458,8 @@ class KafkaSubscription(AsyncResource):
         return dict(self._position)
 
     async def commit(self, position: Position) -> None:
+        if not position:
+            return  # nothing folded yet (a fresh topic): aiokafka refuses an empty commit
         consumer = await self._ensure_started()
         await consumer.commit({self._log._tp(p): o for p, o in position.items()})
 

@@ -38,6 +38,8 @@ from events.system import ActorRestarted
 from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
 from events.training import (
     RevisionExported,
+    RunClaimed,
+    RunHeartbeat,
     StartTraining,
     StepCompleted,
     TrainingFailed,
@@ -67,6 +69,8 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     RevisionExported,
     TrainingFinished,
     TrainingFailed,
+    RunClaimed,
+    RunHeartbeat,
     EvaluationCompleted,
     EvaluationFailed,
     EngineRegistered,

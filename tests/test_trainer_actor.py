@@ -164,21 +164,34 @@ async def test_revisions_go_to_s3_when_the_store_is_s3(tmp_path: Path, moto_endp
 
 async def test_a_run_that_cannot_go_on_fails_and_the_trainer_goes_on(tmp_path: Path) -> None:
     from actors.trainer import TrainerActor
+    from events.training import TrainingFailed
     from mint.artifacts.local import LocalArtifactStore
-    from mint.catalog.rows import RunRow
 
     home = Home(tmp_path)  # no base installed: the run cannot open it
-    run = RunRow(
-        "acme/run-x", "acme", "tiny", "sft", "sft-repeat:yes", {}, ("acme/a",), 2, "running", "t", None, None
+    started = TrainingStarted.create(
+        source="trainer",
+        run="acme/run-x",
+        policies=["acme/a"],
+        base_id="tiny",
+        algo="sft",
+        task="sft-repeat:yes",
+        steps=2,
     )
     trainer = TrainerActor(home, LocalArtifactStore(home.artifacts))
     async with SqliteLog(home.log, partitions=1) as log:
-        send, receive = anyio.create_memory_object_stream[RunRow](2)
-        await send.send(run)
-        send.close()
-        await trainer._work(log, receive)
-        (stored,) = await read_all(log)
-    assert stored.type == "TrainingFailed" and "tiny" in stored.raw.decode()
+        await log.append([started])
+        async with anyio.create_task_group() as tg:
+            await tg.start(trainer.run, log)
+            with anyio.fail_after(60):
+                while not (
+                    failures := [
+                        r for s in await read_all(log) if isinstance(r := s.decode(), TrainingFailed)
+                    ]
+                ):
+                    await trainer.progress.changed()
+            tg.cancel_scope.cancel()
+    (failure,) = failures
+    assert "tiny" in failure.reason and failure.epoch == 1, "failed under the lease it claimed"
 
 
 async def test_the_trainer_resumes_only_the_runs_it_decided(tmp_path: Path) -> None:

@@ -49,3 +49,17 @@ def adapter_key(policy: str, revision: str, sha256: str) -> str:
     if not _SHA256.match(sha256):
         raise ValueError(f"sha256 {sha256!r} is not 64 lowercase hex digits")
     return check_key(f"adapters/{policy}/{revision}/{sha256}/{WEIGHTS_FILE}")
+
+
+def checkpoint_prefix(run: str) -> str:
+    """Where every checkpoint of run `tenant/run-id` lives: `checkpoints/<tenant>/<run-id>/`."""
+    return check_key(f"checkpoints/{run}") + "/"
+
+
+def checkpoint_key(run: str, step: int, epoch: int, name: str) -> str:
+    """`checkpoints/<tenant>/<run-id>/step-<NNNNNN>/epoch-<E>/<name>`: one file of the checkpoint a
+    run's lease holder of `epoch` wrote after `step`. The epoch keeps two workers that computed the
+    same step (a stalled one and its successor) from writing one write-once key with other bytes."""
+    if step < 0 or epoch < 0:
+        raise ValueError(f"step {step} and epoch {epoch} must not be negative")
+    return check_key(f"{checkpoint_prefix(run)}step-{step:06d}/epoch-{epoch}/{name}")

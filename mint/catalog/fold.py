@@ -30,7 +30,15 @@ from events.serving import (
     WavePlanned,
 )
 from events.system import ActorRestarted
-from events.training import RevisionExported, StepCompleted, TrainingFailed, TrainingFinished, TrainingStarted
+from events.training import (
+    RevisionExported,
+    RunClaimed,
+    RunHeartbeat,
+    StepCompleted,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingStarted,
+)
 from mint.catalog.rows import (
     CATALOG_TABLES,
     ENGINES,
@@ -318,6 +326,23 @@ def step_completed(fact: StepCompleted, rows: Rows) -> None:
     )
 
 
+def run_claimed(fact: RunClaimed, rows: Rows) -> None:
+    # The claim on the run's own partition names the lease's holder; it counts as the store counts
+    # claims (an epoch above the last), and the claims on its policies' partitions follow it.
+    if fact.on != fact.run:
+        return
+    run: RunRow | None = rows.get(RUNS, fact.run)
+    if run is not None and fact.epoch > run.epoch:
+        rows.put(RUNS, replace(run, epoch=fact.epoch, holder=fact.replica))
+
+
+def run_heartbeat(fact: RunHeartbeat, rows: Rows) -> None:
+    # A heartbeat of an older epoch than the run's latest claim never gets here: the store fences it.
+    run: RunRow | None = rows.get(RUNS, fact.run)
+    if run is not None:
+        rows.put(RUNS, replace(run, progress=fact.step, heartbeat_at=_at(fact)))
+
+
 def training_finished(fact: TrainingFinished, rows: Rows) -> None:
     run: RunRow | None = rows.get(RUNS, fact.run)
     if run is not None:
@@ -460,6 +485,8 @@ CATALOG_FOLD = Fold(
         "CommandRejected": command_rejected,
         "TrainingStarted": training_started,
         "StepCompleted": step_completed,
+        "RunClaimed": run_claimed,
+        "RunHeartbeat": run_heartbeat,
         "TrainingFinished": training_finished,
         "TrainingFailed": training_failed,
         "EngineRegistered": engine_registered,

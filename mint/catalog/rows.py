@@ -105,6 +105,12 @@ class RunRow(Row, frozen=True):
     failed_policies: dict[str, str] = {}
     # The `source` of the TrainingStarted: a trainer resumes only the runs it decided itself.
     decided_by: str = ""
+    # The run's lease (events/training.py): the epoch of its latest counted claim, who holds it, the
+    # step its holder last reported and when. No holder: nobody has claimed it yet.
+    epoch: int = 0
+    holder: str = ""
+    progress: int = 0
+    heartbeat_at: str | None = None
 
 
 class StepRow(Row, frozen=True):

@@ -3,7 +3,8 @@
 A checkpoint is a directory `step-NNNNNN/` holding, per policy, its adapter tensors and its AdamW
 moments as safetensors, plus `state.json` (step, per-policy optimizer scalars, failures). It is
 written to a temporary sibling and renamed into place, so a crash leaves either the whole checkpoint
-or none; resuming takes the newest complete one.
+or none; resuming takes the newest complete one. The trainer actor keeps these directories only on
+their way to and from the artifact store (mint/training/stored_checkpoints.py).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def save(trainer: MultiPolicyTrainer, root: Path, step: int) -> Path:
     for path in staging.iterdir():
         with path.open("rb") as f:
             os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)  # a step computed again after a resume replaces its copy
     os.replace(staging, final)
     for older in sorted(root.glob(f"{STEP_PREFIX}*"))[:-2]:  # keep the last two
         shutil.rmtree(older, ignore_errors=True)

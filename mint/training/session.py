@@ -1,9 +1,11 @@
-"""One run on one resident base, as the trainer actor drives it: open (resuming from the newest
-checkpoint), step, checkpoint, and write each surviving policy's adapter for export."""
+"""One run on one resident base, as the trainer actor drives it: open (resuming from a checkpoint the
+actor fetched from the artifact store), step, checkpoint, and write each surviving policy's adapter
+for export."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,32 +46,40 @@ class TrainingSession:
     reported: set[str] = field(default_factory=set)
 
     @classmethod
-    def open(cls, home: Home, run: RunRow) -> TrainingSession:
+    def open(
+        cls, home: Home, run: RunRow, resume_from: Path | None, failed: Mapping[str, str]
+    ) -> TrainingSession:
+        """The run at step 0, or at the checkpoint in `resume_from`. `failed` are the policies the log
+        already says have failed (with why): they stay out of the run, whatever the checkpoint says."""
         model, tokenizer = load_base(home.base(run.base_id))
         config = TrainConfig.from_dict(run.config, run.steps)
         trainer = MultiPolicyTrainer(
             model, tokenizer, list(run.policies), parse_task(run.task, word_token(tokenizer)), config
         )
-        latest = checkpoint.latest(home.run_checkpoints(run.run))
-        completed = checkpoint.restore(trainer, latest) if latest else 0
-        # Failures inside a checkpoint were appended with that step's facts, before it was written.
-        reported = {p for p, slot in trainer.slots.items() if slot.failed}
-        return cls(home, run, trainer, completed, reported)
+        completed = checkpoint.restore(trainer, resume_from) if resume_from is not None else 0
+        for policy, reason in failed.items():
+            if policy in trainer.slots and trainer.slots[policy].failed is None:
+                trainer.fail(policy, reason)
+        # A failure the checkpoint holds and the log does not (its writer's lease was lost on the
+        # run's partition first) is reported again with the next step's facts.
+        return cls(home, run, trainer, completed, set(failed))
 
     def newly_failed(self) -> list[tuple[str, str]]:
         fresh = [(p, s.failed) for p, s in self.trainer.slots.items() if s.failed and p not in self.reported]
         self.reported.update(p for p, _ in fresh)
         return fresh
 
-    def checkpoint(self, step: int) -> None:
-        checkpoint.save(self.trainer, self.home.run_checkpoints(self.run.run), step)
+    def checkpoint(self, step: int) -> Path:
+        """The run's state after `step`, written locally for the actor to store; returns its directory."""
+        directory = checkpoint.save(self.trainer, self.home.run_checkpoints(self.run.run), step)
         self.completed = step
+        return directory
 
-    def write_adapters(self) -> list[WrittenAdapter]:
-        """PEFT-layout adapters of every live policy, in fresh temporary directories."""
+    def write_adapters(self, policies: list[str]) -> list[WrittenAdapter]:
+        """PEFT-layout adapters of `policies` (live ones), in fresh temporary directories."""
         cfg = self.trainer.config
         written = []
-        for policy in self.trainer.live:
+        for policy in policies:
             config = LoraConfig(
                 r=cfg.rank, alpha=cfg.alpha, target_modules=cfg.targets, base_model=self.run.base_id
             )
