@@ -7,7 +7,10 @@
 Counts are `mint cluster up`'s options (catalog, projectors, schedulers, trainers, evaluators, engines,
 api); a role not given gets none, so a test starts only what it uses. Trainers, evaluators and engine
 hosts need a base: pass `base_dir=` (e.g. the `base_dir` fixture of tests/engine_fixtures.py) to copy
-one in instead of building the tiny base in the cluster (about 15 s on 2 cores).
+one in instead of building the tiny base in the cluster (about 15 s on 2 cores). The broker keeps its
+log on the cluster's S3 (so it survives `cluster.restart("broker")`); a test that never restarts the
+broker can pass `broker_storage="memory"`, which spares moto (Python, on the same cores) the broker's
+writes and its group state on every heartbeat.
 
 On a failure inside the block the tail of every process's log is printed (pytest shows it with the
 failure); `mint cluster down` runs whatever happens.
@@ -127,6 +130,7 @@ def running_cluster(
     *,
     partitions: int | None = None,
     base_dir: Path | None = None,
+    broker_storage: str = "s3",
     timeout_s: float = 120.0,
     **counts: int,
 ) -> Iterator[RunningCluster]:
@@ -139,6 +143,7 @@ def running_cluster(
         options.append(f"--partitions={partitions}")
     if base_dir is not None:
         options.append(f"--base-dir={base_dir}")
+    options.append(f"--broker-storage={broker_storage}")
     cluster = RunningCluster(root, {}, timeout_s)
     try:
         cluster.mint("up", *options, "--timeout", str(timeout_s))

