@@ -66,11 +66,19 @@ class Claiming:
 class Claims(Ownership):
     """A replica's ownership, claim by claim: what `StoreActor.ownership` reads."""
 
-    def __init__(self, actor: str, replica: str, partitions: int) -> None:
+    def __init__(self, actor: str, replica: str, partitions: int, hold_until_claimed: bool) -> None:
         self.actor = actor
         self.replica = replica
         self.partitions = partitions
         self.assigned: dict[int, Claiming] = {}
+        # A partition owner decides while it catches up and holds the facts until its claim counts;
+        # a global owner leaves unclaimed partitions to their owner (and redecides what it left).
+        self.hold_until_claimed = hold_until_claimed
+
+    def keeps(self, key: str) -> bool:
+        if self.hold_until_claimed:
+            return self.partition_of(key) in self.assigned
+        return self.decides(key)
 
     def epoch(self, partition: int) -> int | None:
         claiming = self.assigned.get(partition)
@@ -148,7 +156,7 @@ class _Owner:
         self.actor = actor
         self.log = log
         self.replica = replica
-        self.claims = Claims(actor.name, replica, log.partitions)
+        self.claims = Claims(actor.name, replica, log.partitions, isinstance(self, PartitionOwner))
         actor.ownership = self.claims
         self.membership = GroupMembership(
             log, actor.name, replica, self._assigned, self._revoked, session_timeout_s, static

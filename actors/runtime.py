@@ -46,6 +46,11 @@ class Ownership:
         """Whether a record keyed `key` is this replica's to write (it lands on a partition it owns)."""
         return self.epoch(self.partition_of(key)) is not None
 
+    def keeps(self, key: str) -> bool:
+        """Whether a fact keyed `key` that this replica decides now is kept: written now, or held
+        until its claim counts (a partition owner catching up). Others are the owner's to decide."""
+        return self.decides(key)
+
 
 OWNS_EVERYTHING = Ownership()
 
@@ -115,7 +120,7 @@ class StoreActor:
                     continue
                 for fact in decided:
                     # A replica writes only onto partitions it owns; the owner decides the rest.
-                    if self.ownership.decides(fact.key):
+                    if self.ownership.keeps(fact.key):
                         store.apply_own(fact)
                         out.append(fact)
         return batch

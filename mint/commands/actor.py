@@ -250,7 +250,10 @@ async def _supervise(build: Callable[[], ReplicaRunner], current: _Current) -> N
                 attempt = 0
             attempt += 1
             current.restarts += 1
-            current.last_error = f"{type(exc).__name__}: {exc}"
+            cause: BaseException = exc
+            while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                cause = cause.exceptions[0]  # a task group's wrapping says nothing of what failed
+            current.last_error = f"{type(cause).__name__}: {cause}"
             delay = DEFAULT_BACKOFF.delay(attempt)
             log.warning("replica crashed (%s); restart %d in %.2fs", current.last_error, attempt, delay)
             current.replica = None
