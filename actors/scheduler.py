@@ -63,36 +63,44 @@ class WaveScheduler(StoreActor):
         self._store = store
 
     async def beside(self, log: EventLog) -> None:
-        """The liveness timer. Every heartbeat interval: once this actor has folded everything on
-        its partitions up to now (so a silence is not just its own lag), declare each engine silent
-        past T2 lost."""
+        """The liveness timer. Every heartbeat interval it looks for engines silent past T2 in its
+        store; only when it finds one does it ask the log's end and fold up to it, so the silence is
+        not just this actor's own lag (asking every time would load the broker for nothing)."""
         while True:
             await anyio.sleep(self.liveness.heartbeat_s)
-            now = datetime.now(UTC)
+            store = self._store
+            if store is None or not self._silent(store, datetime.now(UTC)):
+                continue
+            now = datetime.now(UTC)  # before the end is read: every heartbeat until now lies below it
             end = await log.end_offsets()
             mine = {p: offset for p, offset in end.items() if self.ownership.epoch(p) is not None}
             with anyio.move_on_after(self.liveness.lost_after_s):
                 await self.progress.reached(mine)
-            store = self._store
-            if store is None or not passed(self.progress.position, mine):
-                continue  # behind the log: judge nobody from a stale view
-            lost = self.silent_engines(store, now)
+            if not passed(self.progress.position, mine):
+                continue  # still behind the log: judge nobody from a stale view
+            lost = self.declare_lost(store, now)
             if lost:
                 await log.append(lost)
 
-    def silent_engines(self, store: ProjectionStore, now: datetime) -> list[EngineLost]:
-        """EngineLost for each engine of this replica's partitions silent past T2, once per silence
-        (its id names the silence, so a second copy is a duplicate every fold skips)."""
+    def _silent(self, store: ProjectionStore, now: datetime) -> list[tuple[EngineRow, float, int]]:
+        """Engines up in `store`, silent past T2 at `now`, on partitions this replica owns, and not yet
+        declared lost for this silence: each with its age and the epoch to decide under."""
         out = []
         for (data,) in store.query("SELECT data FROM engines WHERE status = 'up'"):
             engine: EngineRow = ENGINES.from_data(data)
             age = heard_age(engine, now)
-            partition = self.ownership.partition_of(engine.engine)
-            epoch = self.ownership.epoch(partition)
+            epoch = self.ownership.epoch(self.ownership.partition_of(engine.engine))
             if age is None or age <= self.liveness.lost_after_s or epoch is None:
                 continue
-            if self._declared.get(engine.engine) == engine.heard_at:
-                continue  # declared already; the loop has not folded it yet
+            if self._declared.get(engine.engine) != engine.heard_at:  # else the loop has yet to fold it
+                out.append((engine, age, epoch))
+        return out
+
+    def declare_lost(self, store: ProjectionStore, now: datetime) -> list[EngineLost]:
+        """EngineLost for each engine `_silent` finds, once per silence (its id names the silence, so
+        a second copy is a duplicate every fold skips)."""
+        out = []
+        for engine, age, epoch in self._silent(store, now):
             self._declared[engine.engine] = engine.heard_at or ""
             out.append(
                 EngineLost.create(
