@@ -29,6 +29,8 @@ from typing import Any
 
 from events.kafka_log import KafkaLog
 from events.seal import Seal
+from mint.cluster import launcher
+from mint.commands.cluster import SIGNALS
 
 MINT = str(Path(sys.executable).with_name("mint"))
 COUNTS = ("catalog", "projectors", "schedulers", "trainers", "evaluators", "engines", "api")
@@ -92,12 +94,15 @@ class RunningCluster:
             self.table["kafka"], topic=self.table["topic"], seal=Seal.from_secret(self.key()), **options
         )
 
+    # status and kill start nothing, so they run here rather than through the CLI, which takes a couple
+    # of seconds to import on 2 busy cores (tests/test_cluster_launcher.py runs their CLI forms).
     def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = json.loads(self.mint("status"))
-        return status
+        """`mint cluster status`: each process's state (running, stopped, dead) and readiness."""
+        return launcher.status(self.root)
 
     def kill(self, name: str, signal: str = "KILL") -> None:
-        self.mint("kill", name, "--signal", signal)
+        """`mint cluster kill NAME --signal SIGNAL` (KILL, TERM, STOP or CONT)."""
+        launcher.kill(self.root, name, SIGNALS[signal.upper()])
 
     def restart(self, name: str) -> dict[str, Any]:
         self.mint("restart", name, "--timeout", str(self.timeout_s))

@@ -19,7 +19,7 @@ from events.log import append_one
 from mint.cluster.roles import ROLES
 from tests.cluster import MINT, ClusterCommandFailed, RunningCluster, running_cluster
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 CONTRACT = {"processes", "api", "kafka", "topic", "s3", "bucket", "admin_token"}
 PROCESS_CONTRACT = {"name", "role", "pid", "port", "home"}
@@ -78,6 +78,8 @@ def test_a_cluster_starts_is_signalled_restarted_grown_and_stopped(tmp_path: Pat
             assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
         assert cluster.admin_token().startswith("tml-")
         assert all(ready for _, ready in states(cluster).values())
+        by_cli = json.loads(cluster.mint("status"))["processes"]
+        assert {p["name"]: p["state"] for p in by_cli} == dict.fromkeys(cluster.names(), "running")
 
         # A stopped process is alive but not ready; continued, it is ready again.
         cluster.kill("projector-1", "STOP")
@@ -106,7 +108,7 @@ def test_a_cluster_starts_is_signalled_restarted_grown_and_stopped(tmp_path: Pat
 
         # kill -9 and restart: same port and home, a new pid, ready again.
         before = cluster.process("projector-1")
-        cluster.kill("projector-1")
+        cluster.mint("kill", "projector-1", "--signal", "KILL")
         eventually(lambda: not alive(before["pid"]))
         assert states(cluster)["projector-1"] == ("dead", False)
         after = cluster.restart("projector-1")
@@ -124,7 +126,7 @@ def test_a_cluster_starts_is_signalled_restarted_grown_and_stopped(tmp_path: Pat
         with pytest.raises(
             ClusterCommandFailed, match=r"no process named 'catalog-9'.*catalog-1, projector-1"
         ):
-            cluster.kill("catalog-9")
+            cluster.mint("kill", "catalog-9")
         pids = [p["pid"] for p in cluster.refresh()["processes"]]
 
     assert not any(alive(pid) for pid in pids)
