@@ -5,11 +5,17 @@ real processes (`mint actor engine-host`, `mint actor api`) serving through the 
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -18,11 +24,12 @@ import pytest
 
 from actors.runtime import Backoff
 from actors.system import System, running
-from events.catalog import Promote
+from events.catalog import Promote, RegisterPolicy
 from events.serving import AdapterLoaded, EngineHeartbeat, EngineLost, EngineRegistered
 from events.sqlite_log import SqliteLog
 from mint.catalog.queries import Catalog
 from mint.home import Home
+from mint.local_services import free_port
 from mint.serving.liveness import Liveness
 from tests.records import evaluated, exported, register
 
@@ -256,3 +263,141 @@ async def test_the_engine_host_role_heartbeats_comes_back_when_declared_lost_and
             role.stop.set()  # the role drains and returns: the context's exit waits for it
         with pytest.raises(httpx.ConnectError):
             await health(role.url)
+
+
+# -- real processes: `mint actor engine-host` and `mint actor api` over tansu ----------------------------
+
+
+@dataclass
+class Spawned:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def actor_process(
+    role: str, replica: str, root: Path, log_url: str, *options: str, base_dir: Path | None = None
+) -> Iterator[Spawned]:
+    """`mint actor ROLE` as an OS process with a home of its own (`base_dir` linked into its bases);
+    SIGTERM on exit, then SIGKILL."""
+    home = root / replica
+    (home / "bases").mkdir(parents=True, exist_ok=True)
+    if base_dir is not None:
+        (home / "bases" / base_dir.name).symlink_to(base_dir)
+    port = free_port("127.0.0.1")
+    command = [MINT, "actor", role, "--log", log_url, "--artifacts", f"file://{root / 'artifacts'}", *options]
+    command += ["--home", str(home), "--replica", replica, "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "MINT_CLUSTER_KEY": CLUSTER_KEY, "PYTHONUNBUFFERED": "1"}
+    out = root / f"{replica}.log"
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
+    spawned = Spawned(replica, process, f"http://127.0.0.1:{port}", out)
+    try:
+        yield spawned
+    except BaseException:
+        print(f"----- {replica} (exit {process.poll()}):\n{spawned.tail()}", file=sys.stderr)
+        raise
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+async def until_ready(*spawned: Spawned) -> None:
+    for each in spawned:
+        await answered(partial(_ready, each), every_s=0.2)
+
+
+async def _ready(spawned: Spawned) -> bool:
+    if spawned.process.poll() is not None:
+        raise AssertionError(f"{spawned.name} exited {spawned.process.returncode}:\n{spawned.tail()}")
+    return await is_ready(spawned.url)
+
+
+@asynccontextmanager
+async def control_plane(root: Path, bootstrap: str, base_dir: Path) -> AsyncIterator[tuple[System, str]]:
+    """The catalog, scheduler and projector in this process on a fresh topic of the tansu broker, over
+    the artifact directory the processes share; and the log URL the processes join."""
+    from events.kafka_log import KafkaLog
+    from events.seal import Seal
+    from mint.artifacts.local import LocalArtifactStore
+
+    topic = f"mint.hosts.{uuid.uuid4().hex[:8]}"
+    home = Home(root / "control")
+    home.bases.mkdir(parents=True)
+    (home.bases / "tiny").symlink_to(base_dir)
+    async with (
+        KafkaLog(bootstrap, topic=topic, partitions=4, seal=Seal.from_secret(CLUSTER_KEY)) as log,
+        running(
+            home,
+            log,
+            backoff=Backoff(0.001, 0.01),
+            only=frozenset({"catalog", "scheduler", "projector"}),
+            artifacts=LocalArtifactStore(root / "artifacts"),
+        ) as system,
+    ):
+        yield system, f"kafka://{bootstrap}/{topic}"
+
+
+async def served_revision(system: System, policy: str, revision: str, seed: int) -> str:
+    from tests.serving_system import publish
+
+    ref = await publish(system, policy, revision, seed=seed)
+    await system.log.append([Promote.create(policy=policy, revision=revision)])
+    with anyio.fail_after(30):
+        await system.until(lambda: Catalog(system.home.catalog).resolve(policy) == revision)
+    return ref
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(240)
+async def test_an_engine_host_process_serves_through_an_api_process_and_drains_on_sigterm(
+    tmp_path: Path, kafka_bootstrap: str, base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    from mint.auth.tokens import TokenStore
+
+    monkeypatch.setenv("MINT_CLUSTER_KEY", CLUSTER_KEY)
+    tokens = tmp_path / "tokens.db"
+    secret = TokenStore(tokens).issue("acme", "reader").secret
+    async with control_plane(tmp_path, kafka_bootstrap, base_dir) as (system, log_url):
+        await system.log.append([RegisterPolicy.create(policy="acme/a", base_id="tiny")])
+        ref = await served_revision(system, "acme/a", "r1", seed=1)
+        serving = ("engine-host", "eh-1", tmp_path, log_url, "--base", "tiny:2")
+        with (
+            actor_process(*serving, base_dir=base_dir) as host,
+            actor_process("api", "api-1", tmp_path, log_url, "--tokens", str(tokens)) as api,
+        ):
+            with anyio.fail_after(120):
+                await until_ready(host, api)
+            body = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 6, "temperature": 0}
+            auth = {"Authorization": f"Bearer {secret}"}
+            async with httpx.AsyncClient(base_url=api.url, headers=auth, timeout=60) as client:
+                answer = await client.post("/v1/completions", json=body)  # cold: the host loads it first
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["x-mint-engine"] == "eh-1" and answer.headers["x-mint-revision"] == ref
+                async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as stream:
+                    assert stream.headers["x-mint-engine"] == "eh-1"
+                    events = [line async for line in stream.aiter_lines() if line.startswith("data: ")]
+                assert events[-1] == "data: [DONE]" and len(events) >= 3
+                text = "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1])
+                assert text == answer.json()["choices"][0]["text"]
+                residency = Catalog(system.home.catalog).residency("eh-1")
+                assert [f"{r.policy}@{r.revision}" for r in residency if r.tier == "gpu"] == [ref]
+                host.process.send_signal(signal.SIGTERM)
+                assert host.process.wait(timeout=30) == 0
+                with anyio.fail_after(30):
+                    refused = await client.post("/v1/completions", json=body)
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+            assert "eh-1" in refused.json()["error"]["message"]
