@@ -209,6 +209,8 @@ class WaveScheduler(StoreActor):
         waiting: dict[str, Waiting],
         asked: set[str],
     ) -> list[Record]:
+        if not self.ownership.decides(engine):
+            return []  # its owner plans it: a wave planned here would only mark loads that never come
         row: EngineRow | None = store.rows.get(ENGINES, engine)
         if row is None or row.status != "up":
             return []
