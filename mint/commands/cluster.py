@@ -89,7 +89,13 @@ def _count(option: str, role: str) -> Callable[[Callable[..., None]], Callable[.
     default=None,
     help="Copy this base directory in instead of building the base.",
 )
-@click.option("--partitions", type=click.IntRange(min=1), default=DEFAULT_PARTITIONS, show_default=True)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    help="Partitions of the topic: the replicas of a deciding actor split them.",
+)
 @click.option(
     "--broker-storage",
     type=click.Choice(["s3", "memory"]),
