@@ -61,6 +61,8 @@ def torch_engines(home: Home) -> EngineFactory:
 
 class EvaluatorActor(StoreActor):
     decode_types = frozenset({"RequestEvaluation"})
+    # A request or an export its partition's previous owner left unanswered is evaluated by the next.
+    redecide_types = frozenset({"RequestEvaluation", "RevisionExported"})
 
     def __init__(
         self,
