@@ -5,6 +5,7 @@ real processes (`mint actor engine-host`, `mint actor api`) serving through the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from mint.catalog.queries import Catalog
 from mint.home import Home
 from mint.local_services import free_port
 from mint.serving.liveness import Liveness
+from tests.cluster import RunningCluster, running_cluster
 from tests.records import evaluated, exported, register
 
 pytestmark = pytest.mark.anyio
@@ -401,3 +403,109 @@ async def test_an_engine_host_process_serves_through_an_api_process_and_drains_o
                     refused = await client.post("/v1/completions", json=body)
             assert refused.status_code == 503 and refused.headers["retry-after"]
             assert "eh-1" in refused.json()["error"]["message"]
+
+
+# -- the acceptance test of issue 13: engine loss in a `mint cluster` ----------------------------------
+
+
+async def publish_to_cluster(cluster: RunningCluster, base_dir: Path, policy: str, revision: str) -> str:
+    """acme's policy registered, a revision's bytes in the cluster's bucket and its export, evaluation
+    and promotion on its topic (the evaluation sealed like the evaluator's)."""
+    from events.training import RevisionExported
+    from mint.adapters.peft_layout import encode_peft
+    from mint.adapters.synthetic import random_adapter
+    from mint.artifacts.keys import adapter_key
+    from mint.artifacts.s3 import S3ArtifactStore
+    from mint.bases.info import read_base_info
+
+    adapter = random_adapter(read_base_info(base_dir), r=4, alpha=8.0, targets=("q_proj", "v_proj"), seed=3)
+    data = encode_peft(adapter)
+    table = cluster.table
+    async with S3ArtifactStore.connect(
+        table["bucket"],
+        endpoint_url=table["s3"],
+        region="us-east-1",
+        access_key="testing",
+        secret_key="testing",
+    ) as store:
+        stored = await store.put(adapter_key(policy, revision, hashlib.sha256(data).hexdigest()), data)
+    export = RevisionExported.create(
+        policy=policy,
+        revision=revision,
+        base_id="tiny",
+        uri=stored.key,
+        sha256=stored.sha256,
+        bytes=stored.size,
+        rank=4,
+        alpha=8.0,
+        targets=["q_proj", "v_proj"],
+    )
+    async with cluster.log() as log:
+        await log.append([RegisterPolicy.create(policy=policy, base_id="tiny")])
+        await log.append([export, evaluated(policy, revision)])
+        await log.append([Promote.create(policy=policy, revision=revision)])
+    return f"{policy}@{revision}"
+
+
+async def engines_seen(client: httpx.AsyncClient) -> dict[str, dict[str, object]]:
+    answer = await client.get("/admin/api/engines")
+    assert answer.status_code == 200, answer.text
+    return {e["engine"]: e for e in answer.json()["engines"]}
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(600)
+async def test_engine_loss_a_killed_host_is_lost_its_adapters_move_and_requests_see_at_most_one_503(
+    tmp_path: Path, base_dir: Path
+) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    pytest.importorskip("aiobotocore", reason="the cluster's artifacts are on S3")
+    with running_cluster(tmp_path, catalog=1, schedulers=1, engines=2, api=1, base_dir=base_dir) as cluster:
+        ref = await publish_to_cluster(cluster, base_dir, "acme/a", "r1")
+        auth = {"Authorization": f"Bearer {cluster.admin_token()}"}
+        body = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 4, "temperature": 0}
+        async with httpx.AsyncClient(base_url=cluster.api_url(), headers=auth, timeout=90) as client:
+            with anyio.fail_after(120):
+                await answered(partial(_serves, client, ref), every_s=0.5)
+            first = await client.post("/v1/completions", json=body)
+            assert first.status_code == 200, first.text
+            victim = first.headers["x-mint-engine"]
+            (survivor,) = set(cluster.names("engine-host")) - {victim}
+            with anyio.fail_after(60):  # the victim reports the load it made
+                await answered(lambda: _holds(client, victim, ref), every_s=0.5)
+            cluster.kill(victim, "KILL")
+            killed = time.monotonic()
+            statuses: list[int] = []
+            with anyio.fail_after(180):
+                while True:
+                    answer = await client.post("/v1/completions", json=body)
+                    statuses.append(answer.status_code)
+                    if answer.status_code == 200:
+                        break
+                    assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+            served_after_s = time.monotonic() - killed
+            assert statuses.count(503) <= 1, statuses
+            assert answer.headers["x-mint-engine"] == survivor and answer.headers["x-mint-revision"] == ref
+            assert answer.json()["choices"] == first.json()["choices"]  # the same revision, greedy
+            with anyio.fail_after(60):  # declared lost past T2; the survivor reports what it loaded
+                await answered(lambda: _lost(client, victim), every_s=0.5)
+                await answered(lambda: _holds(client, survivor, ref), every_s=0.5)
+            seen = await engines_seen(client)
+            assert seen[victim]["liveness"] == "lost" and seen[survivor]["liveness"] == "up"
+    print(f"engine loss: served again {served_after_s:.1f}s after kill -9, statuses {statuses}")
+
+
+async def _serves(client: httpx.AsyncClient, ref: str) -> bool:
+    models = (await client.get("/v1/models")).json()["data"]
+    return any(m["root"] == ref for m in models)
+
+
+async def _holds(client: httpx.AsyncClient, engine: str, ref: str) -> bool:
+    seen = (await engines_seen(client)).get(engine, {})
+    resident = seen.get("resident", [])
+    assert isinstance(resident, list)
+    return any(f"{r['policy']}@{r['revision']}" == ref and r["tier"] == "gpu" for r in resident)
+
+
+async def _lost(client: httpx.AsyncClient, engine: str) -> bool:
+    return (await engines_seen(client)).get(engine, {}).get("status") == "lost"
