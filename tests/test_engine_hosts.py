@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -130,6 +131,47 @@ async def test_a_loss_of_a_replaced_incarnation_is_ignored_and_a_new_registratio
     await bare_system.log.append([EngineLost.create(engine="e1", reason="late", incarnation="i1")])
     await bare_system.settle()
     assert engine_row(bare_system, "e1")["status"] == "up"
+
+
+async def test_the_console_shows_liveness_as_it_is_and_a_tenant_not_the_engines_traffic(
+    bare_system: System,
+) -> None:
+    from mint.api.console_views import engine_seen
+    from mint.auth.tokens import Principal
+
+    now = datetime.now(UTC)
+    await bare_system.log.append(
+        [
+            *[registered(e) for e in ("fresh", "stale", "lost")],
+            beat("fresh", ["acme/a@r1", "globex/b@r1"], in_flight=7),
+            beat("stale", [], at=now - timedelta(seconds=4)),
+            beat("lost", []),
+            EngineLost.create(engine="lost", reason="no heartbeat for 9.0s", incarnation="i1"),
+            registered("inside", incarnation=None),
+        ]
+    )
+    await bare_system.settle()
+    operator = Principal(token_id="op", tenant="_system", roles=frozenset({"admin"}))
+    acme = Principal(token_id="acme", tenant="acme", roles=frozenset({"reader"}))
+    view = Catalog(bare_system.home.catalog)
+    try:
+        seen = {e.engine: engine_seen(view, e, operator, {}, now=now) for e in view.engines()}
+        fresh_for_acme = engine_seen(view, next(e for e in view.engines() if e.engine == "fresh"), acme, {})
+    finally:
+        view.close()
+    assert {name: e["liveness"] for name, e in seen.items()} == {
+        "fresh": "up",
+        "stale": "stale",
+        "lost": "lost",
+        "inside": "up",  # an embedded engine's liveness is its process's
+    }
+    assert seen["stale"]["heard_s"] == pytest.approx(4.0, abs=0.5) and seen["inside"]["heard_s"] is None
+    assert seen["fresh"]["in_flight"] == 7 and seen["lost"]["lost_reason"] == "no heartbeat for 9.0s"
+    # A tenant sees whether the engine is alive and its own adapters, not what else it holds or serves.
+    assert fresh_for_acme["liveness"] == "up" and [r["policy"] for r in fresh_for_acme["resident"]] == [
+        "acme/a"
+    ]
+    assert not {"holds", "url", "in_flight", "incarnation"} & set(fresh_for_acme)
 
 
 FAST = {"MINT_ENGINE_HEARTBEAT_S": "0.2", "MINT_ENGINE_STALE_S": "0.6", "MINT_ENGINE_LOST_S": "1.5"}
