@@ -246,6 +246,14 @@ class TrainerActor(StoreActor):
 
     async def _take(self, log: EventLog, run: RunRow) -> None:
         assert self._store is not None
+        # Judge the lease on state that has caught up with the log: a replica that was stopped itself,
+        # or lags, must not take a run for expired on a silence it has not read past.
+        with anyio.move_on_after(self.settings.lease.timeout_s):
+            await self.progress.reached(await log.end_offsets())
+        now: RunRow | None = self._store.rows.get(RUNS, run.run)
+        if now is None or not self._free(now):
+            return
+        run = now
         lease = await claim(
             log,
             self._store,
@@ -289,9 +297,9 @@ class TrainerActor(StoreActor):
             return  # its completion counted before our claims (a stalled worker's, just in time)
         failed = dict(current.failed_policies)
         counted = self._counted_steps(run.run)
-        start = stored_checkpoints.newest(
-            await stored_checkpoints.stored(self.artifacts, run.run), resume_bound(run, counted, failed)
-        )
+        bound = resume_bound(run, counted, failed)
+        lease.progress = bound  # what its heartbeats report until it has appended a step of its own
+        start = stored_checkpoints.newest(await stored_checkpoints.stored(self.artifacts, run.run), bound)
         with tempfile.TemporaryDirectory(prefix="mint-resume-") as fetched:
             resume_from = None
             if start is not None:
@@ -300,10 +308,14 @@ class TrainerActor(StoreActor):
                 TrainingSession.open, self.home, run, resume_from, failed
             )
         logger.info(
-            "%s: run %s from step %d at epoch %d", self.replica, run.run, session.completed, lease.epoch
+            "%s: run %s from step %d (the log holds every step to %d) at epoch %d",
+            self.replica,
+            run.run,
+            session.completed,
+            bound,
+            lease.epoch,
         )
-        lease.progress = session.completed
-        await lease.beat()  # the new holder's first heartbeat says where it resumes
+        await lease.beat()  # the new holder's heartbeat says how far the run has come at once
         for step in range(session.completed + 1, run.steps + 1):
             # In a thread: the loop keeps heartbeating (and folding) while the step computes.
             metrics = await anyio.to_thread.run_sync(session.trainer.step, step)
