@@ -124,6 +124,8 @@ class TrainerActor(StoreActor):
         # Runs this incarnation has held a lease on: whatever its store still says (a completion it
         # appended and has not folded yet, a lease it lost), it takes them again only once expired.
         self._held: set[str] = set()
+        # A replica without the [train] extra decides StartTraining (it refuses it) but trains nothing.
+        self._can_train = importlib.util.find_spec("torch") is not None
 
     # -- deciding --------------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class TrainerActor(StoreActor):
         return [started]
 
     def _refusal(self, command: StartTraining, store: ProjectionStore) -> tuple[str, str] | None:
-        if importlib.util.find_spec("torch") is None:
+        if not self._can_train:
             return "this MinT has no training installed: pip install 'mint-lora[train]'", "run"
         from mint.training.multi_policy import TrainConfig  # torch: only once there is a run to train
 
@@ -206,22 +208,26 @@ class TrainerActor(StoreActor):
         """Whether `run` is this replica's to take now (see the module's docstring)."""
         # A run started by any other writer (the walkthrough's script, a Tinker client) is not this
         # actor's to train.
-        if run.status != "running" or run.decided_by != SOURCE or not self.may_take(run.run):
+        if not (self._can_train and run.status == "running" and run.decided_by == SOURCE):
+            return False
+        if not self.may_take(run.run):
             return False
         if run.holder == "" or (run.holder == self.replica and run.run not in self._held):
             return True  # never claimed, or claimed by this replica before it restarted
         seen = self._sightings.get(run.run, self._opened_at)
         return time.monotonic() - seen > self.settings.lease.timeout_s
 
-    def _next_free(self) -> RunRow | None:
+    def _running(self) -> list[RunRow]:
+        """The runs this actor may have to train, as folded so far (a batch under way may have moved
+        a row on since it was committed)."""
         store = self._store
         assert store is not None
-        running = (
-            RUNS.from_data(d) for (d,) in store.query("SELECT data FROM runs WHERE status = 'running'")
-        )
-        # The row as folded so far: a batch under way may have moved it on since it was committed.
-        current = [store.rows.get(RUNS, r.run) or r for r in running]
-        free = sorted((r for r in current if self._free(r)), key=lambda r: (r.started_at, r.run))
+        committed = store.query("SELECT data FROM runs WHERE status = 'running'")
+        current = [store.rows.get(RUNS, r.run) or r for r in (RUNS.from_data(d) for (d,) in committed)]
+        return [r for r in current if r.status == "running" and r.decided_by == SOURCE]
+
+    def _next_free(self, running: list[RunRow]) -> RunRow | None:
+        free = sorted((r for r in running if self._free(r)), key=lambda r: (r.started_at, r.run))
         return free[0] if free else None
 
     # -- training ----------------------------------------------------------------------------------
@@ -235,17 +241,25 @@ class TrainerActor(StoreActor):
         store learns of them from the log, like every other reader's."""
         self.holding = None
         self._held = set()
-        while True:
-            run = self._next_free()
-            if run is None:
-                with anyio.move_on_after(self.settings.lease.heartbeat_s):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                continue
-            await self._take(log, run)
+        async with anyio.create_task_group() as tg:
+            warming = False
+            while True:
+                running = self._running()
+                if running and self._can_train and not warming:
+                    # A replica that may take over a run should not wait for torch then.
+                    warming = True
+                    tg.start_soon(_import_training)
+                run = self._next_free(running)
+                if run is None:
+                    with anyio.move_on_after(self.settings.lease.heartbeat_s):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                await self._take(log, run)
 
     async def _take(self, log: EventLog, run: RunRow) -> None:
         assert self._store is not None
+        await _import_training()  # before the lease's clock starts
         # Judge the lease on state that has caught up with the log: a replica that was stopped itself,
         # or lags, must not take a run for expired on a silence it has not read past.
         with anyio.move_on_after(self.settings.lease.timeout_s):
@@ -379,6 +393,12 @@ class TrainerActor(StoreActor):
                 )
             )
         return exported
+
+
+async def _import_training() -> None:
+    """torch and transformers take seconds to import: in a thread, so the loop folds and heartbeats
+    meanwhile (a second import waits for the first)."""
+    await anyio.to_thread.run_sync(importlib.import_module, "mint.training.session")
 
 
 async def _holding(lease: RunLease, work: Callable[[], Awaitable[None]]) -> None:

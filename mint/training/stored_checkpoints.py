@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
 from mint.artifacts.keys import checkpoint_key, checkpoint_prefix
 from mint.artifacts.store import ArtifactStore
 
@@ -43,10 +45,14 @@ async def upload(artifacts: ArtifactStore, run: str, epoch: int, step: int, dire
     manifest_key = checkpoint_key(run, step, epoch, MANIFEST)
     if await artifacts.exists(manifest_key):
         return
-    files = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        stored = await artifacts.put(checkpoint_key(run, step, epoch, path.name), path)
-        files[path.name] = stored.sha256
+    files: dict[str, str] = {}
+
+    async def put(path: Path) -> None:
+        files[path.name] = (await artifacts.put(checkpoint_key(run, step, epoch, path.name), path)).sha256
+
+    async with anyio.create_task_group() as tg:  # the files side by side: a run of many policies has many
+        for path in sorted(p for p in directory.iterdir() if p.is_file()):
+            tg.start_soon(put, path)
     manifest = {"run": run, "step": step, "epoch": epoch, "files": files}
     await artifacts.put(manifest_key, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
