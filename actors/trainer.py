@@ -245,6 +245,8 @@ class TrainerActor(StoreActor):
             warming = False
             while True:
                 running = self._running()
+                live = {r.run for r in running}
+                self._sightings = {r: t for r, t in self._sightings.items() if r in live}
                 if running and self._can_train and not warming:
                     # A replica that may take over a run should not wait for torch then.
                     warming = True

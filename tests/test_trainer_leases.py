@@ -29,7 +29,7 @@ from actors.owned import GlobalOwner
 from actors.run_lease import LeaseTimings, RunLease
 from actors.runtime import Backoff
 from actors.system import System, running
-from actors.trainer import TrainerActor, TrainerSettings
+from actors.trainer import TrainerActor, TrainerSettings, resume_bound
 from events.catalog import CommandRejected, RegisterPolicy, RevisionPromoted
 from events.envelope import Record
 from events.kafka_log import KafkaLog
@@ -42,11 +42,13 @@ from events.training import (
     TrainingFailed,
     TrainingFinished,
 )
-from mint.artifacts.keys import adapter_key
+from mint.artifacts.keys import adapter_key, checkpoint_key
 from mint.artifacts.local import LocalArtifactStore
+from mint.artifacts.store import ArtifactCorrupt
 from mint.bases.tiny import create_tiny_base
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
+from mint.catalog.rows import RunRow
 from mint.home import Home
 from mint.projection.store import FENCED
 from mint.training import stored_checkpoints
@@ -55,7 +57,7 @@ from replay.verify import verify
 from tests.log_contract import read_all
 from tests.records import evaluated, promote
 
-pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+pytestmark = pytest.mark.anyio
 
 FAST = Backoff(first_s=0.001, max_s=0.01)
 POLICIES = ["acme/a", "acme/b"]
@@ -179,6 +181,7 @@ async def _start(
     await log.append([StartTraining.create(run=run, policies=POLICIES, base_id="tiny", **kw)])  # type: ignore[arg-type]
 
 
+@pytest.mark.kafka
 async def test_a_stalled_worker_loses_its_run_to_another_and_nothing_it_appends_after_counts(
     kafka_bootstrap: str, tmp_path: Path, tiny_base: Path
 ) -> None:
@@ -342,6 +345,7 @@ def _zombie_facts(lease: RunLease, run: str, steps: int) -> list[Record]:
     return lease.stamped(facts)
 
 
+@pytest.mark.kafka
 async def test_heartbeats_keep_flowing_while_a_step_computes(
     kafka_bootstrap: str, tmp_path: Path, tiny_base: Path
 ) -> None:
@@ -371,3 +375,71 @@ async def test_heartbeats_keep_flowing_while_a_step_computes(
     longest_silence = max(b - a for a, b in itertools.pairwise(beats_at))
     shortest_step = min(b - a for a, b in itertools.pairwise(steps_at))
     assert longest_silence < shortest_step / 2, (longest_silence, shortest_step)
+
+
+async def test_a_checkpoint_counts_only_whole_and_every_file_is_checked(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    written = tmp_path / "step"
+    written.mkdir()
+    (written / "state.json").write_text('{"step": 2}')
+    (written / "acme__a.adapter.safetensors").write_bytes(b"tensors")
+    await stored_checkpoints.upload(store, "acme/r", 1, 2, written)
+    await stored_checkpoints.upload(store, "acme/r", 1, 2, written)  # a retry: a no-op
+    # A writer that died uploading step 3 left files and no manifest: that checkpoint does not exist.
+    await store.put(checkpoint_key("acme/r", 3, 1, "state.json"), b'{"step": 3}')
+    found = await stored_checkpoints.stored(store, "acme/r")
+    assert found == [StoredCheckpoint(2, 1)]
+    assert stored_checkpoints.newest(found, at_most=1) is None, "none the log's steps reach"
+    fetched = await stored_checkpoints.download(store, "acme/r", found[0], _empty(tmp_path / "a"))
+    assert (fetched / "acme__a.adapter.safetensors").read_bytes() == b"tensors"
+    # Bytes changed in the store after the manifest named them are refused.
+    (tmp_path / "artifacts" / checkpoint_key("acme/r", 2, 1, "acme__a.adapter.safetensors")).write_bytes(
+        b"other"
+    )
+    with pytest.raises(ArtifactCorrupt):
+        await stored_checkpoints.download(store, "acme/r", found[0], _empty(tmp_path / "b"))
+
+
+def _empty(directory: Path) -> Path:
+    directory.mkdir()
+    return directory
+
+
+def test_a_run_resumes_no_later_than_every_policy_still_in_it_has_steps_on_the_log() -> None:
+    run = RunRow(
+        "acme/r",
+        "acme",
+        "tiny",
+        "sft",
+        "sft-repeat:x",
+        {},
+        ("acme/a", "acme/b"),
+        9,
+        "running",
+        "t",
+        None,
+        None,
+    )
+    assert resume_bound(run, {}, {}) == 0
+    assert resume_bound(run, {"acme/a": {1, 2, 3, 5}, "acme/b": {1, 2, 3, 4}}, {}) == 3, "a gap at 4"
+    assert resume_bound(run, {"acme/a": {1, 2, 3}, "acme/b": {1}}, {"acme/b": "nan loss"}) == 3, "b left it"
+
+
+def test_trainer_settings_come_from_the_environment_and_bad_ones_are_named() -> None:
+    settings = TrainerSettings.from_env(
+        {
+            "MINT_TRAINER_HEARTBEAT_S": "0.5",
+            "MINT_TRAINER_LEASE_TIMEOUT_S": "4",
+            "MINT_TRAINER_CHECKPOINT_EVERY": "5",
+        }
+    )
+    assert settings == TrainerSettings(LeaseTimings(0.5, 4.0), checkpoint_every=5)
+    assert TrainerSettings.from_env({}) == TrainerSettings(LeaseTimings(1.0, 6.0), checkpoint_every=1)
+    for env, named in (
+        ({"MINT_TRAINER_HEARTBEAT_S": "soon"}, "MINT_TRAINER_HEARTBEAT_S"),
+        ({"MINT_TRAINER_LEASE_TIMEOUT_S": "1"}, "timeout_s"),  # below twice the heartbeat
+        ({"MINT_TRAINER_CHECKPOINT_EVERY": "0"}, "checkpoint_every"),
+        ({"MINT_TRAINER_CHECKPOINT_EVERY": "2.5"}, "MINT_TRAINER_CHECKPOINT_EVERY"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            TrainerSettings.from_env(env)

@@ -136,12 +136,6 @@ class EngineRow(Row, frozen=True):
     registered_at: str
     lost_reason: str | None
     loads: dict[str, int] = {}  # adapters loaded so far, by the tier they were loaded into
-
-
-class ResidencyRow(Row, frozen=True):
-    engine: str
-    policy: str
-    revision: str
     # From its heartbeats (an engine host process; all None/empty for an embedded engine): the
     # incarnation that registered last, when it was last heard from (ISO `at` of its latest
     # heartbeat, or of its registration until the first one), where it serves, what it reported
@@ -152,6 +146,12 @@ class ResidencyRow(Row, frozen=True):
     holds: tuple[str, ...] = ()
     in_flight: int = 0
     heartbeat_s: float = 0.0
+
+
+class ResidencyRow(Row, frozen=True):
+    engine: str
+    policy: str
+    revision: str
     tier: str
     load_ms: float
     loaded_at: str
