@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from events.catalog import RegisterPolicy
+from events.codec import UnknownRecord
 from events.envelope import Record
 from events.kafka_log import KafkaLog
 from events.training import RevisionExported, StartTraining, StepCompleted, TrainingFailed, TrainingFinished
@@ -59,11 +60,12 @@ def registered_in(state: Path) -> bool:
         catalog.close()
 
 
-async def counted(log: KafkaLog, tmp: Path) -> tuple[list[Record], list[Record]]:
+async def counted(log: KafkaLog, tmp: Path) -> tuple[list[Record | UnknownRecord], list[Record]]:
     """Every record on the log, and those that count: folded from offset 0 like any reader, so a
     fenced or repeated copy is not one."""
     store = ProjectionStore(tmp / "counted.db", CATALOG_FOLD, dedupe=True)
-    everything, counting = [], []
+    everything: list[Record | UnknownRecord] = []
+    counting: list[Record] = []
     try:
         for p in range(log.partitions):
             start = 0

@@ -154,7 +154,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _run_row(system: System, run: str):  # type: ignore[no-untyped-def]
+def _run_row(system: System, run: str) -> RunRow | None:
     catalog = Catalog(system.home.catalog)
     try:
         return catalog.run(run)
@@ -206,6 +206,7 @@ async def test_a_stalled_worker_loses_its_run_to_another_and_nothing_it_appends_
 
             await eventually(holding_a_few_steps_in, 60, "a holder trains the run")
             first = _run_row(system, run)
+            assert first is not None
             stalled = by_replica[first.holder]
             other = b if stalled is a else a
             old_lease = stalled.actor.holding
@@ -219,7 +220,11 @@ async def test_a_stalled_worker_loses_its_run_to_another_and_nothing_it_appends_
 
                 await eventually(taken_over, 30, "the other replica claims the next epoch")
                 takeover_s = time.monotonic() - stalled_at
-                await eventually(lambda: _run_row(system, run).status != "running", 60, "the run ends")
+                await eventually(
+                    lambda: (r := _run_row(system, run)) is not None and r.status != "running",
+                    60,
+                    "the run ends",
+                )
             # SIGCONT: the stalled worker finds its lease gone and stops without appending.
             await eventually(lambda: stalled.actor.holding is None, 30, "the stalled worker gives up")
             assert old_lease.lost is not None and "no heartbeat acknowledged" in old_lease.lost
@@ -240,7 +245,9 @@ async def test_a_stalled_worker_loses_its_run_to_another_and_nothing_it_appends_
         stored = [(s, s.decode()) for s in await read_all(log)]
         outcomes = [r for _, r in stored if isinstance(r, CommandRejected | RevisionPromoted)]
         assert [type(r).__name__ for r in outcomes] == ["CommandRejected", "RevisionPromoted"], outcomes
-        assert "unknown revision acme/a@stale" in outcomes[0].reason  # type: ignore[union-attr]
+        assert (
+            isinstance(outcomes[0], CommandRejected) and "unknown revision acme/a@stale" in outcomes[0].reason
+        )
         assert Catalog(home.catalog).resolve("acme/a") == "run-lease"
 
         stores = [
