@@ -275,15 +275,17 @@ async def test_a_token_over_its_concurrency_gets_429_while_another_is_served(
     body = {"model": "acme/a", "prompt": "x", "max_tokens": 2}
     with anyio.fail_after(60):
         async with busy, other, anyio.create_task_group() as tg:
-            # Waits for a revision that never loads: in flight until cancelled.
-            tg.start_soon(partial(busy.post, "/v1/completions", json={**body, "model": "acme/a@r3"}))
+            # Waits for a revision that never loads: in flight until the drain below ends it, the way
+            # a server ends what it still runs (an answer), not by cancelling the client's call.
+            hung = partial(busy.post, "/v1/completions", json={**body, "model": "acme/a@r3"})
+            tg.start_soon(_answered_503, hung)
             await _admission(app).in_flight.until_total(1)
             refused = await busy.post("/v1/completions", json=body)
             assert "1 requests in flight, the limit is 1" in _refused(refused, 429, None)
             assert refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["type"] == "rate_limit_error"
             assert (await other.post("/v1/completions", json=body)).status_code == 200
-            tg.cancel_scope.cancel()
+            assert await drain(app, grace_s=0) == 1
 
 
 async def test_a_token_over_its_rate_gets_429_with_retry_after_while_another_is_served(

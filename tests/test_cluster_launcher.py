@@ -170,9 +170,9 @@ def test_the_cluster_knows_every_role_mint_actor_runs() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_bench_cluster_reports_decision_rates_and_their_ratio() -> None:
+def test_bench_cluster_reports_decision_rates_their_ratio_and_router_latency() -> None:
     done = subprocess.run(
-        [MINT, "bench", "cluster", "--json", "--commands", "300", "--replicas", "1,2"],
+        [MINT, "bench", "cluster", "--json", "--commands", "300", "--replicas", "1,2", "--requests", "10"],
         capture_output=True,
         text=True,
         timeout=280,
@@ -183,3 +183,8 @@ def test_bench_cluster_reports_decision_rates_and_their_ratio() -> None:
     assert report["catalog_decisions_per_s_1"] > 0 and report["catalog_decisions_per_s_2"] > 0
     ratio = report["catalog_decisions_per_s_2"] / report["catalog_decisions_per_s_1"]
     assert report["catalog_ratio_2_vs_1"] == pytest.approx(ratio, rel=1e-3)
+    assert report["router_requests"] == 10
+    assert 0 < report["direct_p50_ms"] <= report["direct_p99_ms"]
+    assert 0 < report["router_p50_ms"] <= report["router_p99_ms"]
+    overhead = report["router_p50_ms"] - report["direct_p50_ms"]
+    assert report["router_overhead_p50_ms"] == pytest.approx(overhead, rel=1e-3)

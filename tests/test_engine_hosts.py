@@ -5,7 +5,6 @@ real processes (`mint actor engine-host`, `mint actor api`) serving through the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -30,10 +29,12 @@ from events.catalog import Promote, RegisterPolicy
 from events.serving import AdapterLoaded, EngineHeartbeat, EngineLost, EngineRegistered
 from events.sqlite_log import SqliteLog
 from mint.catalog.queries import Catalog
+from mint.cluster.publish import publish_random_revision
+from mint.cluster.table import ClusterDir
 from mint.home import Home
 from mint.local_services import free_port
 from mint.serving.liveness import Liveness
-from tests.cluster import RunningCluster, running_cluster
+from tests.cluster import running_cluster
 from tests.records import evaluated, exported, register
 
 pytestmark = pytest.mark.anyio
@@ -450,45 +451,6 @@ async def test_an_engine_host_process_serves_through_an_api_process_and_drains_o
 # -- the acceptance test of issue 13: engine loss in a `mint cluster` ----------------------------------
 
 
-async def publish_to_cluster(cluster: RunningCluster, base_dir: Path, policy: str, revision: str) -> str:
-    """acme's policy registered, a revision's bytes in the cluster's bucket and its export, evaluation
-    and promotion on its topic (the evaluation sealed like the evaluator's)."""
-    from events.training import RevisionExported
-    from mint.adapters.peft_layout import encode_peft
-    from mint.adapters.synthetic import random_adapter
-    from mint.artifacts.keys import adapter_key
-    from mint.artifacts.s3 import S3ArtifactStore
-    from mint.bases.info import read_base_info
-
-    adapter = random_adapter(read_base_info(base_dir), r=4, alpha=8.0, targets=("q_proj", "v_proj"), seed=3)
-    data = encode_peft(adapter)
-    table = cluster.table
-    async with S3ArtifactStore.connect(
-        table["bucket"],
-        endpoint_url=table["s3"],
-        region="us-east-1",
-        access_key="testing",
-        secret_key="testing",
-    ) as store:
-        stored = await store.put(adapter_key(policy, revision, hashlib.sha256(data).hexdigest()), data)
-    export = RevisionExported.create(
-        policy=policy,
-        revision=revision,
-        base_id="tiny",
-        uri=stored.key,
-        sha256=stored.sha256,
-        bytes=stored.size,
-        rank=4,
-        alpha=8.0,
-        targets=["q_proj", "v_proj"],
-    )
-    async with cluster.log() as log:
-        await log.append([RegisterPolicy.create(policy=policy, base_id="tiny")])
-        await log.append([export, evaluated(policy, revision)])
-        await log.append([Promote.create(policy=policy, revision=revision)])
-    return f"{policy}@{revision}"
-
-
 async def engines_seen(client: httpx.AsyncClient) -> dict[str, dict[str, object]]:
     answer = await client.get("/admin/api/engines")
     assert answer.status_code == 200, answer.text
@@ -505,7 +467,7 @@ async def test_engine_loss_a_killed_host_is_lost_its_adapters_move_and_requests_
     # The broker is never restarted here: its log in memory spares moto a write per heartbeat.
     counts = {"catalog": 1, "schedulers": 1, "engines": 2, "api": 1}
     with running_cluster(tmp_path, base_dir=base_dir, broker_storage="memory", **counts) as cluster:
-        ref = await publish_to_cluster(cluster, base_dir, "acme/a", "r1")
+        ref = await publish_random_revision(ClusterDir(cluster.root), "acme/a", "r1")
         auth = {"Authorization": f"Bearer {cluster.admin_token()}"}
         body = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 4, "temperature": 0}
         async with httpx.AsyncClient(base_url=cluster.api_url(), headers=auth, timeout=90) as client:

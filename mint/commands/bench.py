@@ -149,9 +149,18 @@ def kafka(records: int, bootstrap: str | None) -> Results:
     help="Catalog replica counts, comma-separated (the first should be 1: ratios are against it).",
 )
 @click.option("--partitions", default=8, show_default=True, type=click.IntRange(min=1))
-def cluster(commands: int, replicas: str, partitions: int) -> Results:
-    """Catalog decisions/s with 1, 2 and 4 replicas on one topic, each on a fresh `mint cluster`."""
-    from mint.bench.cluster_bench import bench_cluster
+@click.option(
+    "--requests",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Completions through the router and as many straight to the engine host (0: skip).",
+)
+@click.option("--max-tokens", default=4, show_default=True, type=click.IntRange(min=1))
+def cluster(commands: int, replicas: str, partitions: int, requests: int, max_tokens: int) -> Results:
+    """Catalog decisions/s with 1, 2 and 4 replicas on one topic, each on a fresh `mint cluster`;
+    then request latency through an api replica's router against straight to the engine host."""
+    from mint.bench.cluster_bench import bench_cluster, bench_router
 
     try:
         counts = [int(n) for n in replicas.split(",")]
@@ -161,7 +170,10 @@ def cluster(commands: int, replicas: str, partitions: int) -> Results:
         ) from None
     if any(n < 1 for n in counts):
         raise click.BadParameter(f"{replicas!r}: every count must be at least 1", param_hint="--replicas")
-    return bench_cluster(commands, counts, partitions, _say)
+    results = bench_cluster(commands, counts, partitions, _say)
+    if requests:
+        results |= bench_router(requests, max_tokens, _say)
+    return results
 
 
 @benchmark("train")
