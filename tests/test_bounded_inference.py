@@ -301,6 +301,40 @@ async def test_a_token_over_its_rate_gets_429_with_retry_after_while_another_is_
         assert (await other.post("/v1/completions", json=body)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("arguments", "environment", "named"),
+    [
+        (["--inference-rate", "0"], {}, "--inference-rate"),
+        ([], {"MINT_INFERENCE_BURST": "0"}, "--inference-burst"),
+        (["--inference-concurrency", "many"], {}, "--inference-concurrency"),
+    ],
+)
+def test_api_replicas_take_the_inference_limits_and_refuse_bad_ones_by_name(
+    tmp_path: Path, arguments: list[str], environment: dict[str, str], named: str
+) -> None:
+    from click.testing import CliRunner
+
+    from mint.cli import cli
+    from mint.commands.common import inference_limits
+
+    assert inference_limits(None, 50.0, None) == InferenceLimits(requests_per_s=50.0)
+    assert inference_limits(None, None, None) is None
+    command = [
+        "actor",
+        "api",
+        "--replica",
+        "api-1",
+        "--home",
+        str(tmp_path),
+        "--log",
+        "kafka://127.0.0.1:1/t",
+    ]
+    command += arguments
+    done = CliRunner().invoke(cli, command, env=environment)
+    assert done.exit_code == 2 and named in done.output, done.output
+    assert not (tmp_path / "catalog.db").exists()  # refused before anything started
+
+
 # -- draining ---------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,16 @@ from actors.owned import GlobalOwner, PartitionOwner
 from actors.runtime import DEFAULT_BACKOFF, StoreActor
 from events.kafka_log import KafkaLog
 from mint.artifacts.store import ArtifactStore
-from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
+from mint.commands.common import (
+    artifacts_option,
+    artifacts_spec,
+    context,
+    home_option,
+    inference_limit_options,
+    inference_limits,
+    log_option,
+    run,
+)
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 
@@ -84,6 +93,7 @@ class Replica(Protocol):
 @click.option(
     "--tokens", "tokens_path", default=None, help="api: the token store shared by the API replicas."
 )
+@inference_limit_options
 @home_option
 @log_option
 @artifacts_option
@@ -97,6 +107,9 @@ def actor(
     base: str | None,
     engine_kind: str,
     tokens_path: str | None,
+    inference_concurrency: int | None,
+    inference_rate: float | None,
+    inference_burst: int | None,
     home_dir: str | None,
     log_url: str | None,
     artifacts_url: str | None,
@@ -115,6 +128,8 @@ def actor(
             "engine-host serves one base: give --base BASE[:SLOTS[:CPU_SLOTS]]", param_hint="--base"
         )
 
+    inference = inference_limits(inference_concurrency, inference_rate, inference_burst)
+
     async def go() -> None:
         async with open_log(spec) as event_log, open_artifacts(artifacts) as store:
             if name in ("engine-host", "api"):
@@ -126,7 +141,7 @@ def actor(
                 options = (
                     {"base": base, "engine_kind": engine_kind}
                     if name == "engine-host"
-                    else {"tokens": tokens_path}
+                    else {"tokens": tokens_path, "inference": inference}
                 )
                 await role(
                     home=home,

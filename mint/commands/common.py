@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -13,7 +13,11 @@ import click
 from mint.config import ArtifactSpec, LogSpec
 from mint.home import Home
 
+if TYPE_CHECKING:
+    from mint.api.openai import InferenceLimits
+
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 home_option = click.option(
     "--home",
@@ -37,6 +41,53 @@ artifacts_option = click.option(
     default=None,
     help="local (default: $MINT_HOME/artifacts), file:///DIR, or s3://BUCKET[/PREFIX].",
 )
+
+
+def inference_limit_options(command: F) -> F:
+    """--inference-concurrency/-rate/-burst (MINT_INFERENCE_*), read with `inference_limits`."""
+    for option in reversed(
+        (
+            click.option(
+                "--inference-concurrency",
+                envvar="MINT_INFERENCE_CONCURRENCY",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Inference requests one token may have in flight (429 over it). Default 8.",
+            ),
+            click.option(
+                "--inference-rate",
+                envvar="MINT_INFERENCE_RATE",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="Inference requests per second one token may start (429 over it). Default 10.",
+            ),
+            click.option(
+                "--inference-burst",
+                envvar="MINT_INFERENCE_BURST",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Inference requests one token may start at once above its rate. Default 20.",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def inference_limits(
+    concurrency: int | None, rate: float | None, burst: int | None
+) -> InferenceLimits | None:
+    """The limits given on the command line, the defaults for the rest; None when none was given."""
+    if concurrency is None and rate is None and burst is None:
+        return None
+    from mint.api.openai import InferenceLimits
+
+    default = InferenceLimits()
+    return InferenceLimits(
+        concurrency=default.concurrency if concurrency is None else concurrency,
+        requests_per_s=default.requests_per_s if rate is None else rate,
+        burst=default.burst if burst is None else burst,
+    )
 
 
 def artifacts_spec(home: Home, artifacts_url: str | None) -> ArtifactSpec:

@@ -37,6 +37,7 @@ from actors.progress import Progress
 from actors.runtime import Supervisor
 from actors.system import running
 from events.log import EventLog
+from mint.api.openai import InferenceLimits
 from mint.artifacts.store import ArtifactStore
 from mint.config import cluster_seal
 from mint.home import Home
@@ -137,6 +138,7 @@ async def run_api_replica(
     host: str,
     port: int,
     tokens: str | Path | None = None,
+    inference: InferenceLimits | None = None,
     grace_s: float = 10.0,
     route_deadline_s: float = 5.0,
     liveness: Liveness | None = None,
@@ -144,7 +146,8 @@ async def run_api_replica(
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Fold the whole log into this replica's catalog and serve the HTTP API over it, with `tokens`
-    (the token store the API replicas share; default the home's) and a router to the engine hosts,
+    (the token store the API replicas share; default the home's), `inference` (per-token limits; default
+    InferenceLimits()) and a router to the engine hosts,
     until stopped. Started with `task_status`, it reports its base URL once it serves HTTP."""
     from mint.api.app import create_app
     from mint.api.app import drain as drain_api
@@ -169,7 +172,7 @@ async def run_api_replica(
         tinker_routes(home, log, artifacts, catalog, store) as tinker,
         anyio.create_task_group() as tg,
     ):
-        api = create_app(system, store, tinker=tinker, router=router)
+        api = create_app(system, store, tinker=tinker, router=router, inference=inference)
         readiness = ApiReadiness(replica, system.projector.progress)
 
         async def healthz(request: Request) -> Response:

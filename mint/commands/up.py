@@ -24,7 +24,16 @@ from actors.faults import Faults
 from actors.system import ACTOR_NAMES, System, running
 from mint.auth.tokens import TokenStore, issue_first_admin
 from mint.catalog.queries import Catalog
-from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
+from mint.commands.common import (
+    artifacts_option,
+    artifacts_spec,
+    context,
+    home_option,
+    inference_limit_options,
+    inference_limits,
+    log_option,
+    run,
+)
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 from mint.serving.engine import Engine
@@ -87,24 +96,7 @@ CANCEL_AFTER_S = 1
     default=None,
     help="Refuse request bodies over this on every route (413). Default 8 MiB, the ingest limit.",
 )
-@click.option(
-    "--inference-concurrency",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Inference requests one token may have in flight (429 over it). Default 8.",
-)
-@click.option(
-    "--inference-rate",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Inference requests per second one token may start, sustained (429 over it). Default 10.",
-)
-@click.option(
-    "--inference-burst",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Inference requests one token may start at once above its rate. Default 20.",
-)
+@inference_limit_options
 @home_option
 @log_option
 @artifacts_option
@@ -135,7 +127,7 @@ def up(
     if no_serve and bases:
         raise click.BadParameter("--no-serve starts no engine: drop it or --serve", param_hint="--no-serve")
     engines = {name: factory for name, factory in (engine_spec(home, b) for b in bases)}
-    inference = _inference_limits(inference_concurrency, inference_rate, inference_burst)
+    inference = inference_limits(inference_concurrency, inference_rate, inference_burst)
     faults = _faults(chaos, seed, walkthrough)
 
     async def go() -> bool:
@@ -208,22 +200,6 @@ async def _until_stopped() -> None:
         async for signum in signals:
             click.echo(f"stopping on {signal.Signals(signum).name}: actors resume from their checkpoints")
             return
-
-
-def _inference_limits(
-    concurrency: int | None, rate: float | None, burst: int | None
-) -> InferenceLimits | None:
-    """The limits given on the command line, the defaults for the rest; None when none was given."""
-    if concurrency is None and rate is None and burst is None:
-        return None
-    from mint.api.openai import InferenceLimits
-
-    default = InferenceLimits()
-    return InferenceLimits(
-        concurrency=default.concurrency if concurrency is None else concurrency,
-        requests_per_s=default.requests_per_s if rate is None else rate,
-        burst=default.burst if burst is None else burst,
-    )
 
 
 EngineSpec = tuple[Path, int, int]
