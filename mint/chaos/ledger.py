@@ -23,7 +23,8 @@ class Answer(msgspec.Struct, frozen=True, tag="answer"):
     retry_after: str | None
     elapsed_s: float
     failure: Failure | None = None
-    detail: str = ""  # the first bytes of an error body, or the exception
+    detail: str = ""  # the replica asked (its URL), then the first bytes of an error body or the exception
+    at: float = 0.0  # wall time (time.time()) when it was sent: the checks set it beside the faults
 
 
 class Acknowledged(msgspec.Struct, frozen=True, tag="acknowledged"):
@@ -43,7 +44,18 @@ class TrainingStarted(msgspec.Struct, frozen=True, tag="training"):
     policy: str
 
 
-Entry = Answer | Acknowledged | TrainingStarted
+class FaultInjected(msgspec.Struct, frozen=True, tag="fault"):
+    """A fault the plan injected (mint/chaos/faults.py): `kind` (kill, stop) on the process `target`
+    (its URL too, when it listens for clients), from `at` until it was back (`recovered_at`, wall time)."""
+
+    kind: str
+    target: str
+    url: str
+    at: float
+    recovered_at: float
+
+
+Entry = Answer | Acknowledged | TrainingStarted | FaultInjected
 
 
 class Ledger:
