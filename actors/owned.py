@@ -174,7 +174,12 @@ class _Owner:
             "owned": sorted(self.claims.assigned),
             "claimed": {p: self.claims.epoch(p) for p in self.claims.claimed()},
             "heartbeat_age_s": round(self.membership.heartbeat_age(), 3),
+            # Per partition it reads, the next offset to fold: the log's end minus this is its lag.
+            "position": self.position(),
         }
+
+    def position(self) -> dict[int, int]:
+        return dict(self.actor.progress.position)
 
     async def _append(self, records: list[Record]) -> list[Appended]:
         if not records:
@@ -225,6 +230,10 @@ class PartitionOwner(_Owner):
         self._reader = KafkaPartitionReader(log)
         self._generation = 0  # rebalances seen; the reader is re-seeked after each
         self._seeked = -1
+
+    def position(self) -> dict[int, int]:
+        """Only the partitions it owns: the others are folded elsewhere."""
+        return {p: part.store.position.get(p, 0) for p, part in sorted(self.parts.items())}
 
     def path(self, partition: int) -> Path:
         return self.state_dir / f"p{partition}.db"
@@ -286,21 +295,8 @@ class PartitionOwner(_Owner):
         path = self.path(partition)
         locks = ExitStack()
         locks.enter_context(held_lock(path.with_suffix(".lock"), f"{self.actor.name}/p{partition}"))
-        store = self.actor.open_store_at(path)
-        if store.position.get(partition, 0) > end:
-            # The log is shorter than our checkpoint (its storage was lost, or the topic recreated):
-            # this state describes records that no longer exist. Rebuild it from the log.
-            log.warning(
-                "%s: partition %d checkpoint %d is beyond the log's end %d: rebuilding",
-                self.actor.name,
-                partition,
-                store.position[partition],
-                end,
-            )
-            store.close()
-            for stale in path.parent.glob(path.name + "*"):
-                stale.unlink()
-            store = self.actor.open_store_at(path)
+        # Checked against the log's end: a checkpoint beyond it is rebuilt from the log.
+        store = self.actor.open_store_at(path, end={partition: end})
         return OwnedPartition(store, locks)
 
     async def _handle(self, stored: list[Stored]) -> None:
@@ -352,10 +348,10 @@ class GlobalOwner(_Owner):
         self._unanswered: dict[int, OrderedDict[str, Stored]] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        store = self.store = self.actor.open_store(self.log)
+        target = await self.log.end_offsets()
+        store = self.store = self.actor.open_store(self.log, target)
         try:
             self.actor.opened(store)
-            target = await self.log.end_offsets()
             async with (
                 self.log.subscribe(f"{self.actor.name}.{self.replica}", start=store.position) as mailbox,
                 anyio.create_task_group() as tg,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,12 @@ import anyio
 import pytest
 
 from events.catalog import RegisterPolicy
-from events.envelope import Fact
 from events.kafka_log import KafkaLog
 from events.log import caught_up
 from events.partitioning import partition_for
 from mint.catalog.fold import CATALOG_FOLD
+from mint.chaos.checks import counted_outcomes
 from mint.home import Home
-from mint.projection.store import ProjectionStore
 from replay.verify import verify
 from tests.cluster import RunningCluster, running_cluster
 
@@ -51,26 +49,6 @@ async def until(check: Callable[[], Any], what: str, timeout_s: float = 90.0) ->
             await anyio.sleep(0.2)
         return answer
     raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-
-
-async def counted_outcomes(log: KafkaLog, tmp: Path) -> dict[str, dict[str, int]]:
-    """Per command id, the facts that answer it and count (id -> epoch): folded from offset 0 like
-    any reader, so a fenced or duplicated copy is not one."""
-    path = tmp / f"outcomes-{anyio.current_time()}.db"
-    store = ProjectionStore(path, CATALOG_FOLD, dedupe=True)
-    answers: dict[str, dict[str, int]] = defaultdict(dict)
-    try:
-        for p in range(log.partitions):
-            start = 0
-            while batch := await log.read(p, start, 1000):
-                for stored in batch:
-                    record = store.apply(stored)
-                    if isinstance(record, Fact) and record.causation is not None:
-                        answers[record.causation][record.id] = record.epoch
-                start = batch[-1].offset + 1
-    finally:
-        store.close()
-    return answers
 
 
 async def outcomes_of(
@@ -132,9 +110,18 @@ async def test_a_rebalance_hands_partitions_over_without_losing_or_doubling_an_o
                 lambda: owned_between_them() == list(range(partitions)),
                 "catalog-2 and the added replica own every partition once between them",
             )
+            end = await log.end_offsets()
+
+            def folded_to(name: str) -> bool:  # what it reports folding: its partitions, to the end
+                seen = health(cluster, name)
+                position = {int(p): o for p, o in seen.get("position", {}).items()}
+                assert sorted(position) == seen["owned"], seen
+                return all(o >= end[p] for p, o in position.items())
+
+            for name in ("catalog-2", added):
+                await until(lambda n=name: folded_to(n), f"{name} folds what it owns to the log's end")
 
             # Every projector replica folds the same log into the same digest, and it equals a replay.
-            end = await log.end_offsets()
             digests = set()
             for name in cluster.names("projector"):
                 home = Home.resolve(cluster.process(name)["home"])
