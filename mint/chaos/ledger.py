@@ -22,7 +22,6 @@ class Answer(msgspec.Struct, frozen=True, tag="answer"):
     status: int
     retry_after: str | None
     elapsed_s: float
-    at: float  # when it was sent (time.time()): the soak benchmark plots latency over time
     failure: Failure | None = None
     detail: str = ""  # the replica asked (its URL), then the first bytes of an error body or the exception
     at: float = 0.0  # wall time (time.time()) when it was sent: the checks set it beside the faults
