@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 from actors.faults import NO_FAULTS, Faults
 from actors.progress import Progress
 from events.envelope import Record
-from events.log import EventLog, Stored
+from events.log import EventLog, Position, Stored
 from events.partitioning import partition_for
 from events.system import ActorRestarted
 from mint.projection.store import Fold, ProjectionStore
@@ -125,18 +125,35 @@ class StoreActor:
                         out.append(fact)
         return batch
 
-    def open_store(self, log: EventLog) -> ProjectionStore:
+    def open_store(self, log: EventLog, end: Position | None = None) -> ProjectionStore:
         # With a log that refuses duplicate ids there is no second copy to skip, and deciders fold
         # their own facts eagerly, which the store tracks separately; so only Kafka needs the window.
         dedupe = not log.refuses_duplicates or bool(self.decode_types)
-        return self.open_store_at(self.path, dedupe)
+        return self.open_store_at(self.path, dedupe, end)
 
-    def open_store_at(self, path: Path, dedupe: bool = True) -> ProjectionStore:
-        """A store of this actor's fold at `path`: its own file, or one partition's (actors/owned.py)."""
+    def open_store_at(self, path: Path, dedupe: bool = True, end: Position | None = None) -> ProjectionStore:
+        """A store of this actor's fold at `path`: its own file, or one partition's (actors/owned.py).
+        Given `end`, the log's end offsets, a store whose checkpoint is beyond them (the broker's storage
+        was lost, or the topic recreated) describes records that no longer exist: it is deleted and
+        opened empty, so the actor rebuilds it from the log as it is now."""
+        store = ProjectionStore(path, self.fold, dedupe=dedupe, decode_types=self.decode_types)
+        beyond = {p: o for p, o in store.position.items() if end is not None and o > end.get(p, 0)}
+        if not beyond:
+            return store
+        log.warning(
+            "%s: checkpoint %s of %s is beyond the log's end %s: rebuilding it from the log",
+            self.name,
+            beyond,
+            path,
+            {p: (end or {}).get(p, 0) for p in beyond},
+        )
+        store.close()
+        for stale in path.parent.glob(path.name + "*"):  # the database and its -wal and -shm
+            stale.unlink()
         return ProjectionStore(path, self.fold, dedupe=dedupe, decode_types=self.decode_types)
 
     async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        store = self.open_store(log)
+        store = self.open_store(log, await log.end_offsets())
         try:
             self.opened(store)
             self.progress.update(store.position)

@@ -158,11 +158,12 @@ class CommandRejected(Fact, kw_only=True, frozen=True):
 
     @classmethod
     def refusing(cls, command: Command, source: str, reason: str, field: str | None) -> CommandRejected:
-        """The refusal of `command`. Its id derives from the command's, so deciding the same command
-        again (after a crash) yields the same id, which the log or the folds keep once."""
+        """The refusal of `command`. Its id and time derive from the command's, so deciding the same
+        command again (after a crash) yields the same fact, which the log or the folds keep once."""
         return cls.create(
             id=f"{command.id}/0",
             cause=command,
+            at=command.at,
             source=source,
             tenant=command.tenant,
             key=command.key,

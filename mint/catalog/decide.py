@@ -40,9 +40,10 @@ class Refusal(Exception):
 
 
 def _answer(command: Command, fact: type[F], **fields: Any) -> F:
-    """The fact deciding `command`. Its id derives from the command's, so deciding the same command
-    again (after a crash) yields the same id."""
-    return fact.create(id=f"{command.id}/0", cause=command, source=SOURCE, **fields)
+    """The fact deciding `command`. Its id and time derive from the command's, so deciding the same
+    command again (after a crash, or a new owner catching up, which folds its own copy) yields the same
+    fact as the first time."""
+    return fact.create(id=f"{command.id}/0", cause=command, at=command.at, source=SOURCE, **fields)
 
 
 def _policy(command: Promote | Rollback | RetirePolicy | ConfigurePolicy, rows: Rows) -> PolicyRow:
@@ -150,6 +151,7 @@ def auto_promote(fact: EvaluationCompleted, rows: Rows) -> list[Fact]:
     promoted = RevisionPromoted.create(
         id=f"{fact.id}/promote",
         cause=fact,
+        at=fact.at,
         source=SOURCE,
         policy=fact.policy,
         revision=fact.revision,

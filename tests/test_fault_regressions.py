@@ -1,0 +1,87 @@
+"""Regressions for faults the chaos tests (tests/chaos/test_infra_*.py) found, each fast and in the
+default run."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from actors.projector import CatalogProjector
+from events.catalog import PolicyRegistered, Promote, RegisterPolicy
+from events.log import Position
+from events.sqlite_log import SqliteLog
+from mint.catalog.decide import decide
+from mint.catalog.fold import CATALOG_FOLD
+from mint.home import Home
+from mint.projection.store import ProjectionStore
+
+pytestmark = pytest.mark.anyio
+
+
+def test_deciding_a_command_again_later_yields_the_same_fact(tmp_path: Path) -> None:
+    """A new catalog owner catching up decides each command again and folds its own copy (the log's is
+    then skipped as a duplicate): unless the copy is the same fact, its store differs from a replay.
+    It was not: the fact's time was the wall clock at the decision (test_infra_state.py)."""
+    command = RegisterPolicy.create(
+        source="test", policy="acme/p", base_id="tiny", at=datetime.now(UTC) - timedelta(hours=1)
+    )
+    refused = Promote.create(source="test", policy="acme/unknown", revision="r1")
+    store = ProjectionStore(tmp_path / "catalog.db", CATALOG_FOLD)
+    try:
+        for each in (command, refused):
+            first, again = decide(each, store.rows), decide(each, store.rows)
+            assert [msgspec.json.encode(f) for f in first] == [msgspec.json.encode(f) for f in again]
+            assert all(f.at == each.at for f in first), "a decision's time is its command's"
+    finally:
+        store.close()
+
+
+def registered(policy: str) -> PolicyRegistered:
+    return PolicyRegistered.create(source="catalog", policy=policy, base_id="tiny")
+
+
+def _policies(path: Path) -> set[str]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {policy for (policy,) in con.execute("SELECT policy FROM policies")}
+    finally:
+        con.close()
+
+
+async def _fold(home: Home, log: SqliteLog, until: Position) -> Position:
+    """Run the projector over `log` until it has folded up to `until`; its position then."""
+    projector = CatalogProjector(home)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await tg.start(projector.run, log)
+            await projector.progress.reached(until)
+            tg.cancel_scope.cancel()
+    return projector.progress.position
+
+
+async def test_a_fold_whose_checkpoint_is_beyond_the_log_rebuilds_from_the_log_as_it_is_now(
+    tmp_path: Path,
+) -> None:
+    """The broker's storage lost: the projector's checkpoint is past the end of the (new, shorter) log.
+    Its state described records that no longer exist; it must follow the log that exists. Before, it
+    subscribed from its stale checkpoint (on Kafka: OffsetOutOfRange on every restart, never ready)."""
+    home = Home.resolve(tmp_path / "home")
+    lost = [
+        PolicyRegistered.create(source="catalog", policy=f"acme/lost-{i}", base_id="tiny") for i in range(6)
+    ]
+    kept = [PolicyRegistered.create(source="catalog", policy="acme/kept", base_id="tiny")]
+    async with SqliteLog(tmp_path / "lost.db", partitions=1) as log:
+        await log.append(lost)
+        await _fold(home, log, await log.end_offsets())
+    assert _policies(home.catalog) == {f"acme/lost-{i}" for i in range(6)}
+
+    async with SqliteLog(tmp_path / "now.db", partitions=1) as log:
+        await log.append(kept)
+        end = await log.end_offsets()
+        assert await _fold(home, log, end) == end
+    assert _policies(home.catalog) == {"acme/kept"}
