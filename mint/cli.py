@@ -11,6 +11,7 @@ from mint.commands.actor import actor
 from mint.commands.base import base_group
 from mint.commands.bench import bench_group
 from mint.commands.catalog import catalog_group
+from mint.commands.chaos import chaos_group
 from mint.commands.cluster import cluster_group
 from mint.commands.demo import demo
 from mint.commands.events import events_group
@@ -49,6 +50,7 @@ cli.add_command(base_group)
 cli.add_command(sim)
 cli.add_command(tokens_group)
 cli.add_command(cluster_group)
+cli.add_command(chaos_group)
 
 
 def main() -> None:

@@ -217,7 +217,6 @@ def revision_promoted(fact: RevisionPromoted, rows: Rows) -> None:
     rows.put(
         POLICIES, replace(row, pointer=fact.revision, served=(*row.served, fact.revision), updated_at=at)
     )
-    rows.delete(TRAFFIC, fact.policy, fact.revision)  # the watch counts from the start of this serving
     rows.add(
         SERVING_MOVES,
         ServingMove(

@@ -79,7 +79,7 @@ class Catalog:
         return self._rows(SERVING_MOVES, "policy = ?", (policy,), "at, id")
 
     def traffic(self, policy: str) -> list[TrafficRow]:
-        """Live traffic per revision since each last started serving (what the watch reads)."""
+        """Live traffic per revision over all its servings (what the watch reads)."""
         return self._rows(TRAFFIC, "policy = ?", (policy,), "revision")
 
     def run(self, run: str) -> RunRow | None:

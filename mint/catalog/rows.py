@@ -78,7 +78,9 @@ class EvaluationRow(Row, frozen=True):
 
 
 class TrafficRow(Row, frozen=True):
-    """Live traffic of one revision since it last started serving (a promotion resets it)."""
+    """Live traffic of one revision over all its servings. Reports come on the engines' partitions and
+    promotions on the policy's, in no order between them: a promotion resetting it would make the
+    row depend on that order (a replay would differ from live), so nothing resets it."""
 
     policy: str
     revision: str

@@ -129,7 +129,8 @@ def readers_agree(first: Sequence[Stored], second: Sequence[Stored]) -> list[str
 def applied_once(applied: Sequence[Record]) -> list[str]:
     """No record id is applied twice by a projection folding the log (a retried append is one)."""
     seen = Counter(r.id for r in applied)
-    return [f"{type(r).__name__} {r.id} applied {seen[r.id]} times" for r in applied if seen.pop(r.id, 1) > 1]
+    named = {r.id: type(r).__name__ for r in applied}
+    return [f"{named[i]} {i} applied {n} times" for i, n in seen.items() if n > 1]
 
 
 def acknowledged_on_log(entries: Sequence[Entry], records: Sequence[Stored]) -> list[str]:

@@ -97,7 +97,7 @@ def show(
             click.echo(f"             {rev.eval_detail}")
     traffic = catalog.traffic(policy)
     if traffic:
-        click.echo("live traffic (since each revision last started serving):")
+        click.echo("live traffic (over all of each revision's servings):")
         for t in traffic:
             score = f", live score {t.score_sum / t.scored:.3f} on {t.scored}" if t.scored else ""
             click.echo(f"  {t.revision:<10} {t.requests} requests, {t.errors} failed{score}")
