@@ -440,7 +440,28 @@ class KafkaSubscription(AsyncResource):
                 batch.append(_stored(message, self._log.seal))
             if got[tp]:
                 self._position[tp.partition] = got[tp][-1].offset + 1
+        if not batch:
+            await self._check_within_end(consumer)
         return batch
+
+    async def _check_within_end(self, consumer: Any) -> None:
+        """A broker that lost its storage (tansu on memory://, restarted) answers a fetch past its end
+        with nothing rather than OFFSET_OUT_OF_RANGE; the high watermark of its answer shows it. A hint:
+        the end is read (and checked) before this subscription's reader is told it is past the end."""
+        behind = [
+            p
+            for p, offset in self._position.items()
+            if (highwater := consumer.highwater(self._log._tp(p))) is not None and highwater < offset
+        ]
+        if not behind:
+            return
+        end = await self._log.end_offsets()
+        beyond = {p: self._position[p] for p in behind if self._position[p] > end.get(p, 0)}
+        if beyond:
+            raise KafkaLogError(
+                f"topic {self._log.topic!r}: position {beyond} is past the end of the log "
+                f"{ {p: end.get(p, 0) for p in beyond} } (was the topic recreated, or its storage lost?)"
+            )
 
     async def _out_of_range(self, consumer: Any, offsets: dict[Any, int]) -> None:
         oldest = await consumer.beginning_offsets(list(offsets))

@@ -4,6 +4,7 @@ default run."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from actors.projector import CatalogProjector
 from events.catalog import PolicyRegistered, Promote, RegisterPolicy
+from events.kafka_log import KafkaLog, KafkaLogError
 from events.log import Position
 from events.sqlite_log import SqliteLog
 from mint.catalog.decide import decide
@@ -45,7 +47,7 @@ def registered(policy: str) -> PolicyRegistered:
     return PolicyRegistered.create(source="catalog", policy=policy, base_id="tiny")
 
 
-def _policies(path: Path) -> set[str]:
+def policies_in(path: Path) -> set[str]:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return {policy for (policy,) in con.execute("SELECT policy FROM policies")}
@@ -78,10 +80,26 @@ async def test_a_fold_whose_checkpoint_is_beyond_the_log_rebuilds_from_the_log_a
     async with SqliteLog(tmp_path / "lost.db", partitions=1) as log:
         await log.append(lost)
         await _fold(home, log, await log.end_offsets())
-    assert _policies(home.catalog) == {f"acme/lost-{i}" for i in range(6)}
+    assert policies_in(home.catalog) == {f"acme/lost-{i}" for i in range(6)}
 
     async with SqliteLog(tmp_path / "now.db", partitions=1) as log:
         await log.append(kept)
         end = await log.end_offsets()
         assert await _fold(home, log, end) == end
-    assert _policies(home.catalog) == {"acme/kept"}
+    assert policies_in(home.catalog) == {"acme/kept"}
+
+
+@pytest.mark.kafka
+async def test_a_subscription_past_the_end_of_a_kafka_topic_says_so(kafka_bootstrap: str) -> None:
+    """A broker that lost its storage (tansu on memory://, restarted) answers a fetch past its end with
+    nothing, not OFFSET_OUT_OF_RANGE: a subscription started at a checkpoint beyond the log waited
+    there forever, and its fold served the state of records that no longer exist (test_infra_broker)."""
+    async with KafkaLog(kafka_bootstrap, topic=f"test.{uuid.uuid4().hex[:12]}", partitions=2) as log:
+        await log.append([registered("acme/only")])
+        end = await log.end_offsets()
+        async with log.subscribe("g", start={p: o + 5 for p, o in end.items()}) as beyond:
+            with anyio.fail_after(20), pytest.raises(KafkaLogError, match="past the end of the log"):
+                while True:
+                    await beyond.next_batch(timeout=0.2)
+        async with log.subscribe("g", start=end) as within:
+            assert await within.next_batch(timeout=0.2) == []  # at the end exactly: nothing, no error

@@ -420,6 +420,10 @@ def restart(root: Path, name: str, timeout_s: float = READY_TIMEOUT_S, say: Say 
                 "s3 (moto) keeps what it stores in memory: it restarted empty, with its buckets created again"
             )
             _create_buckets(table)
+        if process.role == "broker":
+            # A broker whose storage was lost (memory://) has no topic: create it with the cluster's
+            # partition count before a client's default decides it.
+            _create_topic(cluster, table)
     return process
 
 
