@@ -1,6 +1,7 @@
 """A seeded schedule of process faults on a `mint cluster`, injected through its launcher.
 
-Every `every_s` seconds the plan draws a kind and a target among the actor replicas of its roles:
+About every `every_s` seconds (jittered, so faults land at random points of the work) the plan draws a
+kind, and a target among the replicas of the next of its roles (in a seeded order, each role in turn):
 `kill` is kill -9 then `mint cluster restart` (same command line, port and home, waited ready);
 `stop` is SIGSTOP, `stop_s` seconds frozen, then SIGCONT. Each fault goes into the ledger with the
 wall time it began and the time its target was back, so the checks can tell a request to a process
@@ -36,6 +37,7 @@ class FaultPlan:
     stop_s: float = 5.0
     # Only a role with more than one replica is hit when True, so the cluster always has one serving.
     spare_one: bool = False
+    limit: int | None = None  # stop after this many faults
     injected: list[FaultInjected] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,11 +51,11 @@ class FaultPlan:
             raise ValueError(f"every_s: {self.every_s} is not above 0")
 
 
-def _targets(cluster: ClusterDir, plan: FaultPlan) -> list[Process]:
-    processes = [p for p in cluster.read().processes if p.role in plan.roles]
-    if plan.spare_one:
-        processes = [p for p in processes if sum(q.role == p.role for q in processes) > 1]
-    return processes
+def _targets(cluster: ClusterDir, plan: FaultPlan, role: str) -> list[Process]:
+    processes = cluster.read().processes
+    if plan.spare_one and sum(p.role == role for p in processes) < 2:
+        return []
+    return [p for p in processes if p.role == role]
 
 
 async def inject(
@@ -64,20 +66,27 @@ async def inject(
     restarted or continued), so the cluster is whole when this returns."""
     stop, seconds = stop_event(until)
     rng = random.Random(plan.seed)
+    roles = list(plan.roles)
+    rng.shuffle(roles)
+    turn = 0
     async with anyio.create_task_group() as tg:
         if seconds is not None:
             tg.start_soon(set_after, stop, seconds)
-        while True:
-            with anyio.move_on_after(plan.every_s):
+        while plan.limit is None or len(plan.injected) < plan.limit:
+            with anyio.move_on_after(plan.every_s * rng.uniform(0.5, 1.5)):
                 await stop.wait()
             if stop.is_set():
                 break
-            targets = _targets(cluster, plan)
-            if not targets:
+            # The next role in turn that has a replica to hit (a cluster may lack some roles).
+            for _ in range(len(roles)):
+                targets = _targets(cluster, plan, roles[turn % len(roles)])
+                turn += 1
+                if targets:
+                    break
+            else:
                 continue
             kind = rng.choice(list(plan.kinds))
-            target = rng.choice(targets)
-            fault = await _inject_one(cluster, plan, kind, target)
+            fault = await _inject_one(cluster, plan, kind, rng.choice(targets))
             plan.injected.append(fault)
             if ledger is not None:
                 ledger.write(fault)

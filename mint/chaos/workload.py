@@ -47,6 +47,7 @@ CLIENT_TIMEOUT_S = 30.0  # an answer later than this is a hang
 MAX_TRIES = 5  # per request, across 429/503 and replicas that do not answer
 MAX_BACKOFF_S = 5.0
 SETUP_TIMEOUT_S = 180.0
+POLICY_ROUTE = "/admin/api/policies/{tenant}/{name}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class _Request:
     path: str
     body: bytes | dict[str, object] | None
     records: tuple[Record, ...] = ()  # what a write appends (the ids a retry repeats)
+    route: str = ""  # the route's template, when the path names a policy
+
+    @property
+    def name(self) -> str:
+        """`METHOD ROUTE` as the ledger records it (latencies are per route)."""
+        return f"{self.method} {self.route or self.path}"
 
 
 class Workload:
@@ -180,13 +187,17 @@ class Workload:
 
     def _promote(self) -> _Request:
         policy = self._random.choice(self._served)
+        # r1, or a revision a producer exported (unevaluated: the catalog refuses it, an outcome too).
+        exported = [f"x{i}" for i in range(1, self._revisions[policy] + 1)]
+        revision = self._random.choice(["r1", *exported])
         tenant, name = policy.split("/")
         path = f"/admin/api/policies/{tenant}/{name}/promote"
-        return _Request("promote", "POST", path, {"revision": "r1"})
+        return _Request("promote", "POST", path, {"revision": revision}, route=POLICY_ROUTE + "/promote")
 
     def _rollback(self) -> _Request:
         tenant, name = self._random.choice(self._served).split("/")
-        return _Request("rollback", "POST", f"/admin/api/policies/{tenant}/{name}/rollback", {})
+        path = f"/admin/api/policies/{tenant}/{name}/rollback"
+        return _Request("rollback", "POST", path, {}, route=POLICY_ROUTE + "/rollback")
 
     def _completion(self) -> _Request:
         body = {"model": self._random.choice(self._served), "prompt": "hello", "max_tokens": 4}
@@ -232,7 +243,7 @@ class Workload:
 
     async def _try(self, http: httpx.AsyncClient, url: str, request: _Request) -> float | None:
         """One attempt: recorded; the seconds to wait before the next try, or None when done."""
-        route = f"{request.method} {request.path}"
+        route = request.name
         sent_at, started = time.time(), anyio.current_time()
         kwargs: dict[str, object] = (
             {"content": request.body, "headers": {"content-type": "application/x-ndjson"}}
