@@ -25,6 +25,14 @@ RANK, ALPHA, TARGETS = 4, 8.0, ("q_proj", "v_proj")
 
 async def publish_random_revision(cluster: ClusterDir, policy: str, revision: str, seed: int = 3) -> str:
     """`policy@revision` promoted on the cluster, its adapter random (seeded) for the cluster's base."""
+    return await announce(cluster, await upload_random_adapter(cluster, policy, revision, seed))
+
+
+async def upload_random_adapter(
+    cluster: ClusterDir, policy: str, revision: str, seed: int = 3
+) -> RevisionExported:
+    """A random (seeded) adapter for the cluster's base in its bucket, and the export naming it (not
+    on the log yet: `announce` appends it)."""
     table = cluster.read()
     base_id = table.base.split(":", 1)[0]
     adapter = random_adapter(
@@ -39,7 +47,7 @@ async def publish_random_revision(cluster: ClusterDir, policy: str, revision: st
         secret_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     ) as store:
         stored = await store.put(adapter_key(policy, revision, hashlib.sha256(data).hexdigest()), data)
-    export = RevisionExported.create(
+    return RevisionExported.create(
         policy=policy,
         revision=revision,
         base_id=base_id,
@@ -50,12 +58,22 @@ async def publish_random_revision(cluster: ClusterDir, policy: str, revision: st
         alpha=ALPHA,
         targets=list(TARGETS),
     )
+
+
+async def announce(cluster: ClusterDir, export: RevisionExported) -> str:
+    """On the cluster's topic: the policy's registration, `export`, a passing evaluation, the promotion."""
+    table = cluster.read()
     evaluation = EvaluationCompleted.create(
-        policy=policy, revision=revision, suite="smoke", suite_version=1, score=1.0, verdict="pass"
+        policy=export.policy,
+        revision=export.revision,
+        suite="smoke",
+        suite_version=1,
+        score=1.0,
+        verdict="pass",
     )
     seal = Seal.from_secret(cluster.key.read_text().strip())
     async with KafkaLog(table.kafka, topic=table.topic, seal=seal) as log:
-        await log.append([RegisterPolicy.create(policy=policy, base_id=base_id)])
+        await log.append([RegisterPolicy.create(policy=export.policy, base_id=export.base_id)])
         await log.append([export, evaluation])
-        await log.append([Promote.create(policy=policy, revision=revision)])
-    return f"{policy}@{revision}"
+        await log.append([Promote.create(policy=export.policy, revision=export.revision)])
+    return f"{export.policy}@{export.revision}"
