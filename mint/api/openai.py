@@ -46,6 +46,7 @@ from mint.serving.engine import (
     Completion,
     ContextExceeded,
     Delta,
+    DeviceMemoryExhausted,
     EngineError,
     Overloaded,
     SamplingParams,
@@ -192,7 +193,7 @@ def inference_error(exc: Exception, prompt_field: str) -> HttpError:
         return HttpError(400, str(exc), prompt_field if exc.prompt_too_long else "max_tokens")
     if isinstance(exc, Overloaded):
         return retry_later(429, str(exc))
-    if isinstance(exc, ColdLoadTimeout | AdapterNotLoaded):
+    if isinstance(exc, ColdLoadTimeout | AdapterNotLoaded | DeviceMemoryExhausted):
         return retry_later(503, str(exc))
     if isinstance(exc, EngineError):
         return HttpError(500, f"the engine failed this request: {exc}")

@@ -35,6 +35,7 @@ from mint.commands.common import (
     log_option,
     run,
 )
+from mint.commands.placement import placement_options
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 
@@ -94,6 +95,7 @@ class Replica(Protocol):
     "--tokens", "tokens_path", default=None, help="api: the token store shared by the API replicas."
 )
 @inference_limit_options
+@placement_options
 @home_option
 @log_option
 @artifacts_option

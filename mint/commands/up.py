@@ -34,6 +34,7 @@ from mint.commands.common import (
     log_option,
     run,
 )
+from mint.commands.placement import placement_options
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 from mint.serving.engine import Engine
@@ -97,6 +98,7 @@ CANCEL_AFTER_S = 1
     help="Refuse request bodies over this on every route (413). Default 8 MiB, the ingest limit.",
 )
 @inference_limit_options
+@placement_options
 @home_option
 @log_option
 @artifacts_option

@@ -120,15 +120,28 @@ class MultiLora:
             raise ValueError(f"targets: the base has no linear module named {', '.join(sorted(missing))}")
         for p in model.parameters():
             p.requires_grad_(False)
+        # Where the base lives (mint.device chose it): routing and slot tensors go there too.
+        self.device = next(model.parameters()).device
 
     def add(self, slot: str, rank: int, alpha: float, seed: int = 0) -> None:
         if slot in self.slots:
             raise ValueError(f"slot: {slot!r} is already loaded")
         spec = SlotSpec(rank, alpha)
         generator = torch.Generator().manual_seed(seed)
-        for layer in self.layers.values():
-            layer.add_slot(slot, spec, generator)
+        try:
+            for layer in self.layers.values():
+                layer.add_slot(slot, spec, generator)
+        except BaseException:  # out of device memory half-way, say: no half-made slot stays behind
+            for layer in self.layers.values():
+                if slot in layer.lora_A:
+                    layer.remove_slot(slot)
+            raise
         self.slots[slot] = spec
+
+    def slot_bytes(self, rank: int) -> int:
+        """Device memory one slot of `rank` takes: A and B of every wrapped layer."""
+        size = next(iter(self.layers.values())).base.weight.element_size() if self.layers else 0
+        return sum(rank * (layer.in_features + layer.out_features) for layer in self.layers.values()) * size
 
     def remove(self, slot: str) -> None:
         for layer in self.layers.values():
@@ -147,28 +160,45 @@ class MultiLora:
     def route(self, slots: Sequence[str | None]) -> Iterator[None]:
         """Run the model with batch row i on slots[i] (None: the base alone)."""
         before = self.routing.rows
-        self.routing.rows = torch.tensor([self.index(s) for s in slots], dtype=torch.long)
+        self.routing.rows = torch.tensor([self.index(s) for s in slots], dtype=torch.long, device=self.device)
         try:
             yield
         finally:
             self.routing.rows = before
 
     def state(self, slot: str) -> dict[str, torch.Tensor]:
-        """One slot's tensors under PEFT's names (base_model.model.<module>.lora_A.weight)."""
+        """One slot's tensors under PEFT's names (base_model.model.<module>.lora_A.weight), copied to
+        host memory (what checkpoints, exports and an engine's host tier keep)."""
         out = {}
         for name, layer in self.layers.items():
-            out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[slot].detach().clone()
-            out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[slot].detach().clone()
+            out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[slot].detach().to("cpu", copy=True)
+            out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[slot].detach().to("cpu", copy=True)
         return out
 
     def load(self, slot: str, tensors: dict[str, torch.Tensor], rank: int, alpha: float) -> None:
         """Fill a slot from PEFT-named tensors (already validated against the base). Wrapped layers the
-        adapter does not target get zeros, which add nothing."""
-        if slot not in self.slots:
+        adapter does not target get zeros, which add nothing. Tensors in pinned host memory are copied to
+        the device asynchronously (the copies queue on the stream that later forwards run on)."""
+        fresh = slot not in self.slots
+        if fresh:
             self.add(slot, rank, alpha)
+        try:
+            self._fill(slot, tensors)
+        except BaseException:
+            if fresh:
+                self.remove(slot)
+            raise
+
+    def _fill(self, slot: str, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, layer in self.layers.items():
                 a = tensors.get(f"base_model.model.{name}.lora_A.weight")
                 b = tensors.get(f"base_model.model.{name}.lora_B.weight")
-                layer.lora_A[slot].copy_(a if a is not None else torch.zeros_like(layer.lora_A[slot]))
-                layer.lora_B[slot].copy_(b if b is not None else torch.zeros_like(layer.lora_B[slot]))
+                if a is None:
+                    layer.lora_A[slot].zero_()
+                else:
+                    layer.lora_A[slot].copy_(a, non_blocking=True)
+                if b is None:
+                    layer.lora_B[slot].zero_()
+                else:
+                    layer.lora_B[slot].copy_(b, non_blocking=True)

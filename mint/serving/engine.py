@@ -34,6 +34,11 @@ class Overloaded(EngineError):
     """The admission queue is full: retry later (HTTP 429)."""
 
 
+class DeviceMemoryExhausted(EngineError):
+    """What was asked for does not fit in the engine's device memory (or its budget): a load refused, or
+    a request answered 503 with Retry-After. The message names what did not fit; the engine serves on."""
+
+
 class ContextExceeded(EngineError):
     """The prompt and `max_tokens` do not fit the model's context (HTTP 400): refused before any
     work, so a request can never run past the positions the base was trained for."""

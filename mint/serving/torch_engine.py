@@ -8,6 +8,14 @@ drops finished rows. Model work (and tokenizing a prompt, which may be megabytes
 thread so the event loop keeps serving. A request must fit the base's context (prompt + max_tokens), and
 one whose client went away is dropped at its next token (or before admission): `active` counts the
 requests the engine holds, queued or decoding.
+
+Placement (mint.device): the base, the adapter slots and the KV caches live on the engine's device (a
+GPU when there is one), in its dtype; the host tier is in pinned memory on CUDA, so a reload is one
+asynchronous host-to-device copy. Device memory is a budget, never a crash: a load that does not fit is
+refused (DeviceMemoryExhausted, which the engine host reports as AdapterLoadFailed), and so is a request
+whose KV cache would not fit beside the running batch (the API answers 503); the engine keeps serving.
+On CUDA the budget is the device's own (torch.OutOfMemoryError is caught where memory is taken);
+`memory_budget_bytes` sets a smaller one, on any device, counting the base, the slots and the KV caches.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from mint.adapters.peft_layout import read_peft
 from mint.adapters.tensors import adapter_tensors
 from mint.bases.info import read_base_info
 from mint.bases.load import load_base
+from mint.device import Placement, configured_placement
 from mint.lora.multi import MultiLora
 from mint.serving.engine import (
     AdapterNotLoaded,
     AdapterRef,
     Delta,
+    DeviceMemoryExhausted,
     EngineError,
     FinishReason,
     Overloaded,
@@ -55,6 +65,7 @@ class _Request:
     logprob: float = 0.0  # of the newest token
     sent: int = 0  # characters of the decoded text already streamed
     done: bool = False
+    failed: EngineError | None = None  # why the engine dropped it (its client gets this error)
 
     @property
     def abandoned(self) -> bool:
@@ -69,6 +80,7 @@ class _Batch:
     mask: torch.Tensor  # [rows, length]: 1 for real tokens, 0 for left padding
     positions: torch.Tensor  # [rows]: the position of each row's next token
     last: torch.Tensor  # [rows]: each row's last token, the next step's input
+    # mask, positions and last stay on the host (small); the cache is on the engine's device
 
 
 class TorchEngine(TokenizerPrompts, InFlight):
@@ -83,7 +95,12 @@ class TorchEngine(TokenizerPrompts, InFlight):
         max_batch: int = 32,
         queue: int = 256,
         max_rank: int = 64,
+        placement: Placement | None = None,
+        memory_budget_bytes: int | None = None,
     ) -> None:
+        """`placement`: where the model runs (None: the configured one, mint.device).
+        `memory_budget_bytes`: device memory the engine may take, the base included (None: all the
+        device has; on the CPU, unbounded)."""
         self.base_dir = Path(base_dir)
         self.info = read_base_info(self.base_dir)
         self.base_id = self.info.base_id
@@ -93,7 +110,17 @@ class TorchEngine(TokenizerPrompts, InFlight):
         self._host: OrderedDict[str, tuple[dict[str, torch.Tensor], int, float]] = OrderedDict()
         self.max_batch = max_batch
         self.max_rank = max_rank
-        model, self.tokenizer = load_base(self.base_dir)
+        self.placement = placement or configured_placement()
+        model, self.tokenizer = load_base(self.base_dir, self.placement)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        config = model.config
+        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        # Keys and values of every layer for one token of one row.
+        self.kv_bytes_per_token = (
+            2 * int(config.num_hidden_layers) * heads * head_dim * self.placement.torch_dtype.itemsize
+        )
         self.context_length = int(model.config.max_position_embeddings)
         targets = sorted({name.rsplit(".", 1)[-1] for name in self.info.linear_shapes})
         self.multi = MultiLora(model, targets)
@@ -128,8 +155,29 @@ class TorchEngine(TokenizerPrompts, InFlight):
 
         held = self._host.pop(adapter.ref, None)
         tensors, rank, alpha = held if held is not None else await anyio.to_thread.run_sync(read)
-        self.multi.load(adapter.ref, tensors, rank, alpha)
+        need = self.multi.slot_bytes(rank)
+        if self.memory_budget_bytes is not None and self.device_bytes() + need > self.memory_budget_bytes:
+            raise DeviceMemoryExhausted(
+                f"{adapter.ref}: its slot needs {need:,} bytes; {self._free_bytes():,} of the engine's"
+                f" {self.memory_budget_bytes:,}-byte memory budget are free"
+            )
+        try:
+            self.multi.load(adapter.ref, tensors, rank, alpha)
+        except torch.OutOfMemoryError as exc:
+            _release_cached()
+            raise DeviceMemoryExhausted(
+                f"{adapter.ref}: its slot ({need:,} bytes) does not fit in"
+                f" {self.placement.device} memory: {exc}"
+            ) from None
         return (anyio.current_time() - began) * 1000
+
+    def device_bytes(self) -> int:
+        """Device memory the engine holds outside requests: the base and the adapter slots."""
+        return self.base_bytes + sum(self.multi.slot_bytes(spec.rank) for spec in self.multi.slots.values())
+
+    def _free_bytes(self) -> int:
+        assert self.memory_budget_bytes is not None
+        return max(self.memory_budget_bytes - self.device_bytes(), 0)
 
     def host_cached(self) -> Sequence[str]:
         """Adapters held in host memory, off the slots: the CPU tier, most recently used last."""
@@ -142,7 +190,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
         try:
             await self.drained(ref)
             spec = self.multi.slots[ref]
-            self._host[ref] = (self.multi.state(ref), spec.rank, spec.alpha)
+            self._host[ref] = (self._to_host(self.multi.state(ref)), spec.rank, spec.alpha)
             while len(self._host) > self.cpu_slots:
                 self._host.popitem(last=False)
             self.multi.remove(ref)
@@ -151,6 +199,12 @@ class TorchEngine(TokenizerPrompts, InFlight):
 
     def resident(self) -> Sequence[str]:
         return list(self.multi.slots)
+
+    def _to_host(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A slot's tensors in host memory: pinned on CUDA, so loading them back copies asynchronously."""
+        if not self.placement.on_cuda:
+            return tensors
+        return {name: t.pin_memory() for name, t in tensors.items()}
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -181,6 +235,8 @@ class TorchEngine(TokenizerPrompts, InFlight):
             async with receive:
                 async for delta in receive:
                     yield delta
+        if request.failed is not None:
+            raise request.failed
 
     @property
     def active(self) -> int:
@@ -215,7 +271,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
     def _score(self, ids: list[int], adapter: str | None) -> list[float]:
         tokens = torch.tensor([ids], dtype=torch.long)
         with self.multi.route([adapter]):
-            logits = self.multi.model(input_ids=tokens).logits[0, :-1].float()
+            logits = self.multi.model(input_ids=tokens.to(self.multi.device)).logits[0, :-1].float().cpu()
         chosen = torch.log_softmax(logits, dim=-1).gather(1, tokens[0, 1:, None]).squeeze(1)
         return [float(x) for x in chosen]
 
@@ -231,16 +287,31 @@ class TorchEngine(TokenizerPrompts, InFlight):
                 fresh = [first, *self._admit(self.max_batch - 1)]
             else:
                 fresh = self._admit(self.max_batch - len(batch.rows))
+            fresh = await self._within_budget(batch, fresh)
             if fresh:
-                async with self._forward:
-                    prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
-                batch = prefilled if batch is None else _merge(batch, prefilled)
-                await self._emit(batch, range(len(batch.rows) - len(fresh), len(batch.rows)))
+                try:
+                    async with self._forward:
+                        prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
+                except torch.OutOfMemoryError as exc:
+                    await self._fail(
+                        fresh, f"their prefill does not fit in {self.placement.device} memory: {exc}"
+                    )
+                else:
+                    batch = prefilled if batch is None else _merge(batch, prefilled)
+                    await self._emit(batch, range(len(batch.rows) - len(fresh), len(batch.rows)))
             batch = await self._finish_rows(batch)
             if batch is None:
                 continue
-            async with self._forward:
-                batch = await anyio.to_thread.run_sync(self._decode, batch)
+            try:
+                async with self._forward:
+                    batch = await anyio.to_thread.run_sync(self._decode, batch)
+            except torch.OutOfMemoryError as exc:
+                # The batch's KV cache grew past the device: its requests end with an error, not the engine.
+                await self._fail(
+                    batch.rows, f"the running batch ran out of {self.placement.device} memory: {exc}"
+                )
+                batch = None
+                continue
             await self._emit(batch, range(len(batch.rows)))
             batch = await self._finish_rows(batch)
 
@@ -257,6 +328,41 @@ class TorchEngine(TokenizerPrompts, InFlight):
                 admitted.append(request)
         return admitted
 
+    async def _within_budget(self, batch: _Batch | None, fresh: list[_Request]) -> list[_Request]:
+        """The fresh requests whose KV caches, at their full length, fit the memory budget beside the
+        running batch (padded to the longest row, as the cache is); the rest are refused."""
+        if self.memory_budget_bytes is None or not fresh:
+            return fresh
+        rows = [] if batch is None else list(batch.rows)
+        admitted, refused = [], []
+        for request in fresh:
+            need = self._kv_bytes([*rows, request])
+            if self.device_bytes() + need <= self.memory_budget_bytes:
+                rows.append(request)
+                admitted.append(request)
+            else:
+                refused.append((request, need))
+        for request, need in refused:
+            await self._fail(
+                [request],
+                f"its KV cache ({need:,} bytes with the running batch's) does not fit in the"
+                f" {self._free_bytes():,} bytes free of the engine's"
+                f" {self.memory_budget_bytes:,}-byte memory budget",
+            )
+        return admitted
+
+    def _kv_bytes(self, rows: Sequence[_Request]) -> int:
+        longest = max(len(r.prompt) + r.params.max_tokens for r in rows)
+        return len(rows) * longest * self.kv_bytes_per_token
+
+    async def _fail(self, rows: Sequence[_Request], why: str) -> None:
+        """End `rows` with DeviceMemoryExhausted (their clients get it), leaving the engine serving."""
+        _release_cached()
+        for r in rows:
+            r.failed = DeviceMemoryExhausted(f"request refused: {why}")
+            self._retire(r)
+            await r.out.aclose()
+
     def _route(self, rows: list[_Request]) -> list[str | None]:
         return [r.adapter for r in rows]
 
@@ -270,11 +376,12 @@ class TorchEngine(TokenizerPrompts, InFlight):
             mask[i, width - len(r.prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        device = self.multi.device
         with self.multi.route(self._route(rows)):
             out = self.multi.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
                 past_key_values=cache,
                 use_cache=True,
             )
@@ -284,11 +391,12 @@ class TorchEngine(TokenizerPrompts, InFlight):
     @torch.no_grad()
     def _decode(self, batch: _Batch) -> _Batch:
         mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        device = self.multi.device
         with self.multi.route(self._route(batch.rows)):
             out = self.multi.model(
-                input_ids=batch.last[:, None],
-                attention_mask=mask,
-                position_ids=batch.positions[:, None],
+                input_ids=batch.last[:, None].to(device),
+                attention_mask=mask.to(device),
+                position_ids=batch.positions[:, None].to(device),
                 past_key_values=batch.cache,
                 use_cache=True,
             )
@@ -296,7 +404,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
         return _Batch(batch.rows, out.past_key_values, mask, batch.positions + 1, last)
 
     def _sample(self, rows: list[_Request], logits: torch.Tensor) -> torch.Tensor:
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()  # sampled on the host, seeded there
         chosen = []
         for i, r in enumerate(rows):
             token = _pick(logprobs[i], r.params, r.generator)
@@ -338,7 +446,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
         if len(keep) == len(batch.rows):
             return batch
         index = torch.tensor(keep, dtype=torch.long)
-        batch.cache.batch_select_indices(index)
+        batch.cache.batch_select_indices(index.to(self.multi.device))
         return _Batch(
             [batch.rows[i] for i in keep],
             batch.cache,
@@ -349,6 +457,13 @@ class TorchEngine(TokenizerPrompts, InFlight):
 
     async def aclose(self) -> None:
         await self._send.aclose()
+
+
+def _release_cached() -> None:
+    """After an out-of-memory error, hand the allocator's cached blocks back, so what failed to fit
+    leaves no fragmentation behind for the next request."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _pick(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:

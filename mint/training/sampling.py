@@ -1,4 +1,8 @@
-"""Sampling completions from many adapters at once: each batch row on its own slot, one KV cache."""
+"""Sampling completions from many adapters at once: each batch row on its own slot, one KV cache.
+
+The model and its KV cache live on the base's device; the token bookkeeping, the sampling generator
+and what these functions return stay on the host, so a seed draws the same tokens on any device.
+"""
 
 from __future__ import annotations
 
@@ -57,14 +61,14 @@ def sample(
     with multi.route(slots):
         for _ in range(max_new_tokens):
             out = multi.model(
-                input_ids=step_input,
-                attention_mask=mask,
-                position_ids=step_positions,
+                input_ids=step_input.to(multi.device),
+                attention_mask=mask.to(multi.device),
+                position_ids=step_positions.to(multi.device),
                 past_key_values=past,
                 use_cache=True,
             )
             past = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            logits = out.logits[:, -1, :].float().cpu()
             if temperature <= 0:
                 chosen = logits.argmax(-1)
             else:
@@ -103,8 +107,13 @@ def token_logprobs(
 def target_logprobs(
     multi: MultiLora, tokens: torch.Tensor, mask: torch.Tensor, slots: list[str | None], targets: torch.Tensor
 ) -> torch.Tensor:
-    """log p(targets_t | tokens_<=t) under each row's slot: [rows, length]."""
+    """log p(targets_t | tokens_<=t) under each row's slot: [rows, length], on the host (gradients
+    flow back to the device through the copy)."""
+    device = multi.device
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with multi.route(slots):
-        logits = multi.model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits.float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)
+        logits = multi.model(
+            input_ids=tokens.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+        ).logits.float()
+    chosen = torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device)[:, :, None]).squeeze(-1)
+    return chosen.to(tokens.device)
