@@ -101,9 +101,11 @@ async def test_a_stopped_engine_host_stops_being_routed_to_its_adapters_move_and
                 await answered(lambda: _lost(client, victim), every_s=0.5)
                 await answered(lambda: _holds(client, survivor, ref), every_s=0.5)
             lost_after_s = time.monotonic() - stopped
+            assert lost_after_s <= LOST_S + SLACK_S, f"re-placed {lost_after_s:.1f} s after the stop"
             assert not (unreported := await resident_without_a_report(client, cluster)), unreported
-            seen = await engines_seen(client)
-            assert not seen[victim]["resident"], f"a lost host keeps residency: {seen[victim]['resident']}"
+            # What it last reported stays recorded for the lost host (mint/catalog/fold.py engine_lost:
+            # a stopped host does still hold it); routers skip it, as the answers above show.
+            assert (await engines_seen(client))[victim]["liveness"] == "lost"
 
             # Continued, the stopped host finds itself declared lost and registers again; residency
             # follows only what it reports.
