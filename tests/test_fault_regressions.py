@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
+from actors.progress import Progress
 from actors.projector import CatalogProjector
 from events.catalog import PolicyRegistered, Promote, RegisterPolicy
 from events.kafka_log import KafkaLog, KafkaLogError
@@ -19,6 +22,7 @@ from events.log import Position
 from events.sqlite_log import SqliteLog
 from mint.catalog.decide import decide
 from mint.catalog.fold import CATALOG_FOLD
+from mint.commands.serve_roles import ApiReadiness, unready_while_rebuilding
 from mint.home import Home
 from mint.projection.store import ProjectionStore
 
@@ -103,3 +107,33 @@ async def test_a_subscription_past_the_end_of_a_kafka_topic_says_so(kafka_bootst
                     await beyond.next_batch(timeout=0.2)
         async with log.subscribe("g", start=end) as within:
             assert await within.next_batch(timeout=0.2) == []  # at the end exactly: nothing, no error
+
+
+async def until_true(check: Callable[[], bool], what: str) -> None:
+    with anyio.move_on_after(10):
+        # The task under test flips the flag: there is no event to wait on but its state.
+        while not check():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    assert check(), what
+
+
+async def test_an_api_replica_is_not_ready_while_its_catalog_is_rebuilt(tmp_path: Path) -> None:
+    """Its projector rebuilding from a log shorter than its checkpoint (the broker's storage lost), an
+    API replica answered /healthz 200 over a partly rebuilt catalog: it was ready once, for good."""
+    async with SqliteLog(tmp_path / "log.db", partitions=1) as log:
+        await log.append([registered("acme/a"), registered("acme/b")])
+        progress = Progress()
+        progress.update({0: 2})
+        readiness = ApiReadiness("api-1", progress, ready=True)
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(unready_while_rebuilding, log, readiness, stopping)
+            await anyio.lowlevel.checkpoint()  # let it note where the catalog stands
+            progress.update({})  # rebuilt from nothing
+            await until_true(lambda: not readiness.ready, "not ready once the catalog went back")
+            progress.update({0: 1})
+            assert not readiness.ready, "ready before it caught up again"
+            progress.update({0: 2})
+            await until_true(lambda: readiness.ready, "ready again once caught up")
+            stopping.set()
+            tg.cancel_scope.cancel()

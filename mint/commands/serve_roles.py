@@ -186,6 +186,7 @@ async def run_api_replica(
             tg.start_soon(_stop_on_signal, stopping, replica)
         await _caught_up(log, readiness.progress, stopping)
         readiness.ready = True
+        tg.start_soon(unready_while_rebuilding, log, readiness, stopping)
         await stopping.wait()
         readiness.draining = True
         left = await drain_api(api, grace_s)
@@ -193,6 +194,21 @@ async def run_api_replica(
             click.echo(f"{replica}: cancelled {left} requests still running after the grace", err=True)
         await http.stop()
         tg.cancel_scope.cancel()
+
+
+async def unready_while_rebuilding(log: EventLog, readiness: ApiReadiness, stopping: anyio.Event) -> None:
+    """Whenever the catalog goes back (its projector found its checkpoint beyond the log, the broker's
+    storage lost, and rebuilds it from the log as it is now), not ready until it has caught up again:
+    a partly rebuilt catalog is not served as if it were whole."""
+    seen = dict(readiness.progress.position)
+    while not stopping.is_set():
+        await readiness.progress.changed()
+        now = readiness.progress.position
+        if any(now.get(p, 0) < o for p, o in seen.items()):
+            readiness.ready = False
+            await _caught_up(log, readiness.progress, stopping)
+            readiness.ready = True
+        seen = dict(readiness.progress.position)
 
 
 async def _caught_up(log: EventLog, progress: Progress, stopping: anyio.Event) -> None:
