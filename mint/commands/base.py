@@ -1,4 +1,4 @@
-"""`mint base`: build the tiny base, import SmolLM2, describe any base directory."""
+"""`mint base`: build the tiny or a synthetic base, import SmolLM2, describe any base directory."""
 
 from __future__ import annotations
 
@@ -38,6 +38,30 @@ def create_tiny(directory: Path, seed: int) -> None:
 
     try:
         info = create_tiny_base(directory, seed)
+    except DestinationNotEmpty as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_summary(info)
+
+
+@create_group.command("synthetic")
+@directory_argument
+@click.option(
+    "--params",
+    type=click.Choice(["1b", "3b"]),
+    default="1b",
+    show_default=True,
+    help="The size: Llama-3.2-1B's or -3B's layer shapes.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the weights; same seed, same weights.")
+def create_synthetic(directory: Path, params: str, seed: int) -> None:
+    """A random-initialised LLaMA-architecture base of a real size with the tiny tokenizer, in DIRECTORY
+    (absent or empty): bfloat16 safetensors shards, for measuring on a GPU without a download."""
+    from mint.bases.synthetic import SIZES, create_synthetic_base
+
+    size = SIZES[params].num_parameters
+    click.echo(f"drawing {size:,} parameters ({2 * size / 1e9:.1f} GB) into {directory}", err=True)
+    try:
+        info = create_synthetic_base(directory, params, seed)
     except DestinationNotEmpty as exc:
         raise click.ClickException(str(exc)) from None
     _echo_summary(info)
