@@ -238,3 +238,48 @@ def test_vllm_on_a_cpu_keeps_its_workarounds() -> None:
     assert cpu["enforce_eager"] is True and cpu["enable_chunked_prefill"] is False
     assert cpu["gpu_memory_utilization"] == 0.2
     assert cpu["max_loras"] == 9  # the zero adapter for base requests takes one
+
+
+# -- the benchmarks' device measurements -----------------------------------------------------------
+
+
+def test_packed_tensors_reach_the_device_in_one_copy_equal_to_per_tensor(
+    base_dir: Path, tmp_path: Path
+) -> None:
+    from mint.adapters.packed import write_packed
+    from mint.adapters.synthetic import random_adapter
+    from mint.adapters.tensors import adapter_tensors, load_packed_tensors
+    from mint.bases.info import read_base_info
+    from mint.bench.serve_bench import _packed_to_device
+
+    adapter = random_adapter(read_base_info(base_dir), r=4, alpha=8.0, targets=tuple(LORA_TARGETS), seed=2)
+    write_packed(tmp_path / "packed", adapter)
+    moved = _packed_to_device(load_packed_tensors(tmp_path / "packed")[1], CPU)
+    expected = adapter_tensors(adapter)
+    assert moved.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(moved[name], tensor, rtol=0, atol=0)
+    storages = {t.untyped_storage().data_ptr() for t in moved.values()}
+    assert len(storages) == 1, "one copy of the buffer, every tensor a view of it"
+
+
+def test_decode_is_measured_against_the_bandwidth_bound(base_dir: Path) -> None:
+    from mint.bench.serve_bench import decode_bound
+
+    said: list[str] = []
+    out = decode_bound(base_dir, 8, said.append, CPU)
+    assert out["weight_bytes_per_token"] == sum(4 * n for n in _parameter_counts(base_dir))
+    assert out["decode_bound_tokens_per_s"] == pytest.approx(
+        out["copy_bandwidth_gb_per_s"] * 1e9 / out["weight_bytes_per_token"]
+    )
+    assert out["decode_fraction_of_bound"] > 0 and "tok/s" in said[0]
+
+
+def _parameter_counts(base_dir: Path) -> list[int]:
+    return [p.numel() for p in load_base(base_dir, CPU)[0].parameters()]
+
+
+def test_the_benchmarks_refuse_an_unknown_base() -> None:
+    result = CliRunner().invoke(cli, ["bench", "serve", "--base", "synthetic-7b", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "Invalid value for --base: 'synthetic-7b' is not one of tiny, synthetic-1b" in result.output

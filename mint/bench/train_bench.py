@@ -4,7 +4,10 @@ handoff: one RL step = train step + hand the new weights to the rollout engine +
   adapter-only: export the adapter (safetensors) -> the resident engine loads it into a slot -> rollouts
   merged:       merge LoRA into the weights -> save the full checkpoint -> the engine reloads it -> rollouts
 multi-policy: K GRPO policies trained together in shared batches vs one after another (same steps,
-  same batch per policy), each mode in its own process so peak RSS is measured cleanly.
+  same batch per policy), each mode in its own process so peak RSS (and on CUDA the peak of device
+  memory allocated) is measured cleanly.
+Everything runs on one placement (mint.device): `--device cuda` puts the trainer, the rollout engine
+and the reloaded merged base on the GPU.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mint.bases.load import load_base
+from mint.device import CPU, Placement
 from mint.lora.multi import MultiLora
 from mint.training.multi_policy import MultiPolicyTrainer, TrainConfig
 from mint.training.sampling import sample
@@ -32,8 +36,10 @@ from mint.training.tasks import parse_task, word_token
 Say = Callable[[str], None]
 
 
-def _trainer(base: Path, policies: list[str], steps: int, seed: int = 0) -> MultiPolicyTrainer:
-    model, tokenizer = load_base(base)
+def _trainer(
+    base: Path, policies: list[str], steps: int, placement: Placement, seed: int = 0
+) -> MultiPolicyTrainer:
+    model, tokenizer = load_base(base, placement)
     # q,v only: the common serving setup, and mergeable on bases whose lm_head is tied to the embeddings.
     config = TrainConfig(
         steps=steps,
@@ -86,17 +92,24 @@ def _ship_merged(state: dict[str, torch.Tensor], base: Path, destination: Path) 
     return (destination / "model.safetensors").stat().st_size
 
 
-def handoff(base: Path, steps: int, say: Say) -> dict[str, float]:
+def _synchronize(placement: Placement) -> None:
+    """Wait for the device's queued work, so a timer read after it counts that work."""
+    if placement.on_cuda:
+        torch.cuda.synchronize(placement.torch_device)
+
+
+def handoff(base: Path, steps: int, say: Say, placement: Placement = CPU) -> dict[str, float]:
     policy = "bench/p"
-    trainer = _trainer(base, [policy], steps)
+    trainer = _trainer(base, [policy], steps, placement)
     tokenizer = trainer.tokenizer
-    engine_model, _ = load_base(base)
+    engine_model, _ = load_base(base, placement)
     engine = MultiLora(engine_model, trainer.config.targets)  # the resident rollout engine
     adapter_s = merged_s = rollout_s = 0.0
     adapter_bytes = merged_bytes = 0
     with tempfile.TemporaryDirectory(prefix="mint-handoff-") as tmp:
         for step in range(1, steps + 1):
             trainer.step(step)
+            _synchronize(placement)
             # adapter-only: export the adapter, the resident engine loads it into its slot, rollouts
             began = time.perf_counter()
             path = Path(tmp) / f"adapter-{step}.safetensors"
@@ -107,15 +120,18 @@ def handoff(base: Path, steps: int, say: Say) -> dict[str, float]:
             engine.load(policy, load_file(str(path)), spec.rank, spec.alpha)
             loaded = time.perf_counter()
             _rollouts(engine, tokenizer, policy, step)
+            _synchronize(placement)
             rollout_s += time.perf_counter() - loaded
             adapter_s += time.perf_counter() - began
             adapter_bytes += path.stat().st_size
             # merged: fold LoRA into the weights, save them whole, the engine reloads them, rollouts
             began = time.perf_counter()
             merged_bytes += _ship_merged(_merged_state(trainer, policy), base, Path(tmp) / f"merged-{step}")
-            reloaded, _ = load_base(Path(tmp) / f"merged-{step}")
+            reloaded, _ = load_base(Path(tmp) / f"merged-{step}", placement)
             _rollouts(MultiLora(reloaded, ()), tokenizer, None, step)
+            _synchronize(placement)
             merged_s += time.perf_counter() - began
+            del reloaded  # the engine holds one base at a time
         ms = 1000 / steps
         say(f"  adapter-only {adapter_s * ms:.0f} ms/step, merged {merged_s * ms:.0f} ms/step")
         say(f"  (of which rollouts {rollout_s * ms:.0f} ms, the same work on both paths)")
@@ -139,9 +155,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _train_mode(base: Path, mode: str, policies: int, steps: int) -> dict[str, float]:
+def _train_mode(
+    base: Path, mode: str, policies: int, steps: int, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, float]:
+    placement = Placement(device, dtype)
     names = [f"bench/p{i}" for i in range(policies)]
-    trainer = _trainer(base, names, steps)  # one resident base either way
+    trainer = _trainer(base, names, steps, placement)  # one resident base either way
     began = time.perf_counter()
     if mode == "concurrent":
         for step in range(1, steps + 1):
@@ -150,37 +169,51 @@ def _train_mode(base: Path, mode: str, policies: int, steps: int) -> dict[str, f
         for name in names:
             for step in range(1, steps + 1):
                 trainer.step(step, only=[name])
-    return {
-        "seconds": time.perf_counter() - began,
-        "peak_rss_mb": _peak_rss_mb(),
-    }
+    _synchronize(placement)
+    seconds = time.perf_counter() - began
+    peak = {"peak_rss_mb": _peak_rss_mb()}
+    if placement.on_cuda:
+        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated(placement.torch_device) / 1e6
+    return {"seconds": seconds, **peak}
 
 
-def multi_policy(base: Path, policies: int, steps: int, say: Say) -> dict[str, float]:
+def multi_policy(
+    base: Path, policies: int, steps: int, say: Say, placement: Placement = CPU
+) -> dict[str, float]:
     results = {}
     for mode in ("sequential", "concurrent"):
         code = (
             "import json, sys; from pathlib import Path; from mint.bench.train_bench import _train_mode; "
-            f"print(json.dumps(_train_mode(Path({str(base)!r}), {mode!r}, {policies}, {steps})))"
+            f"print(json.dumps(_train_mode(Path({str(base)!r}), {mode!r}, {policies}, {steps},"
+            f" {placement.device!r}, {placement.dtype!r})))"
         )
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-        say(f"  {mode}: {results[mode]['seconds']:.1f}s, peak RSS {results[mode]['peak_rss_mb']:.0f} MB")
-    return {
+        printed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+        results[mode] = json.loads(printed.stdout.strip().splitlines()[-1])
+        gpu = f", peak GPU {results[mode]['peak_gpu_mb']:.0f} MB" if placement.on_cuda else ""
+        say(f"  {mode}: {results[mode]['seconds']:.1f}s, peak RSS {results[mode]['peak_rss_mb']:.0f} MB{gpu}")
+    sequential, concurrent = results["sequential"], results["concurrent"]
+    out = {
         "policies": float(policies),
-        "sequential_s": results["sequential"]["seconds"],
-        "concurrent_s": results["concurrent"]["seconds"],
-        "multi_policy_speedup": results["sequential"]["seconds"] / results["concurrent"]["seconds"],
-        "peak_rss_ratio": results["concurrent"]["peak_rss_mb"] / results["sequential"]["peak_rss_mb"],
+        "sequential_s": sequential["seconds"],
+        "concurrent_s": concurrent["seconds"],
+        "multi_policy_speedup": sequential["seconds"] / concurrent["seconds"],
+        "peak_rss_ratio": concurrent["peak_rss_mb"] / sequential["peak_rss_mb"],
     }
+    if placement.on_cuda:
+        out["peak_gpu_mem_ratio"] = concurrent["peak_gpu_mb"] / sequential["peak_gpu_mb"]
+    return out
 
 
-def bench_train(bases: dict[str, Path], steps: int, policies: int, say: Say) -> dict[str, float]:
+def bench_train(
+    bases: dict[str, Path], steps: int, policies: int, say: Say, placement: Placement, multi_on: str = "tiny"
+) -> dict[str, float]:
+    """Handoff on every base of `bases`, the multi-policy comparison on `bases[multi_on]`."""
     out: dict[str, float] = {}
+    say(f"on {placement.describe()}")
     for label, base in bases.items():
         say(f"handoff on {label}")
-        for key, value in handoff(base, steps, say).items():
+        for key, value in handoff(base, steps, say, placement).items():
             out[f"{label}_{key}"] = value
-    say(f"multi-policy GRPO, K={policies}, on tiny")
-    out.update(multi_policy(bases["tiny"], policies, steps * 4, say))
+    say(f"multi-policy GRPO, K={policies}, on {multi_on}")
+    out.update(multi_policy(bases[multi_on], policies, steps * 4, say, placement))
     return out

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from mint.commands.common import run
+from mint.commands.placement import placement_options
 
 
 def _report(name: str, results: Results, as_json: bool) -> None:
@@ -221,17 +222,36 @@ def soak(minutes: float, rate_per_s: float, faults: bool, seed: int, plot: Path)
     type=click.Path(path_type=Path),
     help="Where the SmolLM2 base is (or goes).",
 )
-def train(steps: int, policies: int, smollm2_dir: Path | None) -> Results:
+@click.option(
+    "--base",
+    "base_spec",
+    default=None,
+    help="tiny, synthetic-1b, synthetic-3b or a base directory: both measurements on it alone"
+    " (default: handoffs on tiny and SmolLM2-135M, multi-policy on tiny).",
+)
+@placement_options
+def train(steps: int, policies: int, smollm2_dir: Path | None, base_spec: str | None) -> Results:
     """Adapter-only vs merged handoff per RL step (tiny and SmolLM2-135M); K policies together vs in turn."""
     import tempfile
 
+    from mint.bases.info import BaseError
     from mint.bases.smollm2 import SmolLM2Unavailable, import_smollm2
     from mint.bases.tiny import create_tiny_base
+    from mint.bench.bench_bases import bench_base
     from mint.bench.train_bench import bench_train
+    from mint.device import configured_placement
     from mint.home import Home
 
     home = Home.resolve()
+    placement = configured_placement()
     with tempfile.TemporaryDirectory(prefix="mint-bench-") as tmp:
+        if base_spec is not None:
+            try:
+                base = bench_base(base_spec, Path(tmp), _say)
+            except BaseError as exc:
+                raise click.BadParameter(str(exc).removeprefix("--base: "), param_hint="--base") from None
+            label = base_spec if base_spec in ("tiny", "synthetic-1b", "synthetic-3b") else base.name
+            return bench_train({label: base}, steps, policies, _say, placement, multi_on=label)
         bases = {"tiny": Path(tmp) / "tiny"}
         create_tiny_base(bases["tiny"], seed=0)
         try:
@@ -240,36 +260,43 @@ def train(steps: int, policies: int, smollm2_dir: Path | None) -> Results:
         except SmolLM2Unavailable as exc:
             del bases["smollm2"]
             _say(f"SmolLM2 skipped: {exc}")
-        return bench_train(bases, steps, policies, _say)
+        return bench_train(bases, steps, policies, _say, placement)
 
 
 @benchmark("serve")
 @click.option(
     "--base",
-    "base_dir",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="A base directory (default: a fresh tiny base).",
+    "base_spec",
+    default="tiny",
+    show_default=True,
+    help="tiny, synthetic-1b, synthetic-3b or a base directory.",
 )
 @click.option("--requests", default=64, show_default=True)
 @click.option("--tokens", default=16, show_default=True)
-def serve(base_dir: Path | None, requests: int, tokens: int) -> Results:
-    """Mixed-adapter batching vs adapter swapping (8 and 64 adapters); packed vs per-tensor loads."""
+@placement_options
+def serve(base_spec: str, requests: int, tokens: int) -> Results:
+    """Mixed-adapter batching vs adapter swapping (8 and 64 adapters); packed vs per-tensor loads into
+    device memory; decode tokens/s against the memory-bandwidth bound."""
     import tempfile
 
-    from mint.bases.tiny import create_tiny_base
+    from mint.bases.info import BaseError
+    from mint.bench.bench_bases import bench_base
     from mint.bench.serve_bench import bench_serve
+    from mint.device import configured_placement
     from mint.home import Home
 
     smollm2 = Home.resolve().base(
         "smollm2-135m"
     )  # bigger adapters show the layouts apart; `mint bench train` imports it
     with tempfile.TemporaryDirectory(prefix="mint-bench-") as tmp:
-        base = base_dir or Path(tmp) / "tiny"
-        if base_dir is None:
-            create_tiny_base(base, seed=0)
-        packed_base = smollm2 if (smollm2 / "config.json").is_file() else base
-        return bench_serve(base, packed_base, _say, requests, tokens)
+        try:
+            base = bench_base(base_spec, Path(tmp), _say)
+        except BaseError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--base: "), param_hint="--base") from None
+        # A synthetic base's adapters are already large; on tiny, SmolLM2's (if imported) show the layouts.
+        small = base_spec == "tiny" and (smollm2 / "config.json").is_file()
+        packed_base = smollm2 if small else base
+        return bench_serve(base, packed_base, _say, configured_placement(), requests, tokens)
 
 
 @benchmark("tinker")
