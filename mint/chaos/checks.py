@@ -45,6 +45,15 @@ class Report(msgspec.Struct, kw_only=True):
     def ok(self) -> bool:
         return not any(self.violations.values())
 
+    def broken(self, most: int = 20) -> str:
+        """The checks that failed, each with (up to `most` of) its violations, one a line."""
+        lines = []
+        for name, wrong in self.violations.items():
+            if wrong:
+                lines.append(f"{name}: {len(wrong)} violations")
+                lines.extend(f"  {line}" for line in wrong[:most])
+        return "\n".join(lines)
+
 
 # -- reading the log -----------------------------------------------------------------------------
 

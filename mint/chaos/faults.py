@@ -106,3 +106,43 @@ async def _inject_one(cluster: ClusterDir, plan: FaultPlan, kind: str, target: P
             await anyio.sleep(plan.stop_s)
             await anyio.to_thread.run_sync(launcher.kill, cluster.root, target.name, signal.SIGCONT)
     return FaultInjected(kind, target.name, url, at, time.time())
+
+
+async def storm(
+    cluster: ClusterDir,
+    seed: int,
+    roles: Sequence[str],
+    every_s: float,
+    until: anyio.Event | float,
+    ledger: Ledger | None = None,
+) -> list[FaultInjected]:
+    """A rebalance storm: every `every_s` seconds (jittered) a replica of one of `roles` (in a seeded
+    turn) joins (`mint cluster add`), and the oldest of that role leaves (`mint cluster remove`, it
+    drains on SIGTERM), so each consumer group rebalances twice. Each leave is recorded like a fault
+    (kind `leave`), so the checks excuse a request to an API replica that was leaving."""
+    stop, seconds = stop_event(until)
+    rng = random.Random(seed)
+    done: list[FaultInjected] = []
+    turn = 0
+    async with anyio.create_task_group() as tg:
+        if seconds is not None:
+            tg.start_soon(set_after, stop, seconds)
+        while True:
+            with anyio.move_on_after(every_s * rng.uniform(0.5, 1.5)):
+                await stop.wait()
+            if stop.is_set():
+                break
+            role = roles[turn % len(roles)]
+            turn += 1
+            with anyio.CancelScope(shield=True):  # a join or leave under way is finished
+                await anyio.to_thread.run_sync(launcher.add, cluster.root, role, RESTART_TIMEOUT_S)
+                (oldest, *_) = [p for p in cluster.read().processes if p.role == role]
+                url = f"http://{HOST}:{oldest.port}" if role == "api" else ""
+                at = time.time()
+                await anyio.to_thread.run_sync(launcher.remove, cluster.root, oldest.name)
+                left = FaultInjected("leave", oldest.name, url, at, time.time())
+            done.append(left)
+            if ledger is not None:
+                ledger.write(left)
+        tg.cancel_scope.cancel()
+    return done

@@ -39,8 +39,11 @@ MIX: Mapping[str, float] = {
     "completion": 0.2,
     "chat": 0.2,
     "train": 0.05,
+    "tinker": 0.05,
 }
 _NEEDS: Mapping[str, str] = {"completion": "engine-host", "chat": "engine-host", "train": "trainer"}
+TINKER = "/api/v1"
+FUTURE_POLLS = 20  # a Tinker future still running after this many long polls is a hang
 TENANT = "chaos"
 SERVED = 3  # policies published (served) before the load starts: promotions and inference use them
 CLIENT_TIMEOUT_S = 30.0  # an answer later than this is a hang
@@ -224,25 +227,86 @@ class Workload:
         )
         return _ndjson("train", "/v1/commands", [command])
 
+    def _tinker(self) -> _Request:
+        """A Tinker client's training: a session, a LoRA model, one forward_backward and one optim_step
+        (each a future retrieved), all on one API replica (the model lives in its process)."""
+        return _Request("tinker", "POST", TINKER + "/create_model", None)
+
     def _base_id(self) -> str:
         return self._table().base.split(":", 1)[0]
 
     # -- sending ---------------------------------------------------------------------------------
 
     async def _send(self, http: httpx.AsyncClient, request: _Request) -> None:
+        if request.kind == "tinker":
+            await self._tinker_steps(http)
+            return
         for _ in range(MAX_TRIES):
             urls = self._table().api
             if not urls:
                 return
             url = urls[self._next_replica % len(urls)]
             self._next_replica += 1
-            retry_s = await self._try(http, url, request)
+            retry_s, _ = await self._attempt(http, url, request)
             if retry_s is None:
                 return
             await anyio.sleep(retry_s)
 
-    async def _try(self, http: httpx.AsyncClient, url: str, request: _Request) -> float | None:
-        """One attempt: recorded; the seconds to wait before the next try, or None when done."""
+    async def _tinker_steps(self, http: httpx.AsyncClient) -> None:
+        urls = self._table().api
+        if not urls:
+            return
+        url = urls[self._next_replica % len(urls)]
+        self._next_replica += 1
+        session = await self._tinker_call(http, url, "/create_session", {})
+        if session is None:
+            return
+        body = {"session_id": session["session_id"], "base_model": self._base_id()}
+        model = await self._tinker_call(http, url, "/create_model", body, future=True)
+        if model is None:
+            return
+        model_id = str(model["model_id"])
+        self.ledger.write(TrainingStarted(model_id, model_id))
+        datum = {
+            "model_input": {"chunks": [{"type": "encoded_text", "tokens": [5, 6, 7]}]},
+            "loss_fn_inputs": {"target_tokens": {"data": [6, 7, 8], "dtype": "int64"}},
+        }
+        batch = {"data": [datum], "loss_fn": "cross_entropy"}
+        step = {"model_id": model_id, "seq_id": 1, "forward_backward_input": batch}
+        if await self._tinker_call(http, url, "/forward_backward", step, future=True) is None:
+            return
+        optim = {"model_id": model_id, "seq_id": 2, "adam_params": {}}
+        await self._tinker_call(http, url, "/optim_step", optim, future=True)
+
+    async def _tinker_call(
+        self, http: httpx.AsyncClient, url: str, path: str, body: dict[str, object], *, future: bool = False
+    ) -> dict[str, Any] | None:
+        """One Tinker call on `url` (again after a 429/503), then its future retrieved when it is one;
+        the result, or None when the client gives up (each answer is in the ledger)."""
+        request = _Request("tinker", "POST", TINKER + path, body)
+        answer = await self._answered(http, url, request)
+        if answer is None or not future:
+            return answer
+        poll = _Request("tinker", "POST", TINKER + "/retrieve_future", answer)
+        for _ in range(FUTURE_POLLS):
+            result = await self._answered(http, url, poll)
+            if result is None or result.get("type") != "try_again":
+                return result
+        return None
+
+    async def _answered(self, http: httpx.AsyncClient, url: str, request: _Request) -> dict[str, Any] | None:
+        for _ in range(MAX_TRIES):
+            retry_s, answer = await self._attempt(http, url, request)
+            if retry_s is None:
+                return answer
+            await anyio.sleep(retry_s)
+        return None
+
+    async def _attempt(
+        self, http: httpx.AsyncClient, url: str, request: _Request
+    ) -> tuple[float | None, dict[str, Any] | None]:
+        """One attempt, recorded: the seconds to wait before the next try (None when done), and the
+        answer's JSON object when it succeeded with one."""
         route = request.name
         sent_at, started = time.time(), anyio.current_time()
         kwargs: dict[str, object] = (
@@ -250,22 +314,30 @@ class Workload:
             if isinstance(request.body, bytes)
             else {"json": request.body}
         )
+        if request.path.startswith(TINKER):
+            kwargs["headers"] = {"X-API-Key": self._token}
         try:
             answer = await http.request(request.method, url + request.path, **kwargs)  # type: ignore[arg-type]
         except httpx.TimeoutException as exc:
             self._answer(route, 0, None, started, sent_at, "timeout", f"{url}: {exc!r}")
-            return 0.0
+            return None if request.kind == "tinker" else 0.0, None
         except httpx.TransportError as exc:
             self._answer(route, 0, None, started, sent_at, "transport", f"{url}: {exc!r}")
-            return 0.5
+            # A Tinker model lives in the process that does not answer: its client gives up.
+            return None if request.kind == "tinker" else 0.5, None
         retry_after = answer.headers.get("retry-after")
         detail = url if answer.is_success else f"{url}: {answer.text[:200]}"
         self._answer(route, answer.status_code, retry_after, started, sent_at, None, detail)
         if answer.status_code in (429, 503) and retry_after:
-            return min(float(retry_after), MAX_BACKOFF_S)
-        if answer.is_success:
-            self._acknowledge(route, request, answer)
-        return None
+            return min(float(retry_after), MAX_BACKOFF_S), None
+        if not answer.is_success:
+            return None, None
+        self._acknowledge(route, request, answer)
+        try:
+            decoded = answer.json()
+        except ValueError:
+            return None, None
+        return None, decoded if isinstance(decoded, dict) else None
 
     def _answer(
         self,

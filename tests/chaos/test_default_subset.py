@@ -58,5 +58,5 @@ async def test_a_mixed_workload_under_kill_9s_of_different_actors_keeps_every_in
         assert len(killed) >= 2, f"the plan killed too few actor types: {plan.injected}"
         assert sum(workload.counts.values()) >= LOAD_S * RATE_PER_S * 0.8, workload.counts
         report = await check_cluster(cluster, ledger_path)
-        assert report.ok, (report.violations, report.counts)
+        assert report.ok, f"{report.broken()}\n{report.counts}"
         assert report.counts["faults"] == len(plan.injected) and report.counts["acknowledged"] > 0

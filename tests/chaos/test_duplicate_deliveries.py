@@ -53,5 +53,5 @@ async def test_every_record_delivered_twice_counts_once(tmp_path: Path) -> None:
         assert all(copies[r.id] == 2 for r in over_kafka), {r.id: copies[r.id] for r in over_kafka}
         assert all(copies[r.id] >= 1 for r in over_http)
         report = await check_cluster(ClusterDir(cluster.root), ledger_path)
-        assert report.ok, (report.violations, report.counts)
+        assert report.ok, f"{report.broken()}\n{report.counts}"
         assert report.counts["commands"] == len(over_http) + len(over_kafka)
