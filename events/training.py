@@ -82,7 +82,8 @@ class StepCompleted(Fact, kw_only=True, frozen=True):
 
 
 class RevisionExported(Fact, kw_only=True, frozen=True):
-    """An immutable adapter revision: safetensors in PEFT layout at `uri`, content-addressed."""
+    """An immutable adapter revision: safetensors in PEFT layout at `uri`, content-addressed; `uri`
+    is a key under its policy's name (`.../<tenant>/<name>/...`)."""
 
     KEY_FIELD: ClassVar[str] = "policy"
     policy: PolicyName
@@ -99,6 +100,14 @@ class RevisionExported(Fact, kw_only=True, frozen=True):
 
     def fence(self) -> str:
         return lease_scope(self.run) if self.run is not None else super().fence()
+
+    def foreign_uri(self) -> str | None:
+        """Why `uri` is no artifact of this revision's policy, if it is not: a revision pointing at
+        another policy's object would serve that tenant's weights under this tenant's name. The
+        catalog dead-letters such a fact; the ingest door refuses it."""
+        if f"/{self.policy}/" in f"/{self.uri}":
+            return None
+        return f"{self.uri!r} is not an artifact of {self.policy!r}"
 
 
 class TrainingFinished(Fact, kw_only=True, frozen=True):

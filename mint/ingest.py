@@ -21,6 +21,7 @@ from events.codec import RecordError
 from events.envelope import Command, Record
 from events.names import tenant_of
 from events.schema import BY_NAME, producer_may_write, refusal_for_producer
+from events.training import RevisionExported
 from mint.auth.tokens import Principal
 
 Kind = Literal["command", "fact"]
@@ -110,15 +111,19 @@ def _refusal(record: Record, kind: Kind, principal: Principal) -> tuple[str, str
             "type",
             f"{type(record).__name__} is a {'command' if is_command else 'fact'}: send it to {route}",
         )
-    if principal.operator:
-        return None
-    if record.SYSTEM:
-        return "type", f"{type(record).__name__} is an infrastructure record: only the operator appends it"
-    if record.tenant != principal.tenant:
-        return "tenant", f"{record.tenant!r} is not this token's tenant {principal.tenant!r}"
-    if tenant_of(record.key) != principal.tenant:
-        return "key", f"{record.key!r} belongs to another tenant than {principal.tenant!r}"
-    return None
+    if not principal.operator:
+        if record.SYSTEM:
+            return (
+                "type",
+                f"{type(record).__name__} is an infrastructure record: only the operator appends it",
+            )
+        if record.tenant != principal.tenant:
+            return "tenant", f"{record.tenant!r} is not this token's tenant {principal.tenant!r}"
+        if tenant_of(record.key) != principal.tenant:
+            return "key", f"{record.key!r} belongs to another tenant than {principal.tenant!r}"
+    # What the catalog would dead-letter whatever its state is refused here, not answered 200.
+    foreign = record.foreign_uri() if isinstance(record, RevisionExported) else None
+    return None if foreign is None else ("uri", foreign)
 
 
 def validate_batch(body: bytes, kind: Kind, principal: Principal, limits: IngestLimits) -> list[Record]:

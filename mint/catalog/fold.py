@@ -122,10 +122,9 @@ def policy_retired(fact: PolicyRetired, rows: Rows) -> None:
 def revision_exported(fact: RevisionExported, rows: Rows) -> None:
     # Only the revision row: a trainer's export may land before or after the catalog actor's
     # PolicyRegistered in the key's order, so nothing derived from both may live in one row.
-    if f"/{fact.policy}/" not in f"/{fact.uri}":
-        # Artifacts live under their policy's name; a revision pointing at another policy's object
-        # would serve that tenant's weights under this tenant's name.
-        raise Poison(f"uri: {fact.uri!r} is not an artifact of {fact.policy!r}")
+    foreign = fact.foreign_uri()
+    if foreign is not None:
+        raise Poison(f"uri: {foreign}")
     if rows.get(REVISIONS, fact.policy, fact.revision) is not None:
         return  # revisions are immutable: a re-export under the same id changes nothing
     rows.put(

@@ -1,0 +1,366 @@
+"""Hypothesis strategies for fuzzing MinT's HTTP routes: records drawn from the published schema (what
+`mint events schema` prints, events/schema.py) and then broken one way each, and the settings every
+fuzz test runs under.
+
+A `Malformed` body says what is wrong with it and which field a refusal must name: the tests check the
+server's answer against it. `None` as the field means the fault is in no field (the bytes are not
+JSON), so the refusal names the body or the record as a whole.
+
+Settings: by default a fixed, derandomized run of a bounded number of examples per property (the CI
+run); HYPOTHESIS_PROFILE=fuzz draws many more, from a fresh seed each run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+
+from events.envelope import Command
+from events.names import POLICY_PATTERN
+from events.schema import BY_NAME, PRODUCER_TYPES, json_schema
+
+Json = Any
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+
+FUZZ_PROFILE = "fuzz"
+# How many more examples a property draws under HYPOTHESIS_PROFILE=fuzz than in the CI run.
+FUZZ_FACTOR = 40
+
+
+def fuzz_settings(examples: int) -> settings:
+    """The settings of one fuzz property: `examples` derandomized examples, or FUZZ_FACTOR times as
+    many from a fresh seed under HYPOTHESIS_PROFILE=fuzz. No deadline: the server's answer time on
+    a loaded machine is not what is tested. The app and its log live for the whole test, across
+    examples (that the server stays up through them is one of the properties), so a function-scoped
+    fixture is shared on purpose; a record is large by design."""
+    fuzzing = os.environ.get("HYPOTHESIS_PROFILE") == FUZZ_PROFILE
+    return settings(
+        max_examples=examples * FUZZ_FACTOR if fuzzing else examples,
+        derandomize=not fuzzing,
+        database=None,
+        deadline=None,
+        # A failing example is reported as drawn: shrinking one that makes dozens of requests
+        # through a running system takes longer than reading it.
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
+    )
+
+
+# -- schema -> strategy ------------------------------------------------------------------------------
+
+SCHEMA = json_schema()
+DEFS: dict[str, Json] = SCHEMA["$defs"]
+TENANT = "acme"
+OTHER_TENANT = "globex"
+_POLICY_NAME = POLICY_PATTERN.split("/", 1)[1].rstrip("$")  # the part after `tenant/`
+# The types an acme producer may send (not the operator's infrastructure records).
+TENANT_TYPES = tuple(sorted(name for name in PRODUCER_TYPES if not BY_NAME[name].SYSTEM))
+ENVELOPE = ("type", "id", "key", "tenant", "v")  # set by `valid_record`, not drawn
+
+
+def _hints(type_name: str) -> dict[str, Any]:
+    return typing.get_type_hints(BY_NAME[type_name])
+
+
+def _is_datetime(hint: Any) -> bool:
+    # msgspec publishes a datetime as a plain string; the record decodes only RFC 3339 in it.
+    return hint is datetime.datetime or any(_is_datetime(a) for a in typing.get_args(hint))
+
+
+def from_schema(schema: Json, tenant: str) -> st.SearchStrategy[Json]:
+    """JSON values valid under one JSON Schema node of the published schema. Policy names belong to
+    `tenant` (the schema says `tenant/name`; the tenancy rule that they share the record's tenant is
+    not in it). Arrays hold unique items (a run's policies must be distinct)."""
+    if "$ref" in schema:
+        return st.deferred(lambda: from_schema(DEFS[schema["$ref"].rsplit("/", 1)[1]], tenant))
+    if "anyOf" in schema:
+        return st.one_of([from_schema(option, tenant) for option in schema["anyOf"]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "null":
+        return st.none()
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "integer":
+        return st.integers(schema.get("minimum"), schema.get("maximum"))
+    if kind == "number":
+        low, high = schema.get("minimum"), schema.get("maximum")
+        return st.floats(low, high, allow_nan=False, allow_infinity=False)
+    if kind == "string":
+        pattern = schema.get("pattern")
+        if pattern == POLICY_PATTERN:
+            return st.from_regex(f"^{_POLICY_NAME}$", fullmatch=True).map(lambda name: f"{tenant}/{name}")
+        if pattern:
+            return st.from_regex(pattern, fullmatch=True)
+        return st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 40), 40))
+    if kind == "array":
+        items = from_schema(schema.get("items", {"type": "integer"}), tenant)
+        return st.lists(items, min_size=schema.get("minItems", 0), max_size=3, unique_by=repr)
+    if kind == "object":
+        if "properties" in schema:
+            return _object(schema, tenant)
+        values = schema.get("additionalProperties")
+        leaf = from_schema(values, tenant) if isinstance(values, dict) else st.integers(0, 9)
+        return st.dictionaries(st.text(max_size=8), leaf, max_size=3)
+    raise AssertionError(f"no strategy for schema node {schema}")
+
+
+def _object(schema: Json, tenant: str) -> st.SearchStrategy[dict[str, Json]]:
+    """The required properties always, each optional one or not."""
+    properties: dict[str, Json] = schema["properties"]
+    required = set(schema.get("required", ()))
+    return st.fixed_dictionaries(
+        {name: from_schema(properties[name], tenant) for name in properties if name in required},
+        optional={name: from_schema(properties[name], tenant) for name in properties if name not in required},
+    )
+
+
+@st.composite
+def valid_record(draw: Draw, type_name: str | None = None, tenant: str = TENANT) -> dict[str, Json]:
+    """The fields of a record a producer of `tenant` may send, drawn from its published schema: the
+    envelope filled as `Record.create` fills it (key from the key field, tenant from the key); its
+    id is left to the test, which makes every id fresh."""
+    name = type_name or draw(st.sampled_from(TENANT_TYPES))
+    definition = DEFS[name]
+    hints = _hints(name)
+    fields: dict[str, Json] = {"type": name}
+    for field, schema in definition["properties"].items():
+        if field in ENVELOPE or (field not in definition["required"] and not draw(st.booleans())):
+            continue
+        if _is_datetime(hints[field]):
+            moment = draw(st.datetimes(timezones=st.just(datetime.UTC)))
+            fields[field] = moment.isoformat()
+        else:
+            fields[field] = draw(from_schema(schema, tenant))
+    # Rules the schema states in words only (events/training.py checks them): a run trains a policy;
+    # an export's uri is under its policy's name.
+    if fields.get("policies") == []:
+        fields["policies"] = [draw(from_schema(definition["properties"]["policies"]["items"], tenant))]
+    if name == "RevisionExported":
+        fields["uri"] = f"adapters/{fields['policy']}/{fields['revision']}/{fields['uri']}"
+    fields["key"] = fields[BY_NAME[name].KEY_FIELD]
+    fields["tenant"] = tenant
+    return fields
+
+
+# -- breaking a record -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """One record's bytes, broken as `how` says; a refusal must name `field` (None: the bytes are not
+    JSON, so no field can be named) or one of `also` (a fault two checks may catch first)."""
+
+    raw: bytes
+    field: str | None
+    how: str
+    also: tuple[str, ...] = ()
+
+    def named(self, field: str | None) -> bool:
+        return field == self.field or field in self.also
+
+
+def _wrong_type(schema: Json) -> list[Json]:
+    """JSON values of another type than `schema` accepts."""
+    if "$ref" in schema or schema.get("type") == "object":
+        return [7, "x", [1]]
+    if "anyOf" in schema:
+        kinds = {option.get("type") for option in schema["anyOf"]}
+        return [[1]] if "string" in kinds else ["x", [1]]
+    if "enum" in schema:
+        return [7, "not-one-of-them"]
+    return {
+        "string": [7, True, [], {}],
+        "integer": ["7", 1.5, [], None],
+        "number": ["1.0", True, {}],
+        "boolean": [1, "true"],
+        "array": [{}, "x", 3],
+    }.get(schema.get("type"), [object()])
+
+
+def _out_of_range(schema: Json) -> list[Json]:
+    """Values of the right JSON type outside the schema's bounds, pattern or length."""
+    values: list[Json] = []
+    if "minimum" in schema:
+        values.append(schema["minimum"] - 1)
+    if "maximum" in schema:
+        values.append(schema["maximum"] + 1)
+    if "pattern" in schema:
+        values += ["", "-starts-with-a-dash", "UPPER/Case Name", "x" * 300, "a/b\nc"]
+    if "maxLength" in schema:
+        values.append("i" * (schema["maxLength"] + 1))
+    if schema.get("minLength", 0) > 0:
+        values.append("")
+    return values
+
+
+PLACEHOLDER = "\u2603-placeholder"  # where a test puts bytes no encoder would write
+_PLACED = b'"' + PLACEHOLDER.encode() + b'"'
+
+
+def _encode(fields: Mapping[str, Json]) -> bytes:
+    return msgspec.json.encode(fields)
+
+
+WAYS = (
+    "drop-required",
+    "wrong-type",
+    "out-of-range",
+    "unknown-field",
+    "other-tenant",
+    "crossing-tenant",
+    "bad-id",
+    "deep-nesting",
+    "too-deep",
+    "not-json",
+    "invalid-utf8",
+    "unknown-type",
+    "decider-fact",
+    "wrong-route",
+    "foreign-uri",
+)
+
+
+@st.composite
+def malformed_record(draw: Draw, fields: dict[str, Json], way: str | None = None) -> Malformed:
+    """`fields` (a valid record, its id set) broken in `way` (one of WAYS but wrong-route, which
+    `bad_record` makes), or in one drawn way."""
+    name = fields["type"]
+    definition = DEFS[name]
+    properties: dict[str, Json] = definition["properties"]
+    drawn = [f for f in fields if f != "type"]
+    way = way or draw(st.sampled_from(WAYS))
+    if way == "drop-required":
+        field = draw(st.sampled_from(definition["required"]))
+        broken = {k: v for k, v in fields.items() if k != field}
+        # Without its key field the record's key check fails on the field it reads first.
+        return Malformed(_encode(broken), field, way)
+    if way == "wrong-type":
+        field = draw(st.sampled_from(drawn))
+        value = draw(st.sampled_from(_wrong_type(properties[field]) if field not in ("at",) else [7, "noon"]))
+        return Malformed(_encode({**fields, field: value}), field, way, _key_side(name, field))
+    if way == "out-of-range":
+        bounded = [f for f in drawn if _out_of_range(properties[f])]
+        field = draw(st.sampled_from(bounded))
+        value = draw(st.sampled_from(_out_of_range(properties[field])))
+        return Malformed(_encode({**fields, field: value}), field, way, _key_side(name, field))
+    if way == "unknown-field":
+        extra = draw(st.from_regex(r"^zz_[a-z]{1,8}$", fullmatch=True))
+        return Malformed(_encode({**fields, extra: draw(st.integers())}), extra, way)
+    if way == "other-tenant":
+        # Consistent in itself, but another tenant's: decodes, and the door refuses it.
+        other = {k: _retenant(v) for k, v in fields.items()}
+        return Malformed(_encode(other), "tenant", way)
+    if way == "crossing-tenant":
+        # The envelope says acme, one policy-shaped field names globex's: the record does not decode.
+        return Malformed(_encode({**fields, "tenant": OTHER_TENANT}), "key", way, ("tenant",))
+    if way == "bad-id":
+        value = draw(st.sampled_from(["", "i" * 201, 7, None, ["id"]]))
+        return Malformed(_encode({**fields, "id": value}), "id", way)
+    if way == "deep-nesting":
+        field = draw(st.sampled_from([f for f in drawn if f not in ("key",)]))
+        depth = draw(st.integers(2, 60))
+        nested: Json = "x"
+        for _ in range(depth):
+            nested = [nested]
+        return Malformed(_encode({**fields, field: nested}), field, way, _key_side(name, field))
+    if way == "too-deep":
+        # Past any decoder's stack. A typed field sees the wrong type at its first bracket and is
+        # named; one that takes any JSON (a run's config) is past reading: the record as a whole.
+        field = draw(st.sampled_from(drawn))
+        depth = draw(st.integers(1_000, 20_000))  # msgspec gives up near 1,000 levels
+        raw = _encode({**fields, field: PLACEHOLDER}).replace(_PLACED, b"[" * depth + b"]" * depth)
+        return Malformed(raw, field, way, (None, *_key_side(name, field)))
+    if way == "not-json":
+        # Cut short: a decoder may first find a value of the wrong type before the cut.
+        raw = _encode(fields)
+        cut = draw(st.integers(1, len(raw) - 1))
+        # No closing brace among them: the record's own object is left open, so never JSON.
+        junk = draw(st.sampled_from([b"", b"{", b"\x00", b",", b"NaN", b"]"]))
+        return Malformed(raw[:cut] + junk, None, way, tuple(fields))
+    if way == "invalid-utf8":
+        field = draw(st.sampled_from([f for f in drawn if isinstance(fields[f], str)]))
+        raw = _encode({**fields, field: PLACEHOLDER}).replace(_PLACED, b'"\xff\xfe\xc3"')
+        return Malformed(raw, None, way, (field, *_key_side(name, field)))
+    if way == "unknown-type":
+        return Malformed(_encode({**fields, "type": "NoSuchRecord"}), "type", way)
+    # A fact only a decider writes, well formed, from a producer.
+    forged = (
+        {**fields, "type": "PolicyRegistered"} if "policy" in fields else {**fields, "type": "EngineLost"}
+    )
+    return Malformed(_encode(forged), "type", way)
+
+
+def _retenant(value: Json) -> Json:
+    if isinstance(value, str):
+        return (
+            OTHER_TENANT + value[len(TENANT) :]
+            if value.startswith(f"{TENANT}/") or value == TENANT
+            else value
+        )
+    if isinstance(value, list):
+        return [_retenant(v) for v in value]
+    return value
+
+
+def _key_side(type_name: str, field: str) -> tuple[str, ...]:
+    """A record's key field is checked twice (its own schema, then the key's equality with it); a
+    bad value may be caught by either."""
+    return ("key",) if field == BY_NAME[type_name].KEY_FIELD else ()
+
+
+Kind = typing.Literal["command", "fact"]
+ROUTES: dict[str, str] = {"command": "/v1/commands", "fact": "/v1/events"}
+
+
+FOREIGN_URI = f"adapters/{OTHER_TENANT}/theirs/r1/adapter_model.safetensors"
+
+
+def kind_for(way: str) -> tuple[str, ...]:
+    """The routes a record broken in `way` is sent to: an export with a foreign uri is a fact."""
+    return ("fact",) if way == "foreign-uri" else ("command", "fact")
+
+
+def types_of(kind: str) -> list[str]:
+    return [name for name in TENANT_TYPES if issubclass(BY_NAME[name], Command) == (kind == "command")]
+
+
+@st.composite
+def bad_record(draw: Draw, kind: str, ident: str, way: str) -> Malformed:
+    """A record refused on the route of `kind`, broken in `way`: one of that kind broken, or, for
+    wrong-route, a good one of the other kind (whose route it is not)."""
+    if way == "foreign-uri":
+        # Well formed, but pointing at another policy's artifact: refused on the facts' route.
+        fields = {**draw(valid_record("RevisionExported")), "id": ident}
+        return Malformed(_encode({**fields, "uri": FOREIGN_URI}), "uri", way)
+    if way == "wrong-route":
+        other = "fact" if kind == "command" else "command"
+        fields = {**draw(valid_record(draw(st.sampled_from(types_of(other))))), "id": ident}
+        return Malformed(_encode(fields), "type", "wrong-route")
+    fields = {**draw(valid_record(draw(st.sampled_from(types_of(kind))))), "id": ident}
+    return draw(malformed_record(fields, way))
+
+
+FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*")
+
+
+def top_field(path: str | None) -> str | None:
+    """`gate.suite` -> `gate`, `targets[0]` -> `targets`: the record field a nested path is in."""
+    if path is None:
+        return None
+    found = FIELD_PATH.match(path)
+    return found.group(0) if found else path
