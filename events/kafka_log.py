@@ -25,12 +25,12 @@ from typing import Any, Self
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError, for_code
 from anyio.abc import AsyncResource
 
 from events.codec import read_header
 from events.envelope import Record
-from events.log import DEFAULT_PARTITIONS, UNREADABLE, Appended, Encoded, Position, Stored
+from events.log import DEFAULT_PARTITIONS, UNREADABLE, Appended, Encoded, LogUnavailable, Position, Stored
 from events.partitioning import partition_for
 from events.seal import Seal
 
@@ -250,14 +250,21 @@ class KafkaLog(AsyncResource):
                 builder.append(timestamp=r.at_ms, key=key, value=r.raw, headers=headers)
             open_batches[-1][1].append(i)
         sent: list[tuple[int, list[int], asyncio.Future[Any]]] = []
-        for p, partition_batches in batches.items():
-            for builder, members in partition_batches:
-                future = await producer.send_batch(builder, self.topic, partition=p)
-                sent.append((p, members, future))
+        try:
+            for p, partition_batches in batches.items():
+                for builder, members in partition_batches:
+                    future = await producer.send_batch(builder, self.topic, partition=p)
+                    sent.append((p, members, future))
+        except KafkaError as exc:  # no metadata: the broker is unreachable
+            raise LogUnavailable(f"topic {self.topic!r}: {type(exc).__name__}: {exc}") from exc
         # Wait for every batch before raising, so no failed batch's exception goes unretrieved.
         results = await asyncio.gather(*(future for _, _, future in sent), return_exceptions=True)
         appended: list[Appended] = [Appended(-1, -1)] * len(records)
         for (p, members, _), result in zip(sent, results, strict=True):
+            if isinstance(result, KafkaError):
+                raise LogUnavailable(
+                    f"topic {self.topic!r} partition {p}: {type(result).__name__}: {result}"
+                ) from result
             if isinstance(result, BaseException):
                 raise result
             for place, i in enumerate(members):

@@ -99,6 +99,12 @@ class Subscription(Protocol):
     ) -> None: ...
 
 
+class LogUnavailable(RuntimeError):
+    """The log did not take an append (its broker unreachable, or not answering in time). Whether the
+    records were written is unknown: the caller retries later with the same records, whose ids make a
+    second copy harmless."""
+
+
 class EventLog(Protocol):
     partitions: int
     # True when a second append of an id is refused (SQLite). Kafka cannot refuse; its readers skip
@@ -106,7 +112,8 @@ class EventLog(Protocol):
     refuses_duplicates: bool
 
     async def append(self, records: Sequence[Record]) -> list[Appended]:
-        """Append atomically (SQLite) or as one produce batch (Kafka); one Appended per record."""
+        """Append atomically (SQLite) or as one produce batch (Kafka); one Appended per record.
+        LogUnavailable when the log could not take them now."""
         ...
 
     async def append_encoded(self, records: Sequence[Encoded]) -> list[Appended]: ...

@@ -13,18 +13,25 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+from starlette.applications import Starlette
 
 from actors.progress import Progress
 from actors.projector import CatalogProjector
+from events import codec
 from events.catalog import PolicyRegistered, Promote, RegisterPolicy
 from events.kafka_log import KafkaLog, KafkaLogError
-from events.log import Position
+from events.log import LogUnavailable, Position
 from events.sqlite_log import SqliteLog
+from mint.api import ingest
+from mint.auth.tokens import TokenStore
 from mint.catalog.decide import decide
 from mint.catalog.fold import CATALOG_FOLD
 from mint.commands.serve_roles import ApiReadiness, unready_while_rebuilding
 from mint.home import Home
+from mint.ingest import IngestLimits
+from mint.local_services import LocalKafka
 from mint.projection.store import ProjectionStore
+from tests.api_system import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -137,3 +144,30 @@ async def test_an_api_replica_is_not_ready_while_its_catalog_is_rebuilt(tmp_path
             await until_true(lambda: readiness.ready, "ready again once caught up")
             stopping.set()
             tg.cancel_scope.cancel()
+
+
+@pytest.mark.kafka
+async def test_a_write_while_the_broker_is_down_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    """POST /v1/commands while the broker was down answered 500 after the producer's timeout: the
+    client could not tell it to retry (test_infra_broker.py). Now the log says LogUnavailable, and the
+    route 503 with Retry-After."""
+    kafka = LocalKafka().start()
+    try:
+        log = KafkaLog(
+            kafka.bootstrap, topic=f"test.{uuid.uuid4().hex[:12]}", partitions=1, request_timeout=2
+        )
+        async with log:
+            await log.append([registered("acme/before")])
+            kafka.stop()
+            with anyio.fail_after(30), pytest.raises(LogUnavailable):
+                await log.append([registered("acme/during")])
+            app = Starlette(routes=ingest.routes(log, IngestLimits()))
+            app.state.tokens = tokens = TokenStore(tmp_path / "tokens.db")
+            command = RegisterPolicy.create(source="test", policy="acme/during", base_id="tiny")
+            with anyio.fail_after(30):
+                async with client_for(app, tokens, "acme", "producer") as client:
+                    answer = await client.post("/v1/commands", content=codec.encode(command) + b"\n")
+            assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+            assert "send it again" in answer.json()["error"]["message"]
+    finally:
+        kafka.stop()

@@ -7,22 +7,28 @@ themselves, not the decisions of the commands among them, which come later from 
 evaluation or a training run may take minutes); `mint policy …` and the console's buttons wait for a
 command's decision and answer its position instead. 400: nothing was appended; `error.records` names
 each bad record (index in the batch, id, type, field, message). 413: over the size limits. 429 with
-Retry-After: over the token's rate.
+Retry-After: over the token's rate. 503 with Retry-After: the log did not take the batch (its broker
+down), which may or may not be on it: send the same records again.
 """
 
 from __future__ import annotations
 
 import math
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from events.log import EventLog
+from events.log import EventLog, LogUnavailable
 from mint.api.auth import AuthError, require
-from mint.api.errors import HttpError
+from mint.api.errors import HttpError, retry_later
 from mint.api.positions import after_appended, positioned
 from mint.ingest import BatchRefused, IngestLimits, Kind, RateLimited, RateLimiter, TooLarge, validate_batch
+
+# A batch the log has not taken within this is answered 503 with Retry-After, not left hanging (a
+# broker down): the client sends it again, and the records' ids make a second copy harmless.
+APPEND_DEADLINE_S = 10.0
 
 
 async def _bounded_body(request: Request, max_bytes: int) -> bytes:
@@ -61,7 +67,16 @@ def routes(log: EventLog, limits: IngestLimits) -> list[Route]:
         except RateLimited as exc:
             wait = {"Retry-After": str(math.ceil(exc.retry_after_s))}
             return HttpError(429, str(exc), headers=wait).response()
-        placed = await log.append(records)
+        placed = None
+        with anyio.move_on_after(APPEND_DEADLINE_S):
+            try:
+                placed = await log.append(records)
+            except LogUnavailable as exc:
+                return retry_later(503, f"the log did not take the batch; send it again: {exc}").response()
+        if placed is None:
+            return retry_later(
+                503, f"the log did not take the batch within {APPEND_DEADLINE_S:.0f} s; send it again"
+            ).response()
         return positioned(
             {
                 "appended": sum(1 for p in placed if not p.duplicate),

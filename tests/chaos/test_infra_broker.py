@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
+from events import codec
 from events.catalog import RegisterPolicy
 from mint.catalog.fold import CATALOG_FOLD
 from mint.chaos.checks import read_everything, replay_equals_live
@@ -18,6 +20,7 @@ from mint.home import Home
 from replay.verify import verify
 from tests.cluster import RunningCluster, running_cluster
 from tests.test_catalog_replicas import health, outcomes_of, registrations, until
+from tests.test_engine_hosts import answered
 from tests.test_fault_regressions import policies_in
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.timeout(300)]
@@ -29,6 +32,8 @@ PRODUCE_TIMEOUT_S = 10.0
 # How soon after the broker is back a replica must have noticed that its checkpoint is beyond the log:
 # a fetch or a group heartbeat (seconds), with a loaded 2-core machine's slack.
 DETECT_S = 15.0
+# An HTTP answer slower than this is a hang; the broker stays down this long while writes come in.
+HANG_S, DOWN_S = 40.0, 10.0
 
 
 async def produce_with_retries(cluster: RunningCluster, batch: list[RegisterPolicy]) -> int:
@@ -168,3 +173,43 @@ async def test_a_broker_that_lost_its_storage_leaves_no_replica_serving_state_be
             for name, home in catalog_homes(cluster, "projector-1", "api-1").items():
                 policies = policies_in(Home.resolve(str(home)).catalog)
                 assert policies == {c.policy for c in after}, f"{name} serves {policies}"
+
+
+async def test_writes_to_an_api_replica_while_the_broker_is_down_get_503_and_what_it_acknowledged_survives(
+    tmp_path: Path,
+) -> None:
+    with running_cluster(tmp_path, catalog=1, api=1, partitions=PARTITIONS) as cluster:
+        auth = {"Authorization": f"Bearer {cluster.admin_token()}"}
+        answers: list[tuple[str, int, str | None, str]] = []  # (command id, status, Retry-After, body)
+
+        async def post(client: httpx.AsyncClient, command: RegisterPolicy) -> int:
+            try:
+                answer = await client.post("/v1/commands", content=codec.encode(command) + b"\n")
+            except httpx.TimeoutException:
+                answers.append((command.id, 0, None, "hang"))
+                return 0
+            answers.append(
+                (command.id, answer.status_code, answer.headers.get("retry-after"), answer.text[:300])
+            )
+            return answer.status_code
+
+        async def taken(client: httpx.AsyncClient, command: RegisterPolicy) -> bool:
+            return await post(client, command) == 200
+
+        commands = iter(registrations("h", 100))
+        async with httpx.AsyncClient(base_url=cluster.api_url(), headers=auth, timeout=HANG_S) as client:
+            assert await post(client, next(commands)) == 200, answers
+            cluster.kill("broker", "KILL")
+            down = anyio.current_time()
+            while anyio.current_time() - down < DOWN_S:  # the broker is down: retry later, or a hang
+                await post(client, next(commands))
+            await anyio.to_thread.run_sync(cluster.restart, "broker")
+            with anyio.fail_after(120):  # back: writes are taken again
+                await answered(lambda: taken(client, next(commands)), every_s=0.5)
+        bad = [a for a in answers if not (a[1] == 200 or (a[1] in (429, 503) and a[2]))]
+        assert not bad, f"neither 200 nor 503/429 with Retry-After while the broker was down: {bad}"
+        acknowledged = [a[0] for a in answers if a[1] == 200]
+        async with cluster.log() as log:
+            on_log = {s.id for s in await read_everything(log)}
+        lost = [i for i in acknowledged if i not in on_log]
+        assert not lost, f"acknowledged with 200 and not on the log: {lost}"
