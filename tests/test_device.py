@@ -81,6 +81,20 @@ def test_the_base_loads_in_the_chosen_dtype_with_sdpa_attention(base_dir: Path) 
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_a_bf16_base_trains_float32_slots(base_dir: Path) -> None:
+    """The GPU's arithmetic (a bfloat16 base, float32 adapters as PEFT keeps them), here on the CPU."""
+    model, tokenizer = load_base(base_dir, Placement("cpu", "bfloat16"))
+    task = parse_task("token:the", word_token(tokenizer))
+    trainer = MultiPolicyTrainer(model, tokenizer, ["acme/a"], task, TrainConfig(seed=1, group_size=4))
+    slot = trainer.multi.parameters("acme/a")
+    assert {p.dtype for p in slot} == {torch.float32}
+    before = [p.detach().clone() for p in slot]
+    metrics = trainer.step(1)["acme/a"]
+    assert torch.isfinite(torch.tensor(metrics.loss))
+    assert any(not torch.equal(b, p) for b, p in zip(before, slot, strict=True))
+    assert {p.dtype for p in trainer.multi.model.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
 # -- device memory as a budget ---------------------------------------------------------------------
 
 

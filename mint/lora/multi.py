@@ -37,10 +37,11 @@ class SlotSpec:
 
 
 class MultiLoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, routing: Routing) -> None:
+    def __init__(self, base: nn.Linear, routing: Routing, slot_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.base = base
         self.routing = routing
+        self.slot_dtype = slot_dtype or base.weight.dtype
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.scales: dict[str, float] = {}
@@ -54,14 +55,14 @@ class MultiLoraLinear(nn.Module):
         return self.base.out_features
 
     def add_slot(self, name: str, spec: SlotSpec, generator: torch.Generator | None = None) -> None:
-        """PEFT's default init: A Kaiming-uniform, B zero, so a new adapter starts as the base."""
-        weight = self.base.weight
-        a = torch.empty(spec.rank, self.in_features, dtype=weight.dtype, device=weight.device)
+        """PEFT's default init: A Kaiming-uniform, B zero, so a new adapter starts as the base. A is
+        drawn on the host (where `generator` is), so a seed gives the same slot on any device."""
+        device = self.base.weight.device
         bound = 1.0 / math.sqrt(self.in_features)
-        a.uniform_(-bound, bound, generator=generator)
-        self.lora_A[name] = nn.Parameter(a)
+        a = torch.empty(spec.rank, self.in_features).uniform_(-bound, bound, generator=generator)
+        self.lora_A[name] = nn.Parameter(a.to(device=device, dtype=self.slot_dtype))
         self.lora_B[name] = nn.Parameter(
-            torch.zeros(self.out_features, spec.rank, dtype=weight.dtype, device=weight.device)
+            torch.zeros(self.out_features, spec.rank, dtype=self.slot_dtype, device=device)
         )
         self.scales[name] = spec.scale
 
@@ -79,18 +80,20 @@ class MultiLoraLinear(nn.Module):
         rank = max(self.lora_A[n].shape[0] for n in names)
         # Stack every slot, padded to the largest rank with zeros (which add nothing), plus one
         # all-zero slot at the end for rows that use the base alone.
+        first = self.lora_A[names[0]]
         a = torch.stack(
-            [_pad_rows(self.lora_A[n], rank) for n in names] + [x.new_zeros(rank, self.in_features)]
+            [_pad_rows(self.lora_A[n], rank) for n in names] + [first.new_zeros(rank, self.in_features)]
         )
         b = torch.stack(
-            [_pad_cols(self.lora_B[n], rank) for n in names] + [x.new_zeros(self.out_features, rank)]
+            [_pad_cols(self.lora_B[n], rank) for n in names] + [first.new_zeros(self.out_features, rank)]
         )
-        scale = x.new_tensor([self.scales[n] for n in names] + [0.0])
+        scale = first.new_tensor([self.scales[n] for n in names] + [0.0])
         index = torch.where(rows < 0, len(names), rows)
-        shaped = x.reshape(x.shape[0], -1, self.in_features)  # [batch, tokens, in]
+        # In the slots' dtype (float32 slots over a bfloat16 base train as PEFT's do), then the base's.
+        shaped = x.reshape(x.shape[0], -1, self.in_features).to(self.slot_dtype)  # [batch, tokens, in]
         low = torch.bmm(shaped, a[index].transpose(1, 2))  # [batch, tokens, r]
-        delta = torch.bmm(low, b[index].transpose(1, 2)) * scale[index].view(-1, 1, 1)
-        return out + delta.reshape(out.shape)
+        delta: torch.Tensor = torch.bmm(low, b[index].transpose(1, 2)) * scale[index].view(-1, 1, 1)
+        return out + delta.reshape(out.shape).to(out.dtype)
 
 
 def _pad_rows(t: torch.Tensor, rank: int) -> torch.Tensor:
@@ -102,16 +105,20 @@ def _pad_cols(t: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 class MultiLora:
-    """Wraps `targets` (module-name suffixes, like PEFT's target_modules) of a causal LM in place."""
+    """Wraps `targets` (module-name suffixes, like PEFT's target_modules) of a causal LM in place.
+    `slot_dtype`: the adapters' dtype (None: the base's); trainers keep float32 slots over a bfloat16
+    base, so small updates are not rounded away."""
 
-    def __init__(self, model: nn.Module, targets: Sequence[str]) -> None:
+    def __init__(
+        self, model: nn.Module, targets: Sequence[str], slot_dtype: torch.dtype | None = None
+    ) -> None:
         self.model = model
         self.routing = Routing()
         self.layers: dict[str, MultiLoraLinear] = {}
         self.slots: dict[str, SlotSpec] = {}
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
-                wrapped = MultiLoraLinear(module, self.routing)
+                wrapped = MultiLoraLinear(module, self.routing, slot_dtype)
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
                 self.layers[name] = wrapped
@@ -140,8 +147,9 @@ class MultiLora:
 
     def slot_bytes(self, rank: int) -> int:
         """Device memory one slot of `rank` takes: A and B of every wrapped layer."""
-        size = next(iter(self.layers.values())).base.weight.element_size() if self.layers else 0
-        return sum(rank * (layer.in_features + layer.out_features) for layer in self.layers.values()) * size
+        layers = list(self.layers.values())
+        size = torch.empty((), dtype=layers[0].slot_dtype).element_size() if layers else 0
+        return sum(rank * (layer.in_features + layer.out_features) for layer in layers) * size
 
     def remove(self, slot: str) -> None:
         for layer in self.layers.values():

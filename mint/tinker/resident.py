@@ -40,7 +40,8 @@ class ResidentBase:
         model, tokenizer = load_base(directory)
         present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
         targets = [t for t in (*ATTENTION, *MLP, *UNEMBED) if t in present]
-        return cls(base_id, directory, model, tokenizer, MultiLora(model, targets))
+        # float32 slots: training clients train them (over a bfloat16 base on a GPU)
+        return cls(base_id, directory, model, tokenizer, MultiLora(model, targets, slot_dtype=torch.float32))
 
     @property
     def pad_id(self) -> int:

@@ -116,7 +116,7 @@ class MultiPolicyTrainer:
     slots: dict[str, PolicySlot] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.multi = MultiLora(self.model, self.config.targets)
+        self.multi = MultiLora(self.model, self.config.targets, slot_dtype=torch.float32)
         self.slots = {}
         for i, policy in enumerate(self.policies):
             self.multi.add(policy, self.config.rank, self.config.alpha, seed=self.config.seed * 1000 + i)
