@@ -51,6 +51,7 @@ MAX_TRIES = 5  # per request, across 429/503 and replicas that do not answer
 MAX_BACKOFF_S = 5.0
 SETUP_TIMEOUT_S = 180.0
 POLICY_ROUTE = "/admin/api/policies/{tenant}/{name}"
+PROBE_EVERY_S, PROBE_TIMEOUT_S = 1.0, 2.0  # a replica not known ready is asked its /healthz
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class Workload:
         self.counts: Counter[str] = Counter()
         self._token = TokenStore(cluster.tokens).issue(TENANT, "admin").secret
         self._next_replica = 0
+        self._ready: set[str] = set()  # API replicas whose /healthz said ready, until one fails
+        self._probed: dict[str, float] = {}  # when each may be probed again
         self._served: list[str] = []  # policies with r1 promoted
         self._registered = 0
         self._revisions = Counter[str]()
@@ -242,22 +245,37 @@ class Workload:
             await self._tinker_steps(http)
             return
         for _ in range(MAX_TRIES):
-            urls = self._table().api
-            if not urls:
+            url = await self._replica(http)
+            if url is None:
                 return
-            url = urls[self._next_replica % len(urls)]
-            self._next_replica += 1
             retry_s, _ = await self._attempt(http, url, request)
             if retry_s is None:
                 return
             await anyio.sleep(retry_s)
 
-    async def _tinker_steps(self, http: httpx.AsyncClient) -> None:
-        urls = self._table().api
-        if not urls:
-            return
-        url = urls[self._next_replica % len(urls)]
+    async def _replica(self, http: httpx.AsyncClient) -> str | None:
+        """The next API replica in turn among those the table lists and that said they are ready, as
+        a load balancer would pick: a replica joining is in the table before it listens."""
+        listed = self._table().api
+        for url in listed:
+            if url not in self._ready and anyio.current_time() >= self._probed.get(url, 0.0):
+                self._probed[url] = anyio.current_time() + PROBE_EVERY_S
+                try:
+                    health = await http.get(f"{url}/healthz", timeout=PROBE_TIMEOUT_S)
+                except httpx.HTTPError:
+                    continue
+                if health.status_code == 200:
+                    self._ready.add(url)
+        ready = [u for u in listed if u in self._ready] or listed  # none ready: try them (and record)
+        if not ready:
+            return None
         self._next_replica += 1
+        return ready[self._next_replica % len(ready)]
+
+    async def _tinker_steps(self, http: httpx.AsyncClient) -> None:
+        url = await self._replica(http)
+        if url is None:
+            return
         session = await self._tinker_call(http, url, "/create_session", {})
         if session is None:
             return
@@ -323,6 +341,7 @@ class Workload:
             return None if request.kind == "tinker" else 0.0, None
         except httpx.TransportError as exc:
             self._answer(route, 0, None, started, sent_at, "transport", f"{url}: {exc!r}")
+            self._ready.discard(url)  # probed again before it gets more
             # A Tinker model lives in the process that does not answer: its client gives up.
             return None if request.kind == "tinker" else 0.5, None
         retry_after = answer.headers.get("retry-after")

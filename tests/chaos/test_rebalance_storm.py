@@ -23,9 +23,19 @@ STORM_S = 60.0
 ROLES = ("catalog", "projector", "api")
 
 
-async def test_replicas_joining_and_leaving_every_few_seconds_lose_and_double_nothing(tmp_path: Path) -> None:
+async def test_replicas_joining_and_leaving_every_few_seconds_lose_and_double_nothing(
+    tmp_path: Path, base_dir: Path
+) -> None:
+    # The evaluator is there for the base it brings (the workload's served policies need one).
     with running_cluster(
-        tmp_path, catalog=2, projectors=2, api=2, partitions=4, broker_storage="memory"
+        tmp_path,
+        catalog=2,
+        projectors=2,
+        api=2,
+        evaluators=1,
+        partitions=4,
+        base_dir=base_dir,
+        broker_storage="memory",
     ) as running:
         cluster = ClusterDir(running.root)
         ledger_path = tmp_path / "ledger.jsonl"
