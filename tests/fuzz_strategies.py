@@ -364,3 +364,118 @@ def top_field(path: str | None) -> str | None:
         return None
     found = FIELD_PATH.match(path)
     return found.group(0) if found else path
+
+
+# -- OpenAI bodies -------------------------------------------------------------------------------------
+
+INT64_MAX = 2**63 - 1
+SERVED = ("acme/a", "acme/a@r1", "acme/a@r2")  # what tests/serving_system.py's `ready` publishes
+_short_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=24)
+
+
+def _sampling() -> dict[str, st.SearchStrategy[Json]]:
+    """The optional sampling fields both routes take, within their bounds (max_tokens kept small:
+    each good request really generates)."""
+    return {
+        "max_tokens": st.integers(1, 4),
+        "temperature": st.floats(0.0, 2.0),
+        "top_p": st.floats(0.0, 1.0, exclude_min=True),
+        "stop": st.none() | _short_text.filter(bool) | st.lists(_short_text.filter(bool), max_size=4),
+        "seed": st.none() | st.integers(-(2**63), INT64_MAX),
+        "stream": st.booleans(),
+        "n": st.just(1),
+    }
+
+
+def completion_body() -> st.SearchStrategy[dict[str, Json]]:
+    return st.fixed_dictionaries(
+        {"model": st.sampled_from(SERVED), "prompt": _short_text},
+        optional={**_sampling(), "logprobs": st.none() | st.integers(0, 5)},
+    )
+
+
+def chat_body() -> st.SearchStrategy[dict[str, Json]]:
+    message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "developer", "user", "assistant"]), "content": _short_text}
+    )
+    return st.fixed_dictionaries(
+        {"model": st.sampled_from(SERVED), "messages": st.lists(message, min_size=1, max_size=3)},
+        optional={**_sampling(), "logprobs": st.booleans()},
+    )
+
+
+@dataclass(frozen=True)
+class BadBody:
+    """A request body and the refusal it must get: `status`, naming `field` (None: the body is not
+    JSON, or not an object, so it names no field)."""
+
+    raw: bytes
+    status: int
+    field: str | None
+    how: str
+
+
+# Per field, values of the wrong type or outside its bounds, as (value, status): each is a 400 but
+# an unknown or foreign model, which is answered exactly like a missing one (404).
+OPENAI_BAD_VALUES: dict[str, list[tuple[Json, int]]] = {
+    "model": [(7, 400), (None, 400), ("acme/nope", 404), ("globex/a", 404), ("acme/a@r9", 404), ("", 404)],
+    "max_tokens": [(0, 400), (-1, 400), (2**63, 400), ("4", 400), (1.5, 400), (100_000, 400)],
+    "temperature": [(-0.1, 400), (2.01, 400), ("hot", 400), (None, 400)],
+    "top_p": [(0.0, 400), (1.5, 400), ([1], 400)],
+    "stop": [(["a", "b", "c", "d", "e"], 400), (7, 400), ([7], 400)],
+    "seed": [(2**63, 400), (-(2**63) - 1, 400), ("1", 400)],
+    "stream": [("yes", 400), (1, 400), (None, 400)],
+    "n": [(2, 400), (0, 400), ("1", 400)],
+}
+COMPLETION_BAD = {
+    **OPENAI_BAD_VALUES,
+    "prompt": [(7, 400), (None, 400), (["a"], 400), ("word " * 2000, 400)],
+    "logprobs": [(6, 400), (-1, 400), (True, 400)],
+}
+CHAT_BAD = {
+    **OPENAI_BAD_VALUES,
+    "messages": [
+        ([], 400),
+        ("hi", 400),
+        ([{"role": "robot", "content": "hi"}], 400),
+        ([{"role": "user"}], 400),
+        ([{"role": "user", "content": 7}], 400),
+        ([{"role": "user", "content": "hi", "name": "x"}], 400),
+        ([{"role": "user", "content": "word " * 2000}], 400),
+    ],
+    "logprobs": [(1, 400), ("true", 400)],
+}
+
+
+@st.composite
+def bad_openai_body(draw: Draw, chat: bool) -> BadBody:
+    """A valid body of the route broken in one drawn way."""
+    body = draw(chat_body() if chat else completion_body())
+    bad_values = CHAT_BAD if chat else COMPLETION_BAD
+    way = draw(
+        st.sampled_from(
+            ["bad-value", "drop-required", "unknown-field", "deep-nesting", "not-json", "not-object"]
+        )
+    )
+    if way == "bad-value":
+        field = draw(st.sampled_from(sorted(bad_values)))
+        value, status = draw(st.sampled_from(bad_values[field]))
+        if field == "max_tokens" and value == 100_000:
+            body["stream"] = False
+        return BadBody(msgspec.json.encode({**body, field: value}), status, field, way)
+    if way == "drop-required":
+        field = draw(st.sampled_from(["model", "messages" if chat else "prompt"]))
+        return BadBody(msgspec.json.encode({k: v for k, v in body.items() if k != field}), 400, field, way)
+    if way == "unknown-field":
+        extra = draw(st.sampled_from(["frequency_penalty", "tools", "zz_unknown", "best_of", "user"]))
+        return BadBody(msgspec.json.encode({**body, extra: 1}), 400, extra, way)
+    if way == "deep-nesting":
+        field = draw(st.sampled_from(sorted(body)))
+        depth = draw(st.sampled_from([2, 50, 5_000]))
+        raw = msgspec.json.encode({**body, field: PLACEHOLDER}).replace(_PLACED, b"[" * depth + b"]" * depth)
+        return BadBody(raw, 400, field, way)
+    if way == "not-json":
+        raw = msgspec.json.encode(body)
+        cut = draw(st.integers(1, len(raw) - 1))
+        return BadBody(raw[:cut] + draw(st.sampled_from([b"", b"\xff", b",", b"{"])), 400, None, way)
+    return BadBody(draw(st.sampled_from([b"[]", b"7", b'"prompt"', b"null", b""])), 400, None, way)

@@ -467,12 +467,16 @@ def _release_cached() -> None:
 
 
 def _pick(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature <= 0:
+    # A temperature the logits' dtype cannot divide by (it rounds to 0) is greedy decoding.
+    if params.temperature < torch.finfo(logprobs.dtype).tiny:
         return int(logprobs.argmax())
-    probs = torch.softmax(logprobs / params.temperature, dim=-1)
+    # Shifted so the likeliest token's logit is 0: a temperature near 0 then sends the others to
+    # -inf, never the whole row to NaN (which multinomial refuses, failing every request batched).
+    probs = torch.softmax((logprobs - logprobs.max()) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         ordered, order = probs.sort(descending=True)
         keep = ordered.cumsum(-1) - ordered < params.top_p  # the smallest set reaching top_p
+        keep[0] = True  # a top_p below the probabilities' resolution would keep no token at all
         probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
 
