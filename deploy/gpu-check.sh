@@ -83,7 +83,7 @@ EOF
 
 say "pytest -m cuda ${CUDA_TESTS[*]}"
 set +e
-timeout 180 "$python" -m pytest -p no:cacheprovider -q -rs -m cuda --junitxml="$out/pytest.xml" \
+timeout 120 "$python" -m pytest -p no:cacheprovider -q -rs -m cuda --junitxml="$out/pytest.xml" \
   "${CUDA_TESTS[@]}" >"$out/pytest.log" 2>&1
 pytest_rc=$?
 set -e
@@ -95,12 +95,16 @@ bench() {
   shift
   say "mint bench $name $*"
   set +e
-  timeout 240 "${mint[@]}" bench "$name" "$@" --json >"$out/bench-$name.json"
+  timeout 200 "${mint[@]}" bench "$name" "$@" --json >"$out/bench-$name.json"
   local rc=$?
   set -e
   [ "$rc" = 0 ] || say "mint bench $name failed (exit $rc)"
 }
 
+if [ "$base" != tiny ] && [ ! -f "$MINT_HOME/bases/$base/config.json" ]; then
+  say "building the $base base (the benchmarks then find it in \$MINT_HOME/bases)"
+  timeout 120 "${mint[@]}" base create synthetic "$MINT_HOME/bases/$base" --params "${base#synthetic-}"
+fi
 bench train --device "$device" --base "$base" --steps "$steps" --policies "$policies"
 bench serve --device "$device" --base "$base" --requests "$requests" --tokens "$tokens"
 
