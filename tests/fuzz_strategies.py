@@ -479,3 +479,186 @@ def bad_openai_body(draw: Draw, chat: bool) -> BadBody:
         cut = draw(st.integers(1, len(raw) - 1))
         return BadBody(raw[:cut] + draw(st.sampled_from([b"", b"\xff", b",", b"{"])), 400, None, way)
     return BadBody(draw(st.sampled_from([b"[]", b"7", b'"prompt"', b"null", b""])), 400, None, way)
+
+
+# -- Tinker bodies ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinkerBody:
+    """A body for a Tinker route and the names its refusal's field may start with: the places on
+    the path to the fault (a batch's own checks name places within the batch, as its protobuf form
+    has them); `body` when it is not a JSON object at all."""
+
+    route: str
+    raw: bytes
+    names: tuple[str, ...]
+    how: str
+
+    def over(self, session: str, model: str, sampler: str, seq: int) -> bytes:
+        """The body with the live session, model, sampler and next seq_id in place of the stand-ins."""
+        raw = self.raw.replace(f'"{SESSION}"'.encode(), msgspec.json.encode(session))
+        raw = raw.replace(f'"{MODEL}"'.encode(), msgspec.json.encode(model))
+        raw = raw.replace(f'"{SAMPLER}"'.encode(), msgspec.json.encode(sampler))
+        return raw.replace(str(SEQ).encode(), str(seq).encode())
+
+
+# Stand-ins for what only the running server knows; `TinkerBody.over` puts the live ones in.
+SESSION, MODEL, SAMPLER, SEQ = "fuzz-session", "fuzz-model", "fuzz-sampler", 987_654_321
+
+
+def tinker_templates(
+    session: str = SESSION, model: str = MODEL, sampler: str = SAMPLER, seq: int = SEQ
+) -> dict[str, dict[str, Json]]:
+    """A good body per Tinker route, over a live session, model and sampler; `seq` is the model's
+    next seq_id."""
+    datum = {
+        "model_input": {"chunks": [{"type": "encoded_text", "tokens": [5, 6, 7]}]},
+        "loss_fn_inputs": {"target_tokens": {"data": [6, 7, 8], "dtype": "int64"}},
+    }
+    batch = {"data": [datum], "loss_fn": "cross_entropy"}
+    return {
+        "/create_session": {"tags": ["fuzz"], "user_metadata": {"k": "v"}, "sdk_version": "0"},
+        "/create_model": {"session_id": session, "base_model": "tiny", "lora_config": {"rank": 4}},
+        "/get_info": {"model_id": model},
+        "/forward_backward": {"model_id": model, "seq_id": seq, "forward_backward_input": batch},
+        "/forward": {"model_id": model, "seq_id": seq, "forward_input": batch},
+        "/optim_step": {"model_id": model, "seq_id": seq, "adam_params": {"learning_rate": 1e-4}},
+        "/save_weights": {"model_id": model, "seq_id": seq, "path": "fuzz", "overwrite": False},
+        "/save_weights_for_sampler": {"model_id": model, "seq_id": seq, "path": "fuzz-sampler"},
+        "/create_sampling_session": {"session_id": session, "base_model": "tiny"},
+        "/asample": {
+            "sampling_session_id": sampler,
+            "prompt": {"chunks": [{"tokens": [1, 2, 3]}]},
+            "sampling_params": {"max_tokens": 2, "temperature": 1.0},
+            "num_samples": 1,
+        },
+        "/retrieve_future": {"request_id": "req-none"},
+        "/weights_info": {"tinker_path": "tinker://x/weights/y"},
+    }
+
+
+# Values each route refuses in a field of the right JSON type (path, value): out of range, past
+# int64, not a finite float32, a token outside int32.
+TINKER_OUT_OF_RANGE: dict[str, list[tuple[str, Json]]] = {
+    "/create_model": [("lora_config.rank", 10**30), ("lora_config.seed", 2**64), ("model_seq_id", -1)],
+    "/forward_backward": [
+        ("seq_id", 0),
+        ("seq_id", 2**63),
+        ("forward_backward_input.loss_fn", "no-such-loss"),
+        ("forward_backward_input.data", []),
+        ("forward_backward_input.data.0.model_input.chunks.0.tokens.1", -1),
+        ("forward_backward_input.data.0.model_input.chunks.0.tokens.1", 2**40),
+        ("forward_backward_input.data.0.loss_fn_inputs.target_tokens.data.0", 1e20),
+    ],
+    "/optim_step": [
+        ("adam_params.beta1", 1.0),
+        ("adam_params.eps", -1.0),
+        ("adam_params.learning_rate", -0.5),
+        ("seq_id", -3),
+    ],
+    "/asample": [
+        ("num_samples", 10**30),
+        ("sampling_params.max_tokens", 10**30),
+        ("sampling_params.seed", 2**64),
+        ("prompt.chunks.0.tokens.0", 2**40),
+    ],
+    "/weights_info": [("tinker_path", "tinker://../weights/x"), ("tinker_path", "tinker://a/b/c/d")],
+    "/save_weights": [("seq_id", 0)],
+}
+
+
+def _wrong_json_type(value: Json) -> Json:
+    if isinstance(value, bool):
+        return "yes"
+    if isinstance(value, int | float):
+        return "7"
+    if isinstance(value, str):
+        return 7
+    if isinstance(value, list):
+        return {"a": 1}
+    return [1]
+
+
+def _paths(value: Json, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every place in a JSON value (object members and array items), outermost first."""
+    places: list[tuple[str, ...]] = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            places += _paths(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            places += _paths(inner, (*prefix, str(index)))
+    return places
+
+
+def _set(value: Json, path: tuple[str, ...], new: Json) -> Json:
+    """`value` with the place at `path` replaced by `new` (None: removed)."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, list):
+        items = list(value)
+        items[int(head)] = _set(items[int(head)], rest, new)
+        return items
+    if not rest:  # a member of the object, there or not yet
+        return {k: v for k, v in value.items() if k != head} if new is None else {**value, head: new}
+    return {**value, head: _set(value[head], rest, new)}
+
+
+def _get(value: Json, path: tuple[str, ...]) -> Json:
+    for step in path:
+        value = value[int(step)] if isinstance(value, list) else value[step]
+    return value
+
+
+# The members each route's body must have (mint/tinker/wire.py), and those that take any JSON.
+TINKER_REQUIRED: dict[str, tuple[str, ...]] = {
+    "/create_model": ("session_id", "base_model"),
+    "/get_info": ("model_id",),
+    "/forward_backward": ("model_id", "seq_id", "forward_backward_input"),
+    "/forward": ("model_id", "seq_id", "forward_input"),
+    "/optim_step": ("model_id", "seq_id", "adam_params"),
+    "/save_weights": ("model_id", "seq_id"),
+    "/save_weights_for_sampler": ("model_id", "seq_id"),
+    "/create_sampling_session": ("session_id",),
+    "/asample": ("sampling_session_id", "prompt", "sampling_params"),
+    "/retrieve_future": ("request_id",),
+    "/weights_info": ("tinker_path",),
+}
+_UNTYPED = ("user_metadata",)
+
+
+@st.composite
+def bad_tinker_body(draw: Draw) -> TinkerBody:
+    """A good body of a drawn route broken in one drawn way."""
+    templates = tinker_templates()
+    route = draw(st.sampled_from(sorted(templates)))
+    body = templates[route]
+    ways = ["wrong-type", "deep-nesting", "not-json", "not-object"]
+    ways += ["drop-required"] if route in TINKER_REQUIRED else []
+    ways += ["out-of-range"] if route in TINKER_OUT_OF_RANGE else []
+    way = draw(st.sampled_from(ways))
+    if way == "drop-required":
+        field = draw(st.sampled_from(TINKER_REQUIRED[route]))
+        return TinkerBody(route, msgspec.json.encode(_set(body, (field,), None)), (field,), way)
+    if way == "wrong-type":
+        path = draw(st.sampled_from([p for p in _paths(body) if p[0] not in _UNTYPED]))
+        broken = _set(body, path, _wrong_json_type(_get(body, path)))
+        return TinkerBody(route, msgspec.json.encode(broken), path, way)
+    if way == "out-of-range":
+        dotted, value = draw(st.sampled_from(TINKER_OUT_OF_RANGE[route]))
+        path = tuple(dotted.split("."))
+        return TinkerBody(route, msgspec.json.encode(_set(body, path, value)), path, way)
+    if way == "deep-nesting":
+        field = draw(st.sampled_from(sorted(body)))
+        depth = draw(st.sampled_from([3, 70, 5_000, 100_000]))
+        raw = msgspec.json.encode({**body, field: PLACEHOLDER}).replace(_PLACED, b"[" * depth + b"]" * depth)
+        return TinkerBody(route, raw, (field,), way)
+    if way == "not-json":
+        raw = msgspec.json.encode(body)
+        cut = draw(st.integers(1, len(raw) - 1))
+        return TinkerBody(
+            route, raw[:cut] + draw(st.sampled_from([b"", b"\xff", b",", b"{"])), ("body",), way
+        )
+    return TinkerBody(route, draw(st.sampled_from([b"[]", b"7", b'"x"', b"null"])), ("body",), way)

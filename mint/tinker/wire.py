@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from events.codec import field_of
 from events.names import INT64_MAX, Count
 
 FloatArray = npt.NDArray[np.float32]
@@ -361,7 +362,7 @@ def decode(body: bytes, kind: type[T]) -> T:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        field = message.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in message else "body"
+        field = field_of(message) or "body"  # a missing member is named too, not just "body"
         raise WireError(field, message.split(" - at ")[0]) from None
     except msgspec.DecodeError as exc:
         raise WireError("body", f"not valid JSON: {exc}") from None
