@@ -103,6 +103,9 @@ async def test_a_stopped_engine_host_stops_being_routed_to_its_adapters_move_and
             lost_after_s = time.monotonic() - stopped
             assert lost_after_s <= LOST_S + SLACK_S, f"re-placed {lost_after_s:.1f} s after the stop"
             assert not (unreported := await resident_without_a_report(client, cluster)), unreported
+            for _ in range(3):  # well past T1: every request goes to the survivor
+                again = await client.post("/v1/completions", json=body)
+                assert again.status_code == 200 and again.headers["x-mint-engine"] == survivor, again.text
             # What it last reported stays recorded for the lost host (mint/catalog/fold.py engine_lost:
             # a stopped host does still hold it); routers skip it, as the answers above show.
             assert (await engines_seen(client))[victim]["liveness"] == "lost"
