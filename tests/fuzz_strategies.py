@@ -1,13 +1,12 @@
-"""Hypothesis strategies for fuzzing MinT's HTTP routes: records drawn from the published schema (what
-`mint events schema` prints, events/schema.py) and then broken one way each, and the settings every
-fuzz test runs under.
-
-A `Malformed` body says what is wrong with it and which field a refusal must name: the tests check the
-server's answer against it. `None` as the field means the fault is in no field (the bytes are not
-JSON), so the refusal names the body or the record as a whole.
+"""Hypothesis strategies for fuzzing MinT's HTTP routes, and the settings every fuzz test runs under:
+records drawn from the published schema (what `mint events schema` prints, events/schema.py), OpenAI
+bodies and Tinker bodies (mint/tinker/wire.py), each then broken one way. What is broken says which
+field the refusal must name: the tests check the server's answer against it. No field means the fault
+is in none (the bytes are not JSON), so the refusal names the body or the record as a whole.
 
 Settings: by default a fixed, derandomized run of a bounded number of examples per property (the CI
-run); HYPOTHESIS_PROFILE=fuzz draws many more, from a fresh seed each run.
+run); HYPOTHESIS_PROFILE=fuzz draws FUZZ_FACTOR times as many, from a fresh seed each run (give
+pytest `-o timeout=0`: such a run outlasts the suite's per-test timeout).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from events.envelope import Command
-from events.names import POLICY_PATTERN
+from events.names import INT64_MAX, POLICY_PATTERN
 from events.schema import BY_NAME, PRODUCER_TYPES, json_schema
 
 Json = Any
@@ -266,7 +265,7 @@ def malformed_record(draw: Draw, fields: dict[str, Json], way: str | None = None
         other = {k: _retenant(v) for k, v in fields.items()}
         return Malformed(_encode(other), "tenant", way)
     if way == "crossing-tenant":
-        # The envelope says acme, one policy-shaped field names globex's: the record does not decode.
+        # The envelope says globex, its key and policies name acme's: the record does not decode.
         return Malformed(_encode({**fields, "tenant": OTHER_TENANT}), "key", way, ("tenant",))
     if way == "bad-id":
         value = draw(st.sampled_from(["", "i" * 201, 7, None, ["id"]]))
@@ -323,7 +322,6 @@ def _key_side(type_name: str, field: str) -> tuple[str, ...]:
     return ("key",) if field == BY_NAME[type_name].KEY_FIELD else ()
 
 
-Kind = typing.Literal["command", "fact"]
 ROUTES: dict[str, str] = {"command": "/v1/commands", "fact": "/v1/events"}
 
 
@@ -368,7 +366,6 @@ def top_field(path: str | None) -> str | None:
 
 # -- OpenAI bodies -------------------------------------------------------------------------------------
 
-INT64_MAX = 2**63 - 1
 SERVED = ("acme/a", "acme/a@r1", "acme/a@r2")  # what tests/serving_system.py's `ready` publishes
 _short_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=24)
 

@@ -22,7 +22,7 @@ from actors.runtime import Backoff
 from actors.system import System, running
 from events import codec
 from events.envelope import new_record_id
-from events.log import EventLog, Position
+from events.log import EventLog, Position, Stored
 from events.sqlite_log import SqliteLog
 from mint.api.app import create_app
 from mint.auth.tokens import TokenStore
@@ -84,16 +84,20 @@ def fresh(fields: dict[str, Any]) -> bytes:
     return msgspec.json.encode({**fields, "id": new_record_id()})
 
 
-async def ids_between(log: EventLog, before: Position, after: Position) -> list[str]:
-    """The ids of the records appended between two end positions of the log."""
-    ids: list[str] = []
-    for partition, end in after.items():
+async def stored_since(log: EventLog, before: Position) -> list[Stored]:
+    """The records appended since the log's end was `before`."""
+    found: list[Stored] = []
+    for partition, end in (await log.end_offsets()).items():
         start = before.get(partition, 0)
         while start < end:
             batch = await log.read(partition, start, limit=500)
-            ids += [stored.id for stored in batch]
+            found += batch
             start = batch[-1].offset + 1
-    return ids
+    return found
+
+
+async def ids_since(log: EventLog, before: Position) -> set[str]:
+    return {stored.id for stored in await stored_since(log, before)}
 
 
 def refused_batch(response: httpx.Response) -> dict[str, Any]:
@@ -182,7 +186,7 @@ async def refused_whole_then_good(
     assert set(problems) <= set(broken) | {0}, ("a good record was refused", error)
     # Nothing of the refused batch is on the log (what the actors appended meanwhile is theirs).
     after = await system.log.end_offsets()
-    assert not drawn.ids & set(await ids_between(system.log, before, after))
+    assert not drawn.ids & await ids_since(system.log, before)
     # The server is still up and whole: the good records alone, under fresh ids, land.
     if drawn.good:
         resent = [{**fields, "id": new_record_id()} for fields in drawn.good]
@@ -192,9 +196,7 @@ async def refused_whole_then_good(
         answer = landed.json()
         assert (answer["appended"], answer["duplicates"]) == (len(resent), 0)
         assert [r["id"] for r in answer["records"]] == [fields["id"] for fields in resent]
-        assert {fields["id"] for fields in resent} <= set(
-            await ids_between(system.log, after, await system.log.end_offsets())
-        )
+        assert {fields["id"] for fields in resent} <= await ids_since(system.log, after)
 
 
 @fuzz_settings(examples=10)
@@ -213,7 +215,7 @@ async def test_a_good_batch_lands_whole_and_a_resend_only_once(
     assert (first.json()["appended"], first.json()["duplicates"]) == (len(records), 0)
     again = (await producer.post("/v1/commands", content=body)).json()
     assert (again["appended"], again["duplicates"]) == (0, len(records))
-    landed = await ids_between(system.log, before, await system.log.end_offsets())
+    landed = [stored.id for stored in await stored_since(system.log, before)]
     assert all(landed.count(fields["id"]) == 1 for fields in records)
 
 
@@ -241,8 +243,7 @@ async def test_a_body_over_the_limit_is_a_413_naming_the_body_and_appends_nothin
     refused = await producer.post("/v1/commands", content=content)
     assert refused.status_code == 413, refused.text[:400]
     assert refused.json()["error"]["message"].startswith("body: "), refused.json()
-    landed = await ids_between(system.log, before, await system.log.end_offsets())
-    assert not {good["id"], huge["id"]} & set(landed)
+    assert not {good["id"], huge["id"]} & await ids_since(system.log, before)
     assert (await producer.post("/v1/commands", content=msgspec.json.encode(good))).status_code == 200
 
 
@@ -256,7 +257,7 @@ async def test_an_export_of_another_policys_artifact_is_refused_at_the_door(
     before = await system.log.end_offsets()
     error = refused_batch(await producer.post("/v1/events", content=msgspec.json.encode(export)))
     assert error["param"] == "uri" and "is not an artifact of 'acme/mine'" in error["message"]
-    assert export["id"] not in await ids_between(system.log, before, await system.log.end_offsets())
+    assert export["id"] not in await ids_since(system.log, before)
     own = {**export, "id": new_record_id(), "uri": "adapters/acme/mine/r1/adapter_model.safetensors"}
     assert (await producer.post("/v1/events", content=msgspec.json.encode(own))).status_code == 200
 

@@ -23,6 +23,7 @@ from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
 from mint.home import Home
 from mint.tinker import wire
 from tests.fuzz_strategies import SEQ, TinkerBody, bad_tinker_body, fuzz_settings, tinker_templates, top_field
+from tests.test_fuzz_ingest import stored_since
 from tests.test_tinker_sdks import Server, new_model, tinker_server
 
 pytestmark = pytest.mark.anyio
@@ -65,18 +66,6 @@ async def trainer(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tra
             yield Trainer(server, http, session, model, created.json()["sampling_session_id"])
 
 
-async def tinker_types_between(trainer: Trainer, before: dict[int, int]) -> list[str]:
-    log = trainer.server.system.log
-    found: list[str] = []
-    for partition, end in (await log.end_offsets()).items():
-        start = before.get(partition, 0)
-        while start < end:
-            batch = await log.read(partition, start, limit=500)
-            found += [stored.type for stored in batch if stored.type in TINKER_FACTS]
-            start = batch[-1].offset + 1
-    return found
-
-
 async def result(trainer: Trainer, pending: httpx.Response) -> dict[str, Any]:
     assert pending.status_code == 200, pending.text[:600]
     with anyio.fail_after(60):  # a turn never given up would wait here forever
@@ -115,7 +104,8 @@ async def test_a_bad_tinker_body_is_a_4xx_naming_the_field(trainer: Trainer, bad
         refusal,
     )
     assert refusal["detail"].startswith(f"{refusal['field']}: "), refusal
-    assert not await tinker_types_between(trainer, before), "a refused request appended"
+    appended = {stored.type for stored in await stored_since(trainer.server.system.log, before)}
+    assert not appended & TINKER_FACTS, "a refused request appended"
     # A refused training request gave its turn up whenever its body still said which it was.
     if bad.route in SEQUENCED and wire.sequence_ids(raw) == (trainer.model, trainer.seq):
         trainer.seq += 1
