@@ -4,7 +4,6 @@ default run."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,12 +16,15 @@ from starlette.applications import Starlette
 
 from actors.progress import Progress
 from actors.projector import CatalogProjector
+from actors.runtime import Backoff
+from actors.system import running
 from events import codec
 from events.catalog import PolicyRegistered, Promote, RegisterPolicy
 from events.kafka_log import KafkaLog, KafkaLogError
 from events.log import LogUnavailable, Position
 from events.sqlite_log import SqliteLog
 from mint.api import ingest
+from mint.api.app import create_app
 from mint.auth.tokens import TokenStore
 from mint.catalog.decide import decide
 from mint.catalog.fold import CATALOG_FOLD
@@ -32,6 +34,7 @@ from mint.ingest import IngestLimits
 from mint.local_services import LocalKafka
 from mint.projection.store import ProjectionStore
 from tests.api_system import client_for
+from tests.test_kafka_log import fresh_topic
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +108,7 @@ async def test_a_subscription_past_the_end_of_a_kafka_topic_says_so(kafka_bootst
     """A broker that lost its storage (tansu on memory://, restarted) answers a fetch past its end with
     nothing, not OFFSET_OUT_OF_RANGE: a subscription started at a checkpoint beyond the log waited
     there forever, and its fold served the state of records that no longer exist (test_infra_broker)."""
-    async with KafkaLog(kafka_bootstrap, topic=f"test.{uuid.uuid4().hex[:12]}", partitions=2) as log:
+    async with KafkaLog(kafka_bootstrap, topic=fresh_topic(), partitions=2) as log:
         await log.append([registered("acme/only")])
         end = await log.end_offsets()
         async with log.subscribe("g", start={p: o + 5 for p, o in end.items()}) as beyond:
@@ -153,9 +156,7 @@ async def test_a_write_while_the_broker_is_down_is_a_503_with_retry_after(tmp_pa
     route 503 with Retry-After."""
     kafka = LocalKafka().start()
     try:
-        log = KafkaLog(
-            kafka.bootstrap, topic=f"test.{uuid.uuid4().hex[:12]}", partitions=1, request_timeout=2
-        )
+        log = KafkaLog(kafka.bootstrap, topic=fresh_topic(), partitions=1, request_timeout=1)
         async with log:
             await log.append([registered("acme/before")])
             kafka.stop()
@@ -169,5 +170,30 @@ async def test_a_write_while_the_broker_is_down_is_a_503_with_retry_after(tmp_pa
                     answer = await client.post("/v1/commands", content=codec.encode(command) + b"\n")
             assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
             assert "send it again" in answer.json()["error"]["message"]
+    finally:
+        kafka.stop()
+
+
+@pytest.mark.kafka
+async def test_a_console_write_while_the_broker_is_down_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    """Every route that appends, not only ingest: a console button (rollback) while the broker was down
+    answered 500. The API's handler of LogUnavailable answers 503 with Retry-After."""
+    kafka = LocalKafka().start()
+    try:
+        home = Home(tmp_path / "home")
+        log = KafkaLog(kafka.bootstrap, topic=fresh_topic(), partitions=1, request_timeout=1)
+        async with (
+            log,
+            running(home, log, only=frozenset({"projector"}), backoff=Backoff(0.01, 0.1)) as system,
+        ):
+            await log.append([registered("acme/a")])
+            await system.settle()
+            tokens = TokenStore(home.tokens)
+            app = create_app(system, tokens)
+            kafka.stop()
+            with anyio.fail_after(30):
+                async with client_for(app, tokens, "acme", "admin") as client:
+                    answer = await client.post("/admin/api/policies/acme/a/rollback", json={})
+            assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
     finally:
         kafka.stop()

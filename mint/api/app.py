@@ -15,8 +15,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.system import System
+from events.log import LogUnavailable
 from mint.api.console import routes as console_routes
-from mint.api.errors import HttpError
+from mint.api.errors import HttpError, log_unavailable
 from mint.api.ingest import routes as ingest_routes
 from mint.api.metrics import Metrics
 from mint.api.openai import Admission, InferenceLimits
@@ -129,6 +130,8 @@ def create_app(
             *metrics.routes(),
             *tinker,  # the Tinker API (mint/tinker/app.py), under /api/v1
         ],
+        # A write the log did not take (its broker down) is the client's to send again, not a 500.
+        exception_handlers={LogUnavailable: log_unavailable},
         middleware=[
             Middleware(metrics.middleware),
             Middleware(BodyLimit, max_bytes=max_body_bytes),

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from events.codec import field_of
 
@@ -66,6 +67,12 @@ class HttpError(Exception):
 def retry_later(status: int, message: str) -> HttpError:
     """A refusal the client should retry (429, 503): with `Retry-After`."""
     return HttpError(status, message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def log_unavailable(request: Request, exc: Exception) -> Response:
+    """Any route whose append the log did not take (events/log.py LogUnavailable): 503 with
+    Retry-After. The write may or may not be on the log; sent again, its ids make a copy harmless."""
+    return retry_later(503, f"the log did not take the write; send it again: {exc}").response()
 
 
 def decoded(raw: bytes, kind: type[T]) -> T:
