@@ -18,7 +18,15 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from mint.api.openai import inference_error  # noqa: E402
 from mint.bases.load import load_base  # noqa: E402
 from mint.cli import cli  # noqa: E402
-from mint.device import CPU, Placement, PlacementError, check_device, check_dtype, choose_placement  # noqa: E402
+from mint.device import (  # noqa: E402
+    CPU,
+    Placement,
+    PlacementError,
+    check_device,
+    check_dtype,
+    choose_placement,
+    configured_placement,
+)
 from mint.lora.multi import MultiLora  # noqa: E402
 from mint.serving.engine import AdapterRef, DeviceMemoryExhausted, SamplingParams, complete  # noqa: E402
 from mint.serving.torch_engine import TorchEngine  # noqa: E402
@@ -62,6 +70,15 @@ def test_auto_is_cuda_in_bf16_when_there_is_a_gpu_else_the_cpu_in_fp32() -> None
 def test_a_cuda_device_this_machine_lacks_is_refused() -> None:
     with pytest.raises(PlacementError, match=r"--device: 'cuda:99'"):
         choose_placement("cuda:99")
+
+
+def test_the_environment_configures_every_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINT_DEVICE", "cpu")
+    monkeypatch.setenv("MINT_DTYPE", "bf16")
+    assert configured_placement() == Placement("cpu", "bfloat16")
+    monkeypatch.setenv("MINT_DEVICE", "metal")
+    with pytest.raises(PlacementError, match=r"\$MINT_DEVICE: 'metal' is not one of"):
+        configured_placement()
 
 
 def test_the_commands_refuse_a_bad_device_before_starting_anything(tmp_path: Path) -> None:
