@@ -115,7 +115,8 @@ async def test_a_rebalance_hands_partitions_over_without_losing_or_doubling_an_o
             def folded_to(name: str) -> bool:  # what it reports folding: its partitions, to the end
                 seen = health(cluster, name)
                 position = {int(p): o for p, o in seen.get("position", {}).items()}
-                assert sorted(position) == seen["owned"], seen
+                if sorted(position) != seen.get("owned"):  # assigned, its state files not open yet
+                    return False
                 return all(o >= end[p] for p, o in position.items())
 
             for name in ("catalog-2", added):
