@@ -58,14 +58,23 @@ class Report(msgspec.Struct, kw_only=True):
 # -- reading the log -----------------------------------------------------------------------------
 
 
-async def read_everything(log: EventLog) -> list[Stored]:
-    """Every record on the log up to its end now, partition by partition, from offset 0."""
+async def read_everything(log: EventLog, unreadable: list[str] | None = None) -> list[Stored]:
+    """Every record on the log up to its end now, partition by partition, from offset 0. A read that
+    times out below the end is named in `unreadable` (the rest of that partition is skipped), or
+    raised when no list is given."""
     end = await log.end_offsets()
     out: list[Stored] = []
     for partition, stop in sorted(end.items()):
         start = 0
         while start < stop:
-            batch = await log.read(partition, start, READ_BATCH)
+            try:
+                # No more than there is: the read then ends on its count, not on a high watermark.
+                batch = await log.read(partition, start, min(READ_BATCH, stop - start))
+            except TimeoutError:
+                if unreadable is None:
+                    raise
+                unreadable.append(f"partition {partition}: no record from offset {start} (its end is {stop})")
+                break
             if not batch:
                 break
             out.extend(s for s in batch if s.offset < stop)
@@ -257,8 +266,9 @@ async def _settled(log: KafkaLog, commands: set[str], workdir: Path, settle_s: f
     check then names those without one)."""
     deadline = anyio.current_time() + settle_s
     while True:
-        folded = fold_counted(await read_everything(log), workdir)
-        if all(folded.outcomes.get(c) for c in commands) or anyio.current_time() > deadline:
+        unreadable: list[str] = []
+        folded = fold_counted(await read_everything(log, unreadable), workdir)
+        if unreadable or all(folded.outcomes.get(c) for c in commands) or anyio.current_time() > deadline:
             return folded
         await anyio.sleep(1.0)
 
@@ -270,9 +280,11 @@ async def check_cluster(cluster: ClusterDir, ledger_path: Path, settle_s: float 
     homes = {p.name: Path(p.home) for p in table.processes if p.role in ("api", "projector") and p.home}
     async with _log(cluster, table) as first, _log(cluster, table) as second:
         folded = await _settled(first, commands, cluster.root, settle_s)
-        records_1 = await read_everything(first)
-        records_2 = await read_everything(second)
+        unreadable: list[str] = []
+        records_1 = await read_everything(first, unreadable)
+        records_2 = await read_everything(second, unreadable)
         violations = {
+            "log readable": unreadable,
             "replay equals live": await replay_equals_live(first, homes, settle_s),
             "acknowledged writes on the log": acknowledged_on_log(entries, records_1),
             "readers agree": readers_agree(records_1, records_2),

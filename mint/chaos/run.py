@@ -29,6 +29,7 @@ async def run_chaos(
     kinds: Sequence[str],
     every_s: float,
     say: Callable[[str], None],
+    keep: bool = False,
 ) -> Report:
     started = not cluster.table.exists()
     if started:
@@ -56,6 +57,6 @@ async def run_chaos(
         return await check_cluster(cluster, ledger_path)
     finally:
         ledger.close()
-        if started:
+        if started and not keep:
             say("stopping the cluster")
             await anyio.to_thread.run_sync(launcher.down, cluster.root)

@@ -68,6 +68,7 @@ def chaos_group() -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds between faults.",
 )
+@click.option("--keep", is_flag=True, help="Leave a cluster this run started running (to look into it).")
 @json_option
 def run(
     root: Path,
@@ -77,6 +78,7 @@ def run(
     rate: float,
     faults: str,
     every_s: float,
+    keep: bool,
     as_json: bool,
 ) -> None:
     """Start a cluster in ROOT (or use the one running there), run the workload and the faults, check."""
@@ -98,6 +100,7 @@ def run(
             kinds,
             every_s,
             lambda line: click.echo(line, err=True),
+            keep,
         )
     except (ClusterError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
