@@ -404,12 +404,16 @@ def chat_body() -> st.SearchStrategy[dict[str, Json]]:
 @dataclass(frozen=True)
 class BadBody:
     """A request body and the refusal it must get: `status`, naming `field` (None: the body is not
-    JSON, or not an object, so it names no field)."""
+    JSON, or not an object, so it names no field) or one of `also`."""
 
     raw: bytes
     status: int
     field: str | None
     how: str
+    also: tuple[str, ...] = ()
+
+    def named(self, field: str | None) -> bool:
+        return field == self.field or field in self.also
 
 
 # Per field, values of the wrong type or outside its bounds, as (value, status): each is a 400 but
@@ -474,7 +478,9 @@ def bad_openai_body(draw: Draw, chat: bool) -> BadBody:
     if way == "not-json":
         raw = msgspec.json.encode(body)
         cut = draw(st.integers(1, len(raw) - 1))
-        return BadBody(raw[:cut] + draw(st.sampled_from([b"", b"\xff", b",", b"{"])), 400, None, way)
+        # Cut short: a decoder may first find a value out of bounds (a number cut) before the cut.
+        junk = draw(st.sampled_from([b"", b"\xff", b",", b"{"]))
+        return BadBody(raw[:cut] + junk, 400, None, way, tuple(body))
     return BadBody(draw(st.sampled_from([b"[]", b"7", b'"prompt"', b"null", b""])), 400, None, way)
 
 
@@ -655,7 +661,8 @@ def bad_tinker_body(draw: Draw) -> TinkerBody:
     if way == "not-json":
         raw = msgspec.json.encode(body)
         cut = draw(st.integers(1, len(raw) - 1))
-        return TinkerBody(
-            route, raw[:cut] + draw(st.sampled_from([b"", b"\xff", b",", b"{"])), ("body",), way
-        )
+        # Cut short: a decoder may first find a value of the wrong type or out of bounds (a number
+        # cut) before the cut.
+        junk = draw(st.sampled_from([b"", b"\xff", b",", b"{"]))
+        return TinkerBody(route, raw[:cut] + junk, ("body", *sorted({p[0] for p in _paths(body)})), way)
     return TinkerBody(route, draw(st.sampled_from([b"[]", b"7", b'"x"', b"null"])), ("body",), way)
