@@ -162,7 +162,8 @@ class TorchEngine(TokenizerPrompts, InFlight):
                 f" {self.memory_budget_bytes:,}-byte memory budget are free"
             )
         try:
-            self.multi.load(adapter.ref, tensors, rank, alpha)
+            async with self._forward:  # not while a forward in its thread stacks the slots (unload)
+                self.multi.load(adapter.ref, tensors, rank, alpha)
         except torch.OutOfMemoryError as exc:
             _release_cached()
             raise DeviceMemoryExhausted(
@@ -193,7 +194,10 @@ class TorchEngine(TokenizerPrompts, InFlight):
             self._host[ref] = (self._to_host(self.multi.state(ref)), spec.rank, spec.alpha)
             while len(self._host) > self.cpu_slots:
                 self._host.popitem(last=False)
-            self.multi.remove(ref)
+            # Every forward stacks all slots, not just the ones its rows use: a slot removed while a
+            # decode runs in its thread is a KeyError there, which fails the engine's loop.
+            async with self._forward:
+                self.multi.remove(ref)
         finally:
             self._draining.discard(ref)
 
