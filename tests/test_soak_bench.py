@@ -108,3 +108,5 @@ def test_a_short_soak_on_a_real_cluster_serves_reports_and_plots(tmp_path: Path)
     assert plot.read_bytes().startswith(b"\x89PNG")
     series = json.loads(plot.with_suffix(".json").read_text())
     assert set(series) == {"latency", "lag", "rss_mib", "faults"} and series["lag"]
+    answered = plot.with_suffix(".ledger.jsonl").read_text().splitlines()
+    assert sum('"answer"' in line for line in answered) == report["requests"]

@@ -4,9 +4,10 @@ log's end minus the position its /healthz reports folding) and each process's re
 shows as a slope of memory over time, a replica that falls behind as a rising lag.
 
 It reports requests served, errors by kind, p50/p99 latency per route, the largest lag per actor, the
-memory slope per process, and writes a plot (latency, lag and memory over time, faults marked) and the
-series as JSON beside it. The cluster's broker keeps its log in memory: on moto's S3 a broker's fetches
-slow down over minutes of heartbeats (README, "Engine hosts"), which would be what is measured.
+memory slope per process, and writes a plot (latency, lag and memory over time, faults marked), the
+series as JSON and the workload's ledger (every answer, with its error's first bytes) beside it. The
+cluster's broker keeps its log in memory: on moto's S3 a broker's fetches slow down over minutes of
+heartbeats (README, "Engine hosts"), which would be what is measured.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def bench_soak(
     minutes: float, rate_per_s: float, faults: bool, seed: int, plot: Path, say: Say
 ) -> dict[str, float]:
     plot.parent.mkdir(parents=True, exist_ok=True)  # before the run: a bad path fails in seconds
+    ledger = plot.with_suffix(".ledger.jsonl")  # every answer in words, for what the plot shows
+    ledger.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="mint-bench-soak-") as tmp:
         cluster = ClusterDir(Path(tmp) / "cluster")
         say(f"soak: starting a cluster in {cluster.root}")
@@ -61,9 +64,9 @@ def bench_soak(
         try:
             began = time.time()
             samples = anyio.run(
-                _soak, cluster, Path(tmp) / "ledger.jsonl", minutes, rate_per_s, faults, seed, say
+                _soak, cluster, ledger, minutes, rate_per_s, faults, seed, say
             )
-            entries = read_ledger(Path(tmp) / "ledger.jsonl")
+            entries = read_ledger(ledger)
         finally:
             launcher.down(cluster.root)
     answers = [e for e in entries if isinstance(e, Answer)]
@@ -72,7 +75,7 @@ def bench_soak(
     series = plot.with_suffix(".json")
     series.write_text(json.dumps(_series(answers, injected, samples, began), indent=1))
     draw(plot, answers, injected, samples, began)
-    say(f"soak: plot in {plot}, series in {series}")
+    say(f"soak: plot in {plot}, series in {series}, every answer in {ledger}")
     return results
 
 
