@@ -16,10 +16,18 @@ refused (DeviceMemoryExhausted, which the engine host reports as AdapterLoadFail
 whose KV cache would not fit beside the running batch (the API answers 503); the engine keeps serving.
 On CUDA the budget is the device's own (torch.OutOfMemoryError is caught where memory is taken);
 `memory_budget_bytes` sets a smaller one, on any device, counting the base, the slots and the KV caches.
+
+A step that raises fails only the requests it ran, never the loop (which would take the engine host,
+and every tenant it serves, down with it): a prefill fails its group, a decode its batch (their KV
+caches are dropped with it), a sampling or detokenizing error the one row. Their clients get StepFailed
+naming the step and the cause; the traceback is logged once and `step_failures` counts it; the other
+requests and new ones are served on. Only a device that no longer runs work (a CUDA error that poisons
+the context) stops the loop, so the host exits and is restarted.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +61,18 @@ from mint.serving.engine import (
 from mint.serving.in_flight import InFlight
 from mint.serving.prompts import TokenizerPrompts
 
+log = logging.getLogger(__name__)
+
+
+class StepFailed(EngineError):
+    """A step of the batching loop raised while it ran this request: the engine failed it (HTTP 500,
+    naming the step and the cause, which is also its __cause__) and serves on."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(f"its {step} step raised {type(cause).__name__}: {cause}")
+        self.step = step
+        self.__cause__ = cause
+
 
 @dataclass
 class _Request:
@@ -66,6 +86,7 @@ class _Request:
     sent: int = 0  # characters of the decoded text already streamed
     done: bool = False
     failed: EngineError | None = None  # why the engine dropped it (its client gets this error)
+    fault: Exception | None = None  # what its own sampling raised in the worker thread, failed at emit
 
     @property
     def abandoned(self) -> bool:
@@ -129,6 +150,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
         self._active = 0  # requests queued or in the batch
         self._accounted = anyio.Event()  # set (and replaced) each time a request enters or leaves
         self.generated_tokens = 0  # sampled for every request since the engine started
+        self.step_failures = 0  # steps that raised and failed their requests, the engine serving on
         InFlight.__init__(self)
         # The batching loop and text scoring both run the model in worker threads; the multi-LoRA
         # routing is state on the shared model, so one forward at a time.
@@ -293,31 +315,46 @@ class TorchEngine(TokenizerPrompts, InFlight):
                 fresh = self._admit(self.max_batch - len(batch.rows))
             fresh = await self._within_budget(batch, fresh)
             if fresh:
-                try:
-                    async with self._forward:
-                        prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
-                except torch.OutOfMemoryError as exc:
-                    await self._fail(
-                        fresh, f"their prefill does not fit in {self.placement.device} memory: {exc}"
-                    )
-                else:
-                    batch = prefilled if batch is None else _merge(batch, prefilled)
-                    await self._emit(batch, range(len(batch.rows) - len(fresh), len(batch.rows)))
+                batch = await self._prefilled(batch, fresh)
             batch = await self._finish_rows(batch)
             if batch is None:
                 continue
-            try:
-                async with self._forward:
-                    batch = await anyio.to_thread.run_sync(self._decode, batch)
-            except torch.OutOfMemoryError as exc:
-                # The batch's KV cache grew past the device: its requests end with an error, not the engine.
-                await self._fail(
-                    batch.rows, f"the running batch ran out of {self.placement.device} memory: {exc}"
-                )
-                batch = None
-                continue
-            await self._emit(batch, range(len(batch.rows)))
+            batch = await self._decoded(batch)
             batch = await self._finish_rows(batch)
+
+    async def _prefilled(self, batch: _Batch | None, fresh: list[_Request]) -> _Batch | None:
+        """The running batch with `fresh` prefilled and merged in. A prefill that fails fails `fresh`
+        alone: the running batch's KV cache is untouched until the merge makes a new one."""
+        try:
+            async with self._forward:
+                prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
+            grown = prefilled if batch is None else _merge(batch, prefilled)
+        except torch.OutOfMemoryError as exc:
+            await self._refuse(fresh, f"their prefill does not fit in {self.placement.device} memory: {exc}")
+            return batch
+        except Exception as exc:
+            await self._step_failed("prefill", fresh, exc)
+            return batch
+        await self._emit(grown, range(len(grown.rows) - len(fresh), len(grown.rows)))
+        return grown
+
+    async def _decoded(self, batch: _Batch) -> _Batch | None:
+        """The batch one token further. A decode that fails fails the batch's requests (its KV cache
+        may be half updated, so it is dropped), and the loop goes on with the queue."""
+        try:
+            async with self._forward:
+                decoded = await anyio.to_thread.run_sync(self._decode, batch)
+        except torch.OutOfMemoryError as exc:
+            # The batch's KV cache grew past the device: its requests end with an error, not the engine.
+            await self._refuse(
+                batch.rows, f"the running batch ran out of {self.placement.device} memory: {exc}"
+            )
+            return None
+        except Exception as exc:
+            await self._step_failed("decode", batch.rows, exc)
+            return None
+        await self._emit(decoded, range(len(decoded.rows)))
+        return decoded
 
     def _admit(self, room: int) -> list[_Request]:
         admitted: list[_Request] = []
@@ -347,7 +384,7 @@ class TorchEngine(TokenizerPrompts, InFlight):
             else:
                 refused.append((request, need))
         for request, need in refused:
-            await self._fail(
+            await self._refuse(
                 [request],
                 f"its KV cache ({need:,} bytes with the running batch's) does not fit in the"
                 f" {self._free_bytes():,} bytes free of the engine's"
@@ -359,13 +396,43 @@ class TorchEngine(TokenizerPrompts, InFlight):
         longest = max(len(r.prompt) + r.params.max_tokens for r in rows)
         return len(rows) * longest * self.kv_bytes_per_token
 
-    async def _fail(self, rows: Sequence[_Request], why: str) -> None:
+    async def _refuse(self, rows: Sequence[_Request], why: str) -> None:
         """End `rows` with DeviceMemoryExhausted (their clients get it), leaving the engine serving."""
         _release_cached()
         for r in rows:
-            r.failed = DeviceMemoryExhausted(f"request refused: {why}")
-            self._retire(r)
-            await r.out.aclose()
+            await self._end(r, DeviceMemoryExhausted(f"request refused: {why}"))
+
+    async def _step_failed(self, step: str, rows: Sequence[_Request], exc: Exception) -> None:
+        """End the requests a step ran with StepFailed; the engine serves on, unless the device is
+        gone (then the step's error stops the loop)."""
+        if not self._device_usable():
+            raise exc
+        self.step_failures += 1
+        log.error(
+            "the %s step failed %d request(s) with %s; serving the others",
+            step,
+            len(rows),
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        for r in rows:
+            await self._end(r, StepFailed(step, exc))
+
+    async def _end(self, request: _Request, error: EngineError) -> None:
+        request.failed = error
+        self._retire(request)
+        await request.out.aclose()
+
+    def _device_usable(self) -> bool:
+        """Whether the device still runs work after a step raised: a CUDA error that poisons the
+        context (an illegal address, a device-side assert, a lost device) fails every later call too."""
+        if not self.placement.on_cuda:
+            return True
+        try:
+            torch.cuda.synchronize(self.placement.torch_device)
+        except Exception:
+            return False
+        return True
 
     def _route(self, rows: list[_Request]) -> list[str | None]:
         return [r.adapter for r in rows]
@@ -411,7 +478,12 @@ class TorchEngine(TokenizerPrompts, InFlight):
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()  # sampled on the host, seeded there
         chosen = []
         for i, r in enumerate(rows):
-            token = _pick(logprobs[i], r.params, r.generator)
+            try:
+                token = _pick(logprobs[i], r.params, r.generator)
+            except Exception as exc:  # this row's alone: the others' tokens stand
+                r.fault = exc
+                chosen.append(self.pad_id)  # its row is dropped before the next forward reads it
+                continue
             r.tokens.append(token)
             self.generated_tokens += 1
             r.logprob = float(logprobs[i, token])
@@ -421,18 +493,15 @@ class TorchEngine(TokenizerPrompts, InFlight):
     async def _emit(self, batch: _Batch, indices: range) -> None:
         for i in indices:
             r = batch.rows[i]
-            token = r.tokens[-1]
-            text = str(self.tokenizer.decode(r.tokens, skip_special_tokens=True))
-            finish: FinishReason | None = None
-            end = _safe_end(text, r.params.stop)
-            if self.eos_id is not None and token == self.eos_id:
-                finish, end = "stop", len(text)
-            elif (hit := _stop_hit(text, r.params.stop)) is not None:
-                finish, end = "stop", hit
-            elif len(r.tokens) >= r.params.max_tokens:
-                finish, end = "length", len(text)
-            delta = Delta(text[r.sent : end], (token,), (r.logprob,) if r.params.logprobs else (), finish)
-            r.sent = max(r.sent, end)
+            if r.fault is not None:
+                await self._step_failed("sampling", [r], r.fault)
+                continue
+            try:
+                delta = self._delta(r)
+            except Exception as exc:
+                await self._step_failed("detokenizing", [r], exc)
+                continue
+            finish = delta.finish
             try:
                 await r.out.send(delta)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -440,6 +509,22 @@ class TorchEngine(TokenizerPrompts, InFlight):
             if finish is not None:
                 self._retire(r)
                 await r.out.aclose()
+
+    def _delta(self, r: _Request) -> Delta:
+        """What `r`'s newest token adds to its stream, and whether it ends it."""
+        token = r.tokens[-1]
+        text = str(self.tokenizer.decode(r.tokens, skip_special_tokens=True))
+        finish: FinishReason | None = None
+        end = _safe_end(text, r.params.stop)
+        if self.eos_id is not None and token == self.eos_id:
+            finish, end = "stop", len(text)
+        elif (hit := _stop_hit(text, r.params.stop)) is not None:
+            finish, end = "stop", hit
+        elif len(r.tokens) >= r.params.max_tokens:
+            finish, end = "length", len(text)
+        delta = Delta(text[r.sent : end], (token,), (r.logprob,) if r.params.logprobs else (), finish)
+        r.sent = max(r.sent, end)
+        return delta
 
     async def _finish_rows(self, batch: _Batch | None) -> _Batch | None:
         if batch is None:

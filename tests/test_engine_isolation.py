@@ -1,0 +1,165 @@
+"""A step of the torch engine's loop that raises fails the requests it ran, never the engine.
+
+Faults are injected into a real engine on the tiny base: a request whose sampling parameters make
+its sampling raise (a NaN temperature), or one internal step (a prefill, a decode) wrapped to raise
+when it runs one chosen prompt. Each test checks that the faulted request ends with StepFailed naming
+the step and the cause, that the requests beside it get the tokens they get without the fault, and
+that the engine serves a new request afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+
+from mint.serving.engine import AdapterRef, Completion, SamplingParams, complete
+from mint.serving.torch_engine import StepFailed, TorchEngine
+
+pytestmark = pytest.mark.anyio
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+LONG = SamplingParams(max_tokens=120, temperature=0.0)  # still decoding when a later one arrives
+PROMPTS = ["The weather today is", "Once upon a time", "My favourite colour is"]
+FAULTY = "A prompt whose step is made to fail"
+
+
+@pytest.fixture
+async def engine(base_dir: Path, adapters: list[AdapterRef]) -> AsyncIterator[TorchEngine]:
+    engine = TorchEngine(base_dir, slots=4)
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.serve)
+        for ref in adapters:
+            await engine.load(ref)
+        yield engine
+        tg.cancel_scope.cancel()
+
+
+def _runs(engine: TorchEngine, prompt: str, step: Callable[..., Any], when: Callable[[Any], bool]) -> None:
+    """Wrap the engine's `step` (a bound method) to raise when a row of `prompt` is in what it runs
+    and `when(rows)` holds: the fault of one request, injected into the real loop."""
+    ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def faulty(arg: Any) -> Any:
+        rows = arg if isinstance(arg, list) else arg.rows
+        if any(r.prompt == ids for r in rows) and when(rows):
+            raise ValueError(f"injected fault in {step.__name__}")
+        return step(arg)
+
+    setattr(engine, step.__name__, faulty)
+
+
+async def _failure(
+    engine: TorchEngine, prompt: str, adapter: str | None, params: SamplingParams
+) -> tuple[Completion, StepFailed]:
+    """What a failed request streamed before its error, and the error."""
+    out = Completion()
+    with pytest.raises(StepFailed) as failed:
+        async for delta in engine.generate(prompt, adapter, params):
+            out.add(delta)
+    return out, failed.value
+
+
+async def test_a_sampling_fault_fails_its_request_alone(
+    engine: TorchEngine, adapters: list[AdapterRef]
+) -> None:
+    names = [adapters[0].ref, None, adapters[1].ref]
+    alone = [await complete(engine, p, n, GREEDY) for p, n in zip(PROMPTS, names, strict=True)]
+    together: list[Completion | None] = [None] * len(PROMPTS)
+    failures: list[StepFailed] = []
+
+    async def one(i: int) -> None:
+        together[i] = await complete(engine, PROMPTS[i], names[i], GREEDY)
+
+    async def faulty() -> None:  # a NaN temperature makes every probability NaN: multinomial raises
+        failures.append(
+            (await _failure(engine, FAULTY, adapters[0].ref, SamplingParams(temperature=float("nan"))))[1]
+        )
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(PROMPTS)):
+            tg.start_soon(one, i)
+        tg.start_soon(faulty)
+    [failed] = failures
+    assert failed.step == "sampling"
+    assert "its sampling step raised RuntimeError" in str(failed) and "probability" in str(failed)
+    assert isinstance(failed.__cause__, RuntimeError)
+    assert [c.tokens for c in together if c] == [c.tokens for c in alone]
+    assert engine.step_failures == 1 and engine.active == 0
+    assert (await complete(engine, PROMPTS[0], names[0], GREEDY)).tokens == alone[0].tokens
+
+
+async def test_a_prefill_fault_fails_its_group_and_the_running_batch_decodes_on(
+    engine: TorchEngine, adapters: list[AdapterRef]
+) -> None:
+    a = adapters[0].ref
+    expected = await complete(engine, PROMPTS[0], a, LONG)
+    later = await complete(engine, PROMPTS[1], None, GREEDY)
+    running_at_fault: list[int] = []
+
+    def while_running(rows: Any) -> bool:
+        running_at_fault.append(engine.active)  # the faulty request and the long one, still decoding
+        return True
+
+    _runs(engine, FAULTY, engine._prefill, while_running)
+    long = Completion()
+    failures: list[StepFailed] = []
+    async with anyio.create_task_group() as tg:
+        first = anyio.Event()
+
+        async def long_one() -> None:
+            async for delta in engine.generate(PROMPTS[0], a, LONG):
+                long.add(delta)
+                first.set()
+
+        tg.start_soon(long_one)
+        await first.wait()  # its prefill is done: the faulty one is prefilled in a group of its own
+        failures.append((await _failure(engine, FAULTY, None, GREEDY))[1])
+    [failed] = failures
+    assert running_at_fault == [2]
+    assert failed.step == "prefill" and "ValueError: injected fault in _prefill" in str(failed)
+    assert long.tokens == expected.tokens and long.finish == "length"
+    assert engine.step_failures == 1 and engine.active == 0
+    assert (await complete(engine, PROMPTS[1], None, GREEDY)).tokens == later.tokens
+
+
+async def test_a_decode_fault_fails_its_batch_and_the_engine_serves_on(
+    engine: TorchEngine, adapters: list[AdapterRef]
+) -> None:
+    a = adapters[0].ref
+    expected = await complete(engine, PROMPTS[1], a, GREEDY)
+    faulty_ids = engine.tokenizer.encode(FAULTY, add_special_tokens=False)
+
+    def fourth_token(rows: Any) -> bool:  # the faulty request has streamed four tokens by then
+        return any(r.prompt == faulty_ids and len(r.tokens) == 4 for r in rows)
+
+    _runs(engine, FAULTY, engine._decode, fourth_token)
+    results: dict[str, tuple[Completion, StepFailed]] = {}
+
+    async def one(prompt: str, adapter: str | None, params: SamplingParams, started: anyio.Event) -> None:
+        out = Completion()
+        with pytest.raises(StepFailed) as failed:
+            async for delta in engine.generate(prompt, adapter, params):
+                out.add(delta)
+                started.set()
+        results[prompt] = (out, failed.value)
+
+    async with anyio.create_task_group() as tg:
+        running = anyio.Event()
+        tg.start_soon(one, PROMPTS[0], adapters[1].ref, LONG, running)
+        await running.wait()  # decoding, with far more to go than the faulty one's four tokens
+        tg.start_soon(one, FAULTY, None, GREEDY, anyio.Event())
+    # One decode step ran both: both fail, after what they had streamed.
+    assert len(results) == 2
+    for _, failed in results.values():
+        assert failed.step == "decode" and "ValueError: injected fault in _decode" in str(failed)
+    assert len(results[FAULTY][0].tokens) == 4
+    assert 4 < len(results[PROMPTS[0]][0].tokens) < LONG.max_tokens
+    assert engine.step_failures == 1 and engine.active == 0
+    after = await complete(engine, PROMPTS[1], a, GREEDY)
+    assert after.tokens == expected.tokens and after.finish == "length"
