@@ -63,9 +63,7 @@ def bench_soak(
         launcher.up(cluster.root, RUN_COUNTS, broker_storage="memory", say=say)
         try:
             began = time.time()
-            samples = anyio.run(
-                _soak, cluster, ledger, minutes, rate_per_s, faults, seed, say
-            )
+            samples = anyio.run(_soak, cluster, ledger, minutes, rate_per_s, faults, seed, say)
             entries = read_ledger(ledger)
         finally:
             launcher.down(cluster.root)
