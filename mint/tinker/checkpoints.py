@@ -27,6 +27,7 @@ CheckpointKind = Literal["weights", "sampler_weights"]
 KINDS: tuple[CheckpointKind, ...] = ("weights", "sampler_weights")
 SCHEME = "tinker://"
 SLOT_FILE = "lora"
+GRADIENTS_FILE = "gradients.safetensors"  # an evicted client's gradients accumulated since its last step
 _NAME = re.compile(REVISION_PATTERN)  # a named sampler checkpoint becomes a revision of that name
 # A training client's id (`sess-…:train:N`) names a directory: never `.`, `..` or a hidden one.
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,127}$")
@@ -85,8 +86,11 @@ class CheckpointDirectory:
         tensors: dict[str, torch.Tensor],
         optimizer: torch.optim.Optimizer | None,
         info: CheckpointInfo,
+        gradients: dict[str, torch.Tensor] | None = None,
     ) -> int:
         """Write (or overwrite) a checkpoint; returns its size in bytes."""
+        from safetensors.torch import save_file
+
         from mint.training.checkpoint import save_slot
 
         final = self.directory(path)
@@ -94,15 +98,19 @@ class CheckpointDirectory:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         saved = save_slot(staging, SLOT_FILE, tensors, optimizer)
+        if gradients:
+            save_file(gradients, str(staging / GRADIENTS_FILE))
         described = msgspec.structs.replace(info, optimizer=saved, with_optimizer=optimizer is not None)
         (staging / "info.json").write_bytes(msgspec.json.encode(described))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         return sum(f.stat().st_size for f in final.iterdir())
 
-    def forget_snapshots(self, model_id: str) -> None:
-        """Delete a model's unnamed sampler snapshots (named checkpoints stay)."""
-        for directory in (self.root / model_id.replace(":", "-") / "sampler_weights").glob(".snapshot-*"):
+    def forget_unnamed(self, model_id: str) -> None:
+        """Delete a model's unnamed checkpoints: its sampler snapshots and its evicted state (named
+        checkpoints stay)."""
+        folder = self.root / model_id.replace(":", "-")
+        for directory in [*(folder / "sampler_weights").glob(".*"), *(folder / "weights").glob(".*")]:
             shutil.rmtree(directory, ignore_errors=True)
 
     def owned(self, raw: str, tenant: str, field: str = "path") -> tuple[TinkerPath, CheckpointInfo]:
@@ -126,6 +134,13 @@ class CheckpointDirectory:
         from mint.training.checkpoint import load_slot_tensors
 
         return load_slot_tensors(self.directory(path), SLOT_FILE)
+
+    def gradients(self, path: TinkerPath) -> dict[str, torch.Tensor]:
+        """The gradients `write` kept beside the checkpoint (none if it kept none)."""
+        from safetensors.torch import load_file
+
+        file = self.directory(path) / GRADIENTS_FILE
+        return load_file(str(file)) if file.is_file() else {}
 
     def restore_optimizer(self, path: TinkerPath, optimizer: torch.optim.Optimizer) -> None:
         from mint.training.checkpoint import restore_optimizer

@@ -24,6 +24,7 @@ from mint.tinker.bases import Bases, on_base
 from mint.tinker.checkpoints import TinkerPath
 from mint.tinker.futures import Future, Futures
 from mint.tinker.policies import SOURCE, Policies
+from mint.tinker.residency import Residency
 from mint.tinker.results import ForwardBackwardResult
 from mint.tinker.sessions import Sessions
 from mint.tinker.wire import (
@@ -62,13 +63,20 @@ def client_id(session_id: str, model_seq_id: int) -> str:
 
 class TrainingClients:
     def __init__(
-        self, log: EventLog, bases: Bases, futures: Futures, sessions: Sessions, policies: Policies
+        self,
+        log: EventLog,
+        bases: Bases,
+        futures: Futures,
+        sessions: Sessions,
+        policies: Policies,
+        residency: Residency,
     ) -> None:
         self.log = log
         self.bases = bases
         self.futures = futures
         self.sessions = sessions
         self.policies = policies
+        self.residency = residency
         self.models: dict[str, TrainingModel] = {}
         self._creating: dict[str, tuple[str, anyio.Event]] = {}  # model id -> its tenant, built
 
@@ -191,6 +199,7 @@ class TrainingClients:
         )
         await written.append(self.log, [created])
         self.models[client.model_id] = model
+        await self.residency.admit(model)
         return model
 
     async def close_session(self, session_id: str) -> list[str]:
@@ -199,6 +208,7 @@ class TrainingClients:
         closed = [m for m in self.models.values() if m.session_id == session_id]
         for model in closed:
             del self.models[model.model_id]
+            self.residency.forget(model)
             await on_base(model.base, model.close)
         return [m.model_id for m in closed]
 
@@ -211,7 +221,7 @@ class TrainingClients:
         model = self.get(request.model_id, owner)
 
         async def in_turn() -> Any:
-            async with model.gate.turn(request.seq_id):
+            async with model.gate.turn(request.seq_id), self.residency.using(model):
                 return await work(model)
 
         return self.futures.submit(owner.tenant, in_turn, model.model_id)

@@ -6,6 +6,7 @@ them (a session, which holds training clients and samplers).
     sessions.py   sessions and their heartbeats
     policies.py   the policy a training client trains, registered through the catalog
     models.py     training clients: created, and their requests in seq_id order
+    residency.py  which training clients hold a slot: a budget, the idle ones evicted to disk
     samplers.py   sampling sessions and asample
     weights.py    checkpoints saved, exported as revisions, loaded, described
     listings.py   the REST reads: capabilities, training runs, checkpoints
@@ -32,6 +33,7 @@ from mint.tinker.futures import Futures
 from mint.tinker.listings import Listings
 from mint.tinker.models import TrainingClients
 from mint.tinker.policies import Policies
+from mint.tinker.residency import Residency, slots_from_env
 from mint.tinker.samplers import Samplers
 from mint.tinker.sessions import Sessions
 from mint.tinker.weights import Weights
@@ -39,14 +41,24 @@ from mint.tinker.weights import Weights
 
 class TinkerService:
     def __init__(
-        self, home: Home, log: EventLog, artifacts: ArtifactStore, catalog: Callable[[], Catalog]
+        self,
+        home: Home,
+        log: EventLog,
+        artifacts: ArtifactStore,
+        catalog: Callable[[], Catalog],
+        training_slots: int | None = None,
     ) -> None:
+        """`training_slots`: how many training clients hold a slot at once (MINT_TINKER_TRAINING_SLOTS
+        when None)."""
         self.futures = Futures()
         self.bases = Bases(home)
         self.sessions = Sessions()
         self.checkpoints = CheckpointDirectory(home.tinker / "checkpoints")
         policies = Policies(log, catalog)
-        self.clients = TrainingClients(log, self.bases, self.futures, self.sessions, policies)
+        self.residency = Residency(
+            self.checkpoints, slots_from_env() if training_slots is None else training_slots
+        )
+        self.clients = TrainingClients(log, self.bases, self.futures, self.sessions, policies, self.residency)
         self.samplers = Samplers(log, self.bases, self.futures, self.sessions, self.checkpoints)
         self.weights = Weights(log, artifacts, self.checkpoints, self.clients, self.samplers, policies)
         self.listings = Listings(self.bases, self.checkpoints, self.clients)
@@ -67,4 +79,4 @@ class TinkerService:
         self.sessions.forget(session_id)
         self.samplers.close_session(session_id)
         for model_id in await self.clients.close_session(session_id):
-            self.checkpoints.forget_snapshots(model_id)
+            self.checkpoints.forget_unnamed(model_id)

@@ -1,10 +1,13 @@
 """A Tinker training client: one adapter slot on a resident base, its AdamW, and the work its requests
 do — forward/backward (gradients accumulate until optim_step), optimizer steps with the client's Adam
-parameters, and the tensors its checkpoints and exports are made of."""
+parameters, and the tensors its checkpoints and exports are made of. An idle client may be evicted:
+its slot, AdamW state and gradients written to an unnamed checkpoint and freed, then reloaded as they
+were on its next request (mint/tinker/residency.py)."""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +16,7 @@ import torch
 from mint.adapters.adapter import LoraConfig
 from mint.adapters.peft_layout import encode_peft
 from mint.adapters.tensors import adapter_from_tensors
+from mint.tinker.checkpoints import CheckpointDirectory, CheckpointInfo, TinkerPath
 from mint.tinker.losses import elementwise_loss
 from mint.tinker.ordering import SeqGate
 from mint.tinker.resident import ResidentBase
@@ -20,6 +24,7 @@ from mint.tinker.wire import AdamParams, FloatArray, ForwardBackwardInput
 from mint.training.sampling import target_logprobs
 
 LORA_ALPHA = 32.0
+EVICTED = ".evicted"  # the unnamed training checkpoint an evicted client's state waits in
 
 
 @dataclass
@@ -44,7 +49,7 @@ class TrainingModel:
     base: ResidentBase
     rank: int
     targets: tuple[str, ...]
-    optimizer: torch.optim.Optimizer
+    resident_optimizer: torch.optim.Optimizer | None  # None while evicted
     gate: SeqGate = field(default_factory=SeqGate)
     step: int = 0
     pending: StepLoss = field(default_factory=StepLoss)
@@ -63,19 +68,61 @@ class TrainingModel:
         seed: int,
     ) -> TrainingModel:
         base.multi.add(model_id, rank, LORA_ALPHA, seed=seed)
-        trained = []
-        for name, layer in base.multi.layers.items():
-            wanted = name.rsplit(".", 1)[-1] in targets
-            for param in (layer.lora_A[model_id], layer.lora_B[model_id]):
-                # Untargeted layers keep B = 0 (no effect) and take no gradient.
-                param.requires_grad_(wanted)
-                if wanted:
-                    trained.append(param)
-        optimizer = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.0)
+        optimizer = _optimizer(base, model_id, targets)
         return cls(model_id, session_id, policy, run, base, rank, targets, optimizer)
 
     def close(self) -> None:
+        if self.resident_optimizer is not None:
+            self.base.multi.remove(self.model_id)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self.resident_optimizer is None:
+            raise RuntimeError(f"training client {self.model_id!r} is evicted: reload it first")
+        return self.resident_optimizer
+
+    def checkpoint_info(self, with_optimizer: bool) -> CheckpointInfo:
+        return CheckpointInfo(
+            self.model_id,
+            self.base.base_id,
+            self.policy,
+            self.rank,
+            self.alpha,
+            list(self.targets),
+            with_optimizer,
+            time.time(),
+        )
+
+    # -- eviction (in a worker thread, with the base's lock held) ----------------------------------
+
+    @property
+    def evicted_path(self) -> TinkerPath:
+        return TinkerPath(self.model_id, "weights", EVICTED)
+
+    def evict(self, checkpoints: CheckpointDirectory) -> None:
+        """Write the slot (every module, so a reload is exact), the AdamW state and the gradients
+        accumulated since the last step to disk, and free the slot."""
+        gradients = {
+            str(index): param.grad.detach().to("cpu", copy=True)
+            for index, param in enumerate(self.parameters)
+            if param.grad is not None
+        }
+        state = self.base.multi.state(self.model_id)
+        checkpoints.write(self.evicted_path, state, self.optimizer, self.checkpoint_info(True), gradients)
         self.base.multi.remove(self.model_id)
+        self.resident_optimizer = None
+
+    def reload(self, checkpoints: CheckpointDirectory) -> None:
+        """The slot, AdamW state and gradients as `evict` left them."""
+        path = self.evicted_path
+        self.base.multi.load(self.model_id, checkpoints.tensors(path), self.rank, self.alpha)
+        optimizer = _optimizer(self.base, self.model_id, self.targets)
+        checkpoints.restore_optimizer(path, optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, gradient in checkpoints.gradients(path).items():
+            param = params[int(index)]
+            param.grad = gradient.to(device=param.device, dtype=param.dtype)
+        self.resident_optimizer = optimizer
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -153,6 +200,19 @@ class TrainingModel:
         loss = self.pending.mean
         self.pending = StepLoss()
         return {"grad_norm:mean": norm, "step:max": float(self.step)}, loss
+
+
+def _optimizer(base: ResidentBase, model_id: str, targets: tuple[str, ...]) -> torch.optim.Optimizer:
+    """AdamW over the targeted modules of slot `model_id`; untargeted ones keep B = 0 (no effect) and
+    take no gradient."""
+    trained = []
+    for name, layer in base.multi.layers.items():
+        wanted = name.rsplit(".", 1)[-1] in targets
+        for param in (layer.lora_A[model_id], layer.lora_B[model_id]):
+            param.requires_grad_(wanted)
+            if wanted:
+                trained.append(param)
+    return torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.0)
 
 
 def _counted(loss_fn: str, inputs: dict[str, np.ndarray]) -> float:

@@ -10,7 +10,6 @@ served by name and audited.
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import TYPE_CHECKING, Any
 
 from events.log import EventLog
@@ -145,16 +144,7 @@ class Weights:
         if self.checkpoints.directory(path).exists() and not (overwrite and path.kind == "weights"):
             raise RequestFailed(f"path: {path} already exists")
         with_optimizer = path.kind == "weights"
-        info = CheckpointInfo(
-            model.model_id,
-            model.base.base_id,
-            model.policy,
-            model.rank,
-            model.alpha,
-            list(model.targets),
-            with_optimizer,
-            time.time(),
-        )
+        info = model.checkpoint_info(with_optimizer)
         optimizer = model.optimizer if with_optimizer else None
         size = await on_base(
             model.base, lambda: self.checkpoints.write(path, model.adapter_tensors(), optimizer, info)
@@ -200,7 +190,8 @@ class Weights:
 
         async def create() -> dict[str, Any]:
             model = await self.clients.build(client)
-            await self._load(model, path, info, body.optimizer)
+            async with self.clients.residency.using(model):
+                await self._load(model, path, info, body.optimizer)
             return {"path": str(path), "model_id": model_id, "type": "load_weights"}
 
         return await self.clients.creating(owner, client, create)
