@@ -5,23 +5,36 @@ its sampling raise (a NaN temperature), or one internal step (a prefill, a decod
 when it runs one chosen prompt. Each test checks that the faulted request ends with StepFailed naming
 the step and the cause, that the requests beside it get the tokens they get without the fault, and
 that the engine serves a new request afterwards.
+
+Then what a client sees (the HTTP mapping): a step failure is a 500 of OpenAI's shape naming the step
+and the cause, in process and through the router, and a stream that began ends with it as its last
+event; an engine host that hangs up mid-answer is a 503 with Retry-After (sent again, another host
+takes it).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 pytest.importorskip("torch", reason="needs the [train] extra (torch)")
 
-from mint.serving.engine import AdapterRef, Completion, SamplingParams, complete
+from mint.serving.engine import AdapterRef, Completion, Delta, SamplingParams, complete
 from mint.serving.torch_engine import StepFailed, TorchEngine
+from mint.serving.wire import ENGINE_HEADER, NDJSON, DeltaLine, encode_line
+from tests import test_router
+from tests.test_router import REF, Routed, alive
 
 pytestmark = pytest.mark.anyio
+
+# An API replica routing to a real engine host's HTTP server, and the same API with the engine in process.
+routed = test_router.routed
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 LONG = SamplingParams(max_tokens=120, temperature=0.0)  # still decoding when a later one arrives
@@ -163,3 +176,94 @@ async def test_a_decode_fault_fails_its_batch_and_the_engine_serves_on(
     assert engine.step_failures == 1 and engine.active == 0
     after = await complete(engine, PROMPTS[1], a, GREEDY)
     assert after.tokens == expected.tokens and after.finish == "length"
+
+
+# -- what a client sees ---------------------------------------------------------------------------
+
+
+async def test_a_step_failure_is_a_500_naming_the_step_and_cause_in_process_routed_and_streamed(
+    routed: Routed,
+) -> None:
+    from tests.serving_system import torch_engine
+
+    engine = torch_engine(routed.system)
+    faulty_ids = engine.tokenizer.encode(FAULTY, add_special_tokens=False)
+    _runs(
+        engine,
+        FAULTY,
+        engine._decode,
+        lambda rows: any(r.prompt == faulty_ids and len(r.tokens) == 2 for r in rows),
+    )
+    body = {"model": "acme/a", "prompt": FAULTY, "max_tokens": 6, "temperature": 0}
+    cause = "the engine failed this request: its decode step raised ValueError: injected fault in _decode"
+    for client in (routed.client, routed.direct):  # through the router to the engine host; in process
+        answer = await client.post("/v1/completions", json=body)
+        assert answer.status_code == 500, answer.text
+        assert answer.json()["error"] == {
+            "message": cause,
+            "type": "server_error",
+            "param": None,
+            "code": 500,
+        }
+        assert "retry-after" not in answer.headers  # a failure, not a refusal to retry later
+    async with routed.client.stream("POST", "/v1/completions", json={**body, "stream": True}) as streamed:
+        assert streamed.status_code == 200
+        events = [
+            json.loads(line.removeprefix("data: "))
+            async for line in streamed.aiter_lines()
+            if line.startswith("data: ")
+        ]
+    assert [e["choices"][0]["text"] is not None for e in events[:-1]] == [True, True]  # the two tokens
+    assert events[-1] == {"error": {"message": cause, "type": "server_error", "param": None, "code": 500}}
+    assert engine.step_failures == 3 and engine.active == 0
+    good = await routed.client.post("/v1/completions", json={**body, "prompt": PROMPTS[0]})
+    assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 6
+
+
+async def _hang_up_after_one_line(stream: anyio.abc.SocketStream) -> None:
+    """An engine host that accepts, streams one delta and dies: the connection closes mid-body."""
+    async with stream:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive()
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += await stream.receive()
+        line = encode_line(DeltaLine.of(Delta("x", (1,))))
+        await stream.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: "
+            + NDJSON.encode()
+            + b"\r\n"
+            + ENGINE_HEADER.encode()
+            + b": dying\r\ntransfer-encoding: chunked\r\n\r\n"
+            + f"{len(line):x}\r\n".encode()
+            + line
+            + b"\r\n"
+        )
+
+
+async def test_an_engine_host_that_hangs_up_mid_answer_is_a_503_with_retry_after(routed: Routed) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, _hang_up_after_one_line)
+        # Warm and idle: it ranks before e1, which is warm but busy.
+        await routed.system.log.append(
+            [
+                *alive("dying", holds=(REF,), url=f"http://127.0.0.1:{port}"),
+                *alive("e1", holds=(REF,), url=routed.url, in_flight=3),
+            ]
+        )
+        await routed.system.settle()
+        body = {"model": "acme/a", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0}
+        answer = await routed.client.post("/v1/completions", json=body)
+        tg.cancel_scope.cancel()
+    assert answer.status_code == 503 and answer.headers["retry-after"]
+    error = answer.json()["error"]
+    assert error["type"] == "server_error"
+    assert error["message"] == "engine dying failed mid-answer (RemoteProtocolError): retry"

@@ -15,6 +15,7 @@ once; the requests in flight get the grace to finish.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from mint.serving.wire import (
 # How long a request for a revision this host's store does not know yet waits for it: the router's
 # projection may be a little ahead of this host's.
 CATCH_UP_S = 2.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,7 +163,8 @@ async def _answer(
 def _refusal(exc: Exception, prompt_field: str) -> HttpError:
     try:
         return inference_error(exc, prompt_field)
-    except Exception:  # not a refusal: the engine failed
+    except Exception:  # not a refusal: a bug in the host, logged here since the router only sees a line
+        log.exception("engine host failed a request")
         return HttpError(500, f"the engine failed this request: {type(exc).__name__}: {exc}")
 
 

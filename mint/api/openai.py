@@ -7,7 +7,8 @@ a missing one (404), so names do not leak across tenants. Errors use OpenAI's sh
 bad request (an unknown field, a value out of range, a prompt plus max_tokens beyond the model's
 context), 404 for an unknown model, 429 with Retry-After over the token's concurrency or rate limit or
 when the engine's queue is full, 503 with Retry-After when a cold adapter was not loaded within the
-deadline or the server is shutting down, 500 when the engine failed the request. Every answer names
+deadline or the server is shutting down, 500 when the engine failed the request (naming the step and
+the cause); a stream that already began ends with that error as its last event. Every answer names
 the revision that produced it in the `x-mint-revision` header (`tenant/name@rev`) and the engine in
 `x-mint-engine`, so a client (and the demo) sees a rollback take effect. A client that goes away
 cancels its generation, streaming or not: the engine stops decoding for it.
@@ -526,6 +527,10 @@ async def _sse(
         return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
 
     yield event(first)
-    async for delta in rest:
-        yield event(delta)
+    try:
+        async for delta in rest:
+            yield event(delta)
+    except Exception as exc:  # the status is sent: the stream ends with the error, without [DONE]
+        yield b"data: " + inference_error(exc, "messages" if chat else "prompt").response().body + b"\n\n"
+        return
     yield b"data: [DONE]\n\n"

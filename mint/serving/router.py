@@ -11,7 +11,8 @@ Which host, from the replica's catalog projection (the whole log folded here):
 A host that cannot be reached, does not answer within `accept_s`, or says it is draining or starting,
 is skipped for the next candidate, before any byte reached the client. With no candidate left the
 router re-reads its projection until `deadline_s` has passed, then gives up with the reasons
-(NoEngine: the API answers 503 with Retry-After).
+(NoEngine: the API answers 503 with Retry-After). A host that hangs up mid-answer (it died or was
+stopped) fails the request with 503 and Retry-After too: sent again, another host takes it.
 """
 
 from __future__ import annotations
@@ -266,10 +267,10 @@ class Routed:
                     return
                 elif isinstance(line, ErrorLine):
                     raise EngineRefused(line.status, line.message, line.param)
-            raise EngineRefused(502, f"engine {self.engine} ended its answer before the end")
+            raise EngineRefused(503, f"engine {self.engine} ended its answer before the end: retry")
         except httpx.TransportError as exc:
             raise EngineRefused(
-                502, f"engine {self.engine} failed mid-answer: {type(exc).__name__}"
+                503, f"engine {self.engine} failed mid-answer ({type(exc).__name__}): retry"
             ) from None
         finally:
             with anyio.CancelScope(shield=True):
