@@ -37,7 +37,7 @@ pytestmark = pytest.mark.anyio
 routed = test_router.routed
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
-LONG = SamplingParams(max_tokens=120, temperature=0.0)  # still decoding when a later one arrives
+LONG = SamplingParams(max_tokens=48, temperature=0.0)  # still decoding when a later one arrives
 PROMPTS = ["The weather today is", "Once upon a time", "My favourite colour is"]
 FAULTY = "A prompt whose step is made to fail"
 
@@ -176,6 +176,25 @@ async def test_a_decode_fault_fails_its_batch_and_the_engine_serves_on(
     assert engine.step_failures == 1 and engine.active == 0
     after = await complete(engine, PROMPTS[1], a, GREEDY)
     assert after.tokens == expected.tokens and after.finish == "length"
+
+
+async def test_a_device_that_no_longer_runs_work_stops_the_engine(
+    base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = TorchEngine(base_dir, slots=1)
+    _runs(engine, FAULTY, engine._decode, lambda rows: True)
+    # As after a CUDA error that poisons the context: serving on would fail every later request.
+    monkeypatch.setattr(engine, "_device_usable", lambda: False)
+
+    async def faulty() -> None:
+        await complete(engine, FAULTY, None, GREEDY)
+
+    with pytest.raises(ExceptionGroup) as stopped:
+        async with anyio.create_task_group() as tg:
+            await tg.start(engine.serve)
+            tg.start_soon(faulty)
+    assert stopped.group_contains(ValueError, match="injected fault in _decode")
+    assert engine.step_failures == 0
 
 
 # -- what a client sees ---------------------------------------------------------------------------
