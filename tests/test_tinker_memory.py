@@ -164,3 +164,14 @@ def test_the_slot_budget_is_a_whole_number_named_in_its_error(monkeypatch: pytes
         monkeypatch.setenv(SLOTS_ENV, bad)
         with pytest.raises(ValueError, match=SLOTS_ENV):
             slots_from_env()
+
+
+def test_mint_up_and_the_api_actor_refuse_a_slot_budget_below_one() -> None:
+    from click.testing import CliRunner
+
+    from mint.commands.actor import actor
+    from mint.commands.up import up
+
+    for command, args in ((up, []), (actor, ["api", "--replica", "api-1"])):
+        refused = CliRunner().invoke(command, [*args, "--tinker-training-slots", "0"])
+        assert refused.exit_code == 2 and "'--tinker-training-slots': 0 is not in the range" in refused.output

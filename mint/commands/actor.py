@@ -36,6 +36,7 @@ from mint.commands.common import (
     run,
 )
 from mint.commands.placement import placement_options
+from mint.commands.tinker_slots import training_slots_option
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 
@@ -95,6 +96,7 @@ class Replica(Protocol):
     "--tokens", "tokens_path", default=None, help="api: the token store shared by the API replicas."
 )
 @inference_limit_options
+@training_slots_option
 @placement_options
 @home_option
 @log_option

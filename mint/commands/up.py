@@ -35,6 +35,7 @@ from mint.commands.common import (
     run,
 )
 from mint.commands.placement import placement_options
+from mint.commands.tinker_slots import training_slots_option
 from mint.config import open_artifacts, open_log
 from mint.home import Home
 from mint.serving.engine import Engine
@@ -98,6 +99,7 @@ CANCEL_AFTER_S = 1
     help="Refuse request bodies over this on every route (413). Default 8 MiB, the ingest limit.",
 )
 @inference_limit_options
+@training_slots_option
 @placement_options
 @home_option
 @log_option

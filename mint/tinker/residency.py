@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from mint.tinker.checkpoints import CheckpointDirectory
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI reads SLOTS_ENV from here without loading the service
+    from mint.tinker.checkpoints import CheckpointDirectory
     from mint.tinker.training import TrainingModel
 
 SLOTS_ENV = "MINT_TINKER_TRAINING_SLOTS"
