@@ -85,4 +85,9 @@ class Residency:
             async with victim.base.lock:
                 # A request that came for it while the lock was busy keeps it (and counts it again).
                 if victim.model_id not in self._in_use and victim.resident_optimizer is not None:
-                    await anyio.to_thread.run_sync(victim.evict, self.checkpoints)
+                    try:
+                        await anyio.to_thread.run_sync(victim.evict, self.checkpoints)
+                    finally:
+                        # Not written (a full disk, say): it still holds its slot.
+                        if victim.resident_optimizer is not None:
+                            self._resident[victim.model_id] = victim
