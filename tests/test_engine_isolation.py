@@ -14,7 +14,9 @@ takes it).
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -53,18 +55,25 @@ async def engine(base_dir: Path, adapters: list[AdapterRef]) -> AsyncIterator[To
         tg.cancel_scope.cancel()
 
 
-def _runs(engine: TorchEngine, prompt: str, step: Callable[..., Any], when: Callable[[Any], bool]) -> None:
+def _runs(
+    engine: TorchEngine, prompt: str, step: Callable[..., Any], when: Callable[[Any], bool]
+) -> list[weakref.ref[Any]]:
     """Wrap the engine's `step` (a bound method) to raise when a row of `prompt` is in what it runs
-    and `when(rows)` holds: the fault of one request, injected into the real loop."""
+    and `when(rows)` holds: the fault of one request, injected into the real loop. Returns weak
+    references to the KV caches of the batches it failed (a decode's)."""
     ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
+    failed_caches: list[weakref.ref[Any]] = []
 
     def faulty(arg: Any) -> Any:
         rows = arg if isinstance(arg, list) else arg.rows
         if any(r.prompt == ids for r in rows) and when(rows):
+            if not isinstance(arg, list):
+                failed_caches.append(weakref.ref(arg.cache))
             raise ValueError(f"injected fault in {step.__name__}")
         return step(arg)
 
     setattr(engine, step.__name__, faulty)
+    return failed_caches
 
 
 async def _failure(
@@ -141,8 +150,8 @@ async def test_a_prefill_fault_fails_its_group_and_the_running_batch_decodes_on(
     assert (await complete(engine, PROMPTS[1], None, GREEDY)).tokens == later.tokens
 
 
-async def test_a_decode_fault_fails_its_batch_and_the_engine_serves_on(
-    engine: TorchEngine, adapters: list[AdapterRef]
+async def test_a_decode_fault_fails_its_batch_frees_its_kv_cache_and_the_engine_serves_on(
+    engine: TorchEngine, adapters: list[AdapterRef], request: pytest.FixtureRequest
 ) -> None:
     a = adapters[0].ref
     expected = await complete(engine, PROMPTS[1], a, GREEDY)
@@ -151,8 +160,10 @@ async def test_a_decode_fault_fails_its_batch_and_the_engine_serves_on(
     def fourth_token(rows: Any) -> bool:  # the faulty request has streamed four tokens by then
         return any(r.prompt == faulty_ids and len(r.tokens) == 4 for r in rows)
 
-    _runs(engine, FAULTY, engine._decode, fourth_token)
+    failed_caches = _runs(engine, FAULTY, engine._decode, fourth_token)
     results: dict[str, tuple[Completion, StepFailed]] = {}
+    gc.disable()  # the failed batch's KV cache is freed by reference counting, not a later collection
+    request.addfinalizer(gc.enable)
 
     async def one(prompt: str, adapter: str | None, params: SamplingParams, started: anyio.Event) -> None:
         out = Completion()
@@ -176,6 +187,10 @@ async def test_a_decode_fault_fails_its_batch_and_the_engine_serves_on(
     assert engine.step_failures == 1 and engine.active == 0
     after = await complete(engine, PROMPTS[1], a, GREEDY)
     assert after.tokens == expected.tokens and after.finish == "length"
+    # Nothing of the failure (its logged traceback, the requests' errors) holds the batch's KV
+    # cache. (An idle worker thread holds its last job's arguments: `after` ran since.)
+    [cache] = failed_caches
+    assert cache() is None
 
 
 async def test_a_device_that_no_longer_runs_work_stops_the_engine(

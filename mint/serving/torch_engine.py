@@ -28,6 +28,7 @@ the context) stops the loop, so the host exits and is restarted.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -408,13 +409,15 @@ class TorchEngine(TokenizerPrompts, InFlight):
         if not self._device_usable():
             raise exc
         self.step_failures += 1
+        # The traceback as text, then dropped: its frames hold the step's tensors (a batch's KV cache,
+        # on the device), which a log record's exc_info or the requests' errors would keep alive.
         log.error(
-            "the %s step failed %d request(s) with %s; serving the others",
+            "the %s step failed %d request(s); serving the others\n%s",
             step,
             len(rows),
-            type(exc).__name__,
-            exc_info=exc,
+            "".join(traceback.format_exception(exc)).rstrip(),
         )
+        exc.__traceback__ = None
         for r in rows:
             await self._end(r, StepFailed(step, exc))
 
