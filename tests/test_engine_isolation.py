@@ -193,6 +193,46 @@ async def test_a_decode_fault_fails_its_batch_frees_its_kv_cache_and_the_engine_
     assert cache() is None
 
 
+async def test_a_fault_dropping_finished_rows_fails_the_rows_kept_and_the_finished_one_completes(
+    engine: TorchEngine, adapters: list[AdapterRef]
+) -> None:
+    a = adapters[0].ref
+    expected = await complete(engine, PROMPTS[0], a, GREEDY)
+    faulty_ids = engine.tokenizer.encode(FAULTY, add_special_tokens=False)
+    decode = engine._decode
+
+    def cache_that_fails_to_shrink(batch: Any) -> Any:
+        decoded = decode(batch)
+        if any(r.prompt == faulty_ids for r in decoded.rows):
+
+            def select(indices: Any) -> None:
+                raise ValueError("injected fault in batch_select_indices")
+
+            decoded.cache.batch_select_indices = select
+        return decoded
+
+    engine._decode = cache_that_fails_to_shrink  # type: ignore[method-assign]
+    done: list[Completion] = []
+    failures: list[StepFailed] = []
+
+    async def short() -> None:
+        done.append(await complete(engine, PROMPTS[0], a, GREEDY))
+
+    async def faulty() -> None:
+        failures.append((await _failure(engine, FAULTY, None, LONG))[1])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(faulty)
+        tg.start_soon(short)
+    [failed] = failures
+    assert failed.step == "row removal" and "ValueError: injected fault in batch_select_indices" in str(
+        failed
+    )
+    assert [c.tokens for c in done] == [expected.tokens]  # it finished; the removal after it failed
+    assert engine.step_failures == 1 and engine.active == 0
+    assert (await complete(engine, PROMPTS[0], a, GREEDY)).tokens == expected.tokens
+
+
 async def test_a_device_that_no_longer_runs_work_stops_the_engine(
     base_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

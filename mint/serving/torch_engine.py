@@ -18,10 +18,11 @@ On CUDA the budget is the device's own (torch.OutOfMemoryError is caught where m
 `memory_budget_bytes` sets a smaller one, on any device, counting the base, the slots and the KV caches.
 
 A step that raises fails only the requests it ran, never the loop (which would take the engine host,
-and every tenant it serves, down with it): a prefill fails its group, a decode its batch (their KV
-caches are dropped with it), a sampling or detokenizing error the one row. Their clients get StepFailed
-naming the step and the cause; the traceback is logged once and `step_failures` counts it; the other
-requests and new ones are served on. Only a device that no longer runs work (a CUDA error that poisons
+and every tenant it serves, down with it): a prefill fails its group, a decode its batch, dropping
+finished rows from the batch's KV cache the rows kept (the caches are dropped with them), a sampling or
+detokenizing error the one row. Their clients get StepFailed naming the step and the cause (or, out of
+device memory, DeviceMemoryExhausted); the traceback is logged once and `step_failures` counts it; the
+other requests and new ones are served on. Only a device that no longer runs work (a CUDA error that poisons
 the context) stops the loop, so the host exits and is restarted.
 """
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,18 +324,30 @@ class TorchEngine(TokenizerPrompts, InFlight):
             batch = await self._decoded(batch)
             batch = await self._finish_rows(batch)
 
+    async def _step(
+        self, step: str, rows: Sequence[_Request], work: Callable[[], Awaitable[_Batch]]
+    ) -> _Batch | None:
+        """`work`'s batch; or None when it raised, `rows` (what it ran) ended: out of device memory
+        with DeviceMemoryExhausted (the KV cache grew past the device), anything else with StepFailed."""
+        try:
+            return await work()
+        except torch.OutOfMemoryError as exc:
+            await self._refuse(rows, f"the {step} ran out of {self.placement.device} memory: {exc}")
+        except Exception as exc:
+            await self._step_failed(step, rows, exc)
+        return None
+
     async def _prefilled(self, batch: _Batch | None, fresh: list[_Request]) -> _Batch | None:
         """The running batch with `fresh` prefilled and merged in. A prefill that fails fails `fresh`
         alone: the running batch's KV cache is untouched until the merge makes a new one."""
-        try:
+
+        async def grow() -> _Batch:
             async with self._forward:
                 prefilled = await anyio.to_thread.run_sync(self._prefill, fresh)
-            grown = prefilled if batch is None else _merge(batch, prefilled)
-        except torch.OutOfMemoryError as exc:
-            await self._refuse(fresh, f"their prefill does not fit in {self.placement.device} memory: {exc}")
-            return batch
-        except Exception as exc:
-            await self._step_failed("prefill", fresh, exc)
+            return prefilled if batch is None else _merge(batch, prefilled)
+
+        grown = await self._step("prefill", fresh, grow)
+        if grown is None:
             return batch
         await self._emit(grown, range(len(grown.rows) - len(fresh), len(grown.rows)))
         return grown
@@ -342,19 +355,14 @@ class TorchEngine(TokenizerPrompts, InFlight):
     async def _decoded(self, batch: _Batch) -> _Batch | None:
         """The batch one token further. A decode that fails fails the batch's requests (its KV cache
         may be half updated, so it is dropped), and the loop goes on with the queue."""
-        try:
+
+        async def decode() -> _Batch:
             async with self._forward:
-                decoded = await anyio.to_thread.run_sync(self._decode, batch)
-        except torch.OutOfMemoryError as exc:
-            # The batch's KV cache grew past the device: its requests end with an error, not the engine.
-            await self._refuse(
-                batch.rows, f"the running batch ran out of {self.placement.device} memory: {exc}"
-            )
-            return None
-        except Exception as exc:
-            await self._step_failed("decode", batch.rows, exc)
-            return None
-        await self._emit(decoded, range(len(decoded.rows)))
+                return await anyio.to_thread.run_sync(self._decode, batch)
+
+        decoded = await self._step("decode", batch.rows, decode)
+        if decoded is not None:
+            await self._emit(decoded, range(len(decoded.rows)))
         return decoded
 
     def _admit(self, room: int) -> list[_Request]:
@@ -538,14 +546,14 @@ class TorchEngine(TokenizerPrompts, InFlight):
         if len(keep) == len(batch.rows):
             return batch
         index = torch.tensor(keep, dtype=torch.long)
-        batch.cache.batch_select_indices(index.to(self.multi.device))
-        return _Batch(
-            [batch.rows[i] for i in keep],
-            batch.cache,
-            batch.mask[index],
-            batch.positions[index],
-            batch.last[index],
-        )
+        rows = [batch.rows[i] for i in keep]
+
+        async def select() -> _Batch:
+            # A copy of the kept rows' keys and values: on a full device, this can run out of memory.
+            batch.cache.batch_select_indices(index.to(self.multi.device))
+            return _Batch(rows, batch.cache, batch.mask[index], batch.positions[index], batch.last[index])
+
+        return await self._step("row removal", rows, select)
 
     async def aclose(self) -> None:
         await self._send.aclose()
