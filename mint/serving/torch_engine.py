@@ -22,8 +22,8 @@ and every tenant it serves, down with it): a prefill fails its group, a decode i
 finished rows from the batch's KV cache the rows kept (the caches are dropped with them), a sampling or
 detokenizing error the one row. Their clients get StepFailed naming the step and the cause (or, out of
 device memory, DeviceMemoryExhausted); the traceback is logged once and `step_failures` counts it; the
-other requests and new ones are served on. Only a device that no longer runs work (a CUDA error that poisons
-the context) stops the loop, so the host exits and is restarted.
+other requests and new ones are served on. Only a device that no longer runs work (a CUDA error that
+poisons the context) stops the loop, so the host exits and is restarted.
 """
 
 from __future__ import annotations
