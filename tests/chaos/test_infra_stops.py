@@ -26,7 +26,7 @@ from mint.home import Home
 from tests.cluster import RunningCluster, running_cluster
 from tests.test_catalog_replicas import health, until
 from tests.test_engine_hosts import _holds, _lost, _serves, answered, engines_seen
-from tests.test_trainer_failover import LEASE, POLICIES, RUN, STEPS, counted, registered_in, run_row
+from tests.test_trainer_failover import LEASE, POLICIES, RUN, counted, registered_in, run_row
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.kafka, pytest.mark.timeout(400)]
 
@@ -34,6 +34,9 @@ HEARTBEAT_S, STALE_S, LOST_S = 0.5, 2.0, 5.0  # T1 and T2 kept short (README: MI
 ROUTE_DEADLINE_S = 5.0  # an API replica's deadline on a request to a host (serve_roles.run_api_replica)
 # What the loaded 2-core machine adds to a bound: a heartbeat to fold, a scheduler pass, a load.
 SLACK_S = 15.0
+# Steps of the run a trainer is stopped in: enough that it is still running when the SIGSTOP lands (on a
+# quiet machine ten tiny steps finish between the poll that sees three done and the signal).
+STOPPED_RUN_STEPS = 60
 
 
 async def resident_without_a_report(
@@ -158,7 +161,7 @@ async def test_a_trainer_stopped_past_its_lease_loses_the_run_and_nothing_it_doe
                 base_id="tiny",
                 algo="sft",
                 task="sft-repeat:hello",
-                steps=STEPS,
+                steps=STOPPED_RUN_STEPS,
             )
             await log.append([start])
             first: RunRow = await until(
