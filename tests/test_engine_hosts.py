@@ -438,8 +438,13 @@ async def test_an_engine_host_process_serves_through_an_api_process_and_drains_o
                 assert events[-1] == "data: [DONE]" and len(events) >= 3
                 text = "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1])
                 assert text == answer.json()["choices"][0]["text"]
-                residency = Catalog(system.home.catalog).residency("eh-1")
-                assert [f"{r.policy}@{r.revision}" for r in residency if r.tier == "gpu"] == [ref]
+
+                async def reported_resident() -> bool:  # the host's report may fold after its answer
+                    residency = Catalog(system.home.catalog).residency("eh-1")
+                    return [f"{r.policy}@{r.revision}" for r in residency if r.tier == "gpu"] == [ref]
+
+                with anyio.fail_after(30):
+                    await answered(reported_resident)
                 host.process.send_signal(signal.SIGTERM)
                 assert host.process.wait(timeout=30) == 0
                 with anyio.fail_after(30):

@@ -32,7 +32,9 @@ from tests.test_catalog_replicas import until
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(420)]
 
 POLICIES = ["acme/a", "acme/b"]
-RUN, STEPS = "acme/run-failover", 10
+# Enough steps that the holder is still mid-run when the kill lands: on a quiet machine ten tiny steps
+# were all done between the poll that saw three and the signal.
+RUN, STEPS = "acme/run-failover", 40
 SESSION_TIMEOUT_S = 3  # the trainers' group: the dead replica's partitions move after this
 LEASE = {"MINT_TRAINER_HEARTBEAT_S": "0.5", "MINT_TRAINER_LEASE_TIMEOUT_S": "3"}
 
