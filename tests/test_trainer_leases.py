@@ -186,7 +186,9 @@ async def test_a_stalled_worker_loses_its_run_to_another_and_nothing_it_appends_
     kafka_bootstrap: str, tmp_path: Path, tiny_base: Path
 ) -> None:
     topic = f"mint.leases.{uuid.uuid4().hex[:8]}"
-    run, steps = "acme/run-lease", 12
+    # Enough steps that the holder is still mid-run when it is stalled (ten were done before the stall
+    # landed on a quiet machine).
+    run, steps = "acme/run-lease", 60
     home = Home(tmp_path / "main")
     async with (
         KafkaLog(kafka_bootstrap, topic=topic, partitions=4) as log,
