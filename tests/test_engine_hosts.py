@@ -34,7 +34,7 @@ from mint.cluster.table import ClusterDir
 from mint.home import Home
 from mint.local_services import free_port
 from mint.serving.liveness import Liveness
-from tests.cluster import running_cluster
+from tests.cluster import RunningCluster, running_cluster
 from tests.records import evaluated, exported, register
 
 pytestmark = pytest.mark.anyio
@@ -462,19 +462,33 @@ async def engines_seen(client: httpx.AsyncClient) -> dict[str, dict[str, object]
     return {e["engine"]: e for e in answer.json()["engines"]}
 
 
-@pytest.mark.kafka
-@pytest.mark.timeout(600)
-async def test_engine_loss_a_killed_host_is_lost_its_adapters_move_and_requests_see_at_most_one_503(
-    tmp_path: Path, base_dir: Path
-) -> None:
-    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
-    pytest.importorskip("aiobotocore", reason="the cluster's artifacts are on S3")
-    # The broker is never restarted here: its log in memory spares moto a write per heartbeat.
+@dataclass
+class TwoEngines:
+    """A cluster with two engine hosts behind one API replica, serving acme/a@r1 on `victim` (the host
+    that answered `first` and reported the load); `survivor` is the other host."""
+
+    cluster: RunningCluster
+    client: httpx.AsyncClient
+    ref: str
+    body: dict[str, object]
+    first: httpx.Response
+    victim: str
+    survivor: str
+
+
+@asynccontextmanager
+async def two_engines_serving(tmp_path: Path, base_dir: Path) -> AsyncIterator[TwoEngines]:
+    # The broker's log in memory (it is never restarted here) spares moto a write per heartbeat.
     counts = {"catalog": 1, "schedulers": 1, "engines": 2, "api": 1}
     with running_cluster(tmp_path, base_dir=base_dir, broker_storage="memory", **counts) as cluster:
         ref = await publish_random_revision(ClusterDir(cluster.root), "acme/a", "r1")
         auth = {"Authorization": f"Bearer {cluster.admin_token()}"}
-        body = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 4, "temperature": 0}
+        body: dict[str, object] = {
+            "model": "acme/a",
+            "prompt": "The weather today is",
+            "max_tokens": 4,
+            "temperature": 0,
+        }
         async with httpx.AsyncClient(base_url=cluster.api_url(), headers=auth, timeout=90) as client:
             with anyio.fail_after(120):
                 await answered(partial(_serves, client, ref), every_s=0.5)
@@ -484,25 +498,38 @@ async def test_engine_loss_a_killed_host_is_lost_its_adapters_move_and_requests_
             (survivor,) = set(cluster.names("engine-host")) - {victim}
             with anyio.fail_after(60):  # the victim reports the load it made
                 await answered(lambda: _holds(client, victim, ref), every_s=0.5)
-            cluster.kill(victim, "KILL")
-            killed = time.monotonic()
-            statuses: list[int] = []
-            with anyio.fail_after(180):
-                while True:
-                    answer = await client.post("/v1/completions", json=body)
-                    statuses.append(answer.status_code)
-                    if answer.status_code == 200:
-                        break
-                    assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
-            served_after_s = time.monotonic() - killed
-            assert statuses.count(503) <= 1, statuses
-            assert answer.headers["x-mint-engine"] == survivor and answer.headers["x-mint-revision"] == ref
-            assert answer.json()["choices"] == first.json()["choices"]  # the same revision, greedy
-            with anyio.fail_after(60):  # declared lost past T2; the survivor reports what it loaded
-                await answered(lambda: _lost(client, victim), every_s=0.5)
-                await answered(lambda: _holds(client, survivor, ref), every_s=0.5)
-            seen = await engines_seen(client)
-            assert seen[victim]["liveness"] == "lost" and seen[survivor]["liveness"] == "up"
+            yield TwoEngines(cluster, client, ref, body, first, victim, survivor)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(600)
+async def test_engine_loss_a_killed_host_is_lost_its_adapters_move_and_requests_see_at_most_one_503(
+    tmp_path: Path, base_dir: Path
+) -> None:
+    pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+    pytest.importorskip("aiobotocore", reason="the cluster's artifacts are on S3")
+    async with two_engines_serving(tmp_path, base_dir) as serving:
+        cluster, client, ref, body = serving.cluster, serving.client, serving.ref, serving.body
+        first, victim, survivor = serving.first, serving.victim, serving.survivor
+        cluster.kill(victim, "KILL")
+        killed = time.monotonic()
+        statuses: list[int] = []
+        with anyio.fail_after(180):
+            while True:
+                answer = await client.post("/v1/completions", json=body)
+                statuses.append(answer.status_code)
+                if answer.status_code == 200:
+                    break
+                assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+        served_after_s = time.monotonic() - killed
+        assert statuses.count(503) <= 1, statuses
+        assert answer.headers["x-mint-engine"] == survivor and answer.headers["x-mint-revision"] == ref
+        assert answer.json()["choices"] == first.json()["choices"]  # the same revision, greedy
+        with anyio.fail_after(60):  # declared lost past T2; the survivor reports what it loaded
+            await answered(lambda: _lost(client, victim), every_s=0.5)
+            await answered(lambda: _holds(client, survivor, ref), every_s=0.5)
+        seen = await engines_seen(client)
+        assert seen[victim]["liveness"] == "lost" and seen[survivor]["liveness"] == "up"
     print(f"engine loss: served again {served_after_s:.1f}s after kill -9, statuses {statuses}")
 
 

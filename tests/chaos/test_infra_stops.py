@@ -7,7 +7,6 @@ acceptance test). Both reuse those tests' helpers."""
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -20,12 +19,10 @@ from events.training import RevisionExported, StartTraining, TrainingFailed, Tra
 from mint.catalog.queries import Catalog
 from mint.catalog.rows import RunRow
 from mint.chaos.checks import read_everything
-from mint.cluster.publish import publish_random_revision
-from mint.cluster.table import ClusterDir
 from mint.home import Home
 from tests.cluster import RunningCluster, running_cluster
 from tests.test_catalog_replicas import health, until
-from tests.test_engine_hosts import _holds, _lost, _serves, answered, engines_seen
+from tests.test_engine_hosts import _holds, _lost, answered, engines_seen, two_engines_serving
 from tests.test_trainer_failover import LEASE, POLICIES, RUN, counted, registered_in, run_row
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.kafka, pytest.mark.timeout(400)]
@@ -66,61 +63,49 @@ async def test_a_stopped_engine_host_stops_being_routed_to_its_adapters_move_and
     pytest.importorskip("torch", reason="needs the [train] extra (torch)")
     for name, value in (("HEARTBEAT", HEARTBEAT_S), ("STALE", STALE_S), ("LOST", LOST_S)):
         monkeypatch.setenv(f"MINT_ENGINE_{name}_S", str(value))
-    counts = {"catalog": 1, "schedulers": 1, "engines": 2, "api": 1}
-    with running_cluster(tmp_path, base_dir=base_dir, broker_storage="memory", **counts) as cluster:
-        ref = await publish_random_revision(ClusterDir(cluster.root), "acme/a", "r1")
-        auth = {"Authorization": f"Bearer {cluster.admin_token()}"}
-        body = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 4, "temperature": 0}
-        async with httpx.AsyncClient(base_url=cluster.api_url(), headers=auth, timeout=90) as client:
-            with anyio.fail_after(120):
-                await answered(partial(_serves, client, ref), every_s=0.5)
-            first = await client.post("/v1/completions", json=body)
-            assert first.status_code == 200, first.text
-            victim = first.headers["x-mint-engine"]
-            (survivor,) = set(cluster.names("engine-host")) - {victim}
-            with anyio.fail_after(60):
-                await answered(lambda: _holds(client, victim, ref), every_s=0.5)
+    async with two_engines_serving(tmp_path, base_dir) as serving:
+        cluster, client, ref, body = serving.cluster, serving.client, serving.ref, serving.body
+        first, victim, survivor = serving.first, serving.victim, serving.survivor
+        cluster.kill(victim, "STOP")
+        stopped = time.monotonic()
+        answers: list[tuple[float, int, str]] = []  # (sent at, status, engine) after the stop
+        with anyio.fail_after(STALE_S + ROUTE_DEADLINE_S + SLACK_S + 30):
+            while True:
+                sent = time.monotonic() - stopped
+                answer = await client.post("/v1/completions", json=body)
+                answers.append((sent, answer.status_code, answer.headers.get("x-mint-engine", "")))
+                if answer.status_code == 200:
+                    break
+                assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+        # Routing stopped within T1: nothing sent after it went to the stopped host.
+        assert answers[-1][2] == survivor, answers
+        assert answers[-1][0] <= STALE_S + ROUTE_DEADLINE_S + SLACK_S, answers
+        for _ in range(3):
+            again = await client.post("/v1/completions", json=body)
+            assert again.status_code == 200 and again.headers["x-mint-engine"] == survivor, again.text
 
-            cluster.kill(victim, "STOP")
-            stopped = time.monotonic()
-            answers: list[tuple[float, int, str]] = []  # (sent at, status, engine) after the stop
-            with anyio.fail_after(STALE_S + ROUTE_DEADLINE_S + SLACK_S + 30):
-                while True:
-                    sent = time.monotonic() - stopped
-                    answer = await client.post("/v1/completions", json=body)
-                    answers.append((sent, answer.status_code, answer.headers.get("x-mint-engine", "")))
-                    if answer.status_code == 200:
-                        break
-                    assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
-            # Routing stopped within T1: nothing sent after it went to the stopped host.
-            assert answers[-1][2] == survivor, answers
-            assert answers[-1][0] <= STALE_S + ROUTE_DEADLINE_S + SLACK_S, answers
-            for _ in range(3):
-                again = await client.post("/v1/completions", json=body)
-                assert again.status_code == 200 and again.headers["x-mint-engine"] == survivor, again.text
+        # Past T2 it is lost and its adapters are placed on the survivor, which reports the load.
+        with anyio.fail_after(LOST_S + SLACK_S + 30):
+            await answered(lambda: _lost(client, victim), every_s=0.5)
+            await answered(lambda: _holds(client, survivor, ref), every_s=0.5)
+        lost_after_s = time.monotonic() - stopped
+        assert lost_after_s <= LOST_S + SLACK_S, f"re-placed {lost_after_s:.1f} s after the stop"
+        assert not (unreported := await resident_without_a_report(client, cluster)), unreported
+        for _ in range(3):  # well past T1: every request goes to the survivor
+            again = await client.post("/v1/completions", json=body)
+            assert again.status_code == 200 and again.headers["x-mint-engine"] == survivor, again.text
+        # What it last reported stays recorded for the lost host (mint/catalog/fold.py engine_lost:
+        # a stopped host does still hold it); routers skip it, as the answers above show.
+        assert (await engines_seen(client))[victim]["liveness"] == "lost"
 
-            # Past T2 it is lost and its adapters are placed on the survivor, which reports the load.
-            with anyio.fail_after(LOST_S + SLACK_S + 30):
-                await answered(lambda: _lost(client, victim), every_s=0.5)
-                await answered(lambda: _holds(client, survivor, ref), every_s=0.5)
-            lost_after_s = time.monotonic() - stopped
-            assert lost_after_s <= LOST_S + SLACK_S, f"re-placed {lost_after_s:.1f} s after the stop"
-            assert not (unreported := await resident_without_a_report(client, cluster)), unreported
-            for _ in range(3):  # well past T1: every request goes to the survivor
-                again = await client.post("/v1/completions", json=body)
-                assert again.status_code == 200 and again.headers["x-mint-engine"] == survivor, again.text
-            # What it last reported stays recorded for the lost host (mint/catalog/fold.py engine_lost:
-            # a stopped host does still hold it); routers skip it, as the answers above show.
-            assert (await engines_seen(client))[victim]["liveness"] == "lost"
-
-            # Continued, the stopped host finds itself declared lost and registers again; residency
-            # follows only what it reports.
-            cluster.kill(victim, "CONT")
-            with anyio.fail_after(90):
-                await answered(lambda: _back(client, victim), every_s=0.5)
-            assert not (unreported := await resident_without_a_report(client, cluster)), unreported
-            served = await client.post("/v1/completions", json=body)
-            assert served.status_code == 200 and served.json()["choices"] == first.json()["choices"]
+        # Continued, the stopped host finds itself declared lost and registers again; residency
+        # follows only what it reports.
+        cluster.kill(victim, "CONT")
+        with anyio.fail_after(90):
+            await answered(lambda: _back(client, victim), every_s=0.5)
+        assert not (unreported := await resident_without_a_report(client, cluster)), unreported
+        served = await client.post("/v1/completions", json=body)
+        assert served.status_code == 200 and served.json()["choices"] == first.json()["choices"]
     print(f"engine SIGSTOP: routed away after {answers[-1][0]:.1f}s, lost and re-placed {lost_after_s:.1f}s")
 
 
