@@ -145,11 +145,13 @@ async def replicas(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Replic
             create_app(first, tokens),
             create_app(second, tokens, read_wait_s=LAGGING_WAIT_S),
         )
-        # acme/a serves r1 and has r2 exported and evaluated; replica 2 has folded all of it.
+        # acme/a serves r1 and has r2 exported and evaluated; both replicas have folded all of it (a
+        # test's first write through replica 1 must not race replica 1's own fold of the set-up).
         await log_1.append([register("acme/a")])
         await log_1.append([exported("acme/a", "r1"), evaluated("acme/a", "r1"), exported("acme/a", "r2")])
         await log_1.append([evaluated("acme/a", "r2"), Promote.create(policy="acme/a", revision="r1")])
         with anyio.fail_after(30):
+            await first.until(lambda: _serves(first.home, "r1"))
             async with replicas.replica_2_folding() as folding:
                 await folding.until(lambda: _serves(second.home, "r1"))
         yield replicas  # replica 2's projector is stopped from here: it lags
