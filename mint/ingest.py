@@ -121,7 +121,12 @@ def _refusal(record: Record, kind: Kind, principal: Principal) -> tuple[str, str
             return "tenant", f"{record.tenant!r} is not this token's tenant {principal.tenant!r}"
         if tenant_of(record.key) != principal.tenant:
             return "key", f"{record.key!r} belongs to another tenant than {principal.tenant!r}"
-    # What the catalog would dead-letter whatever its state is refused here, not answered 200.
+    return dead_on_arrival(record)
+
+
+def dead_on_arrival(record: Record) -> tuple[str, str] | None:
+    """(field, why) when the catalog would dead-letter this record whatever its state: every door
+    (HTTP ingest, `mint events produce`) refuses it instead of appending it."""
     foreign = record.foreign_uri() if isinstance(record, RevisionExported) else None
     return None if foreign is None else ("uri", foreign)
 

@@ -14,7 +14,7 @@ from events import codec
 from events.catalog import RevisionPromoted
 from events.sqlite_log import SqliteLog
 from mint.cli import cli
-from tests.records import promote, register
+from tests.records import exported, promote, register
 
 
 def _ndjson(records: list[object]) -> str:
@@ -66,6 +66,20 @@ def test_produce_refuses_a_deciders_fact_naming_its_writer(tmp_path: Path) -> No
     assert result.exit_code == 2
     assert f"line 2: record {forged.id!r} (RevisionPromoted): type: " in result.output
     assert "written only by MinT's catalog actor" in result.output
+    assert not (tmp_path / "log.db").exists() or _count(tmp_path) == 0
+
+
+def test_produce_refuses_an_export_whose_uri_is_another_policys_artifact(tmp_path: Path) -> None:
+    """What the catalog would dead-letter is refused at this door too, as at POST /v1/events."""
+    foreign = msgspec.structs.replace(exported("acme/a", "r1"), uri="file:///artifacts/globex/b/r1")
+    source = tmp_path / "in.ndjson"
+    source.write_text(_ndjson([register("acme/a"), foreign]))
+    result = CliRunner().invoke(cli, ["events", "produce", str(source), "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert (
+        f"in.ndjson: line 2: record {foreign.id!r} (RevisionExported): uri: "
+        "'file:///artifacts/globex/b/r1' is not an artifact of 'acme/a'" in result.output
+    )
     assert not (tmp_path / "log.db").exists() or _count(tmp_path) == 0
 
 

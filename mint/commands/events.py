@@ -16,6 +16,7 @@ from events.log import Encoded, EventLog, Stored
 from events.schema import BY_NAME, json_schema, producer_may_write, refusal_for_producer
 from mint.commands.common import context, home_option, log_option, run
 from mint.config import open_log
+from mint.ingest import dead_on_arrival
 
 
 @click.group("events")
@@ -54,6 +55,8 @@ def parse_ndjson(stream: IO[bytes], max_errors: int = 20) -> list[Encoded]:
             name = type(record).__name__
             if not producer_may_write(name):  # the same door as POST /v1/events
                 raise RecordError(f"record {record.id!r} ({name})", f"type: {refusal_for_producer(name)}")
+            if dead := dead_on_arrival(record):
+                raise RecordError(f"record {record.id!r} ({name})", f"{dead[0]}: {dead[1]}")
             records.append(Encoded.of(record))
         except RecordError as exc:
             errors.append(f"line {number}: {exc}")
