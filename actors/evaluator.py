@@ -10,6 +10,11 @@ It also folds the engines' TrafficObserved reports into live counters per served
 revision's error rate or sampled live score regresses past its policy's watch, it appends a Rollback
 with the evidence, which the catalog actor decides like any other.
 
+It decides canaries the same way: each traffic report of a canary's candidate or stable revision
+re-judges the canary over its window (mint/evaluation/canary.py), and a verdict becomes a
+PromoteCanary or AbortCanary carrying its numbers. A canary that sees no traffic is still aborted at
+its deadline: a clock beside the loop checks the running ones each second.
+
 An evaluation runs in `act`, before the checkpoint moves past the record that asked for it: a crash
 repeats it, and the fact's id derives from that record, so the log keeps one verdict. The price: while
 it runs (about a second on the tiny base) the watch reads no new traffic reports; they wait in the
@@ -21,20 +26,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from actors.faults import NO_FAULTS, Faults, InjectedCrash
 from actors.runtime import Batch, StoreActor
-from events.catalog import CommandRejected, Rollback
+from events.catalog import (
+    AbortCanary,
+    CanaryAborted,
+    CanaryPromoted,
+    CanaryStarted,
+    CommandRejected,
+    PromoteCanary,
+    Rollback,
+)
 from events.envelope import Record
 from events.evaluation import EvaluationCompleted, EvaluationFailed, RequestEvaluation
 from events.log import EventLog
 from events.serving import TrafficObserved
 from events.training import RevisionExported
 from mint.catalog.fold import CATALOG_FOLD
-from mint.catalog.rows import POLICIES, REVISIONS, TRAFFIC, PolicyRow, RevisionRow, TrafficRow
+from mint.catalog.rows import (
+    CANARIES,
+    POLICIES,
+    REVISIONS,
+    TRAFFIC,
+    CanaryRow,
+    PolicyRow,
+    RevisionRow,
+    TrafficRow,
+)
+from mint.evaluation.canary import canary_verdict, seen_since
 from mint.evaluation.gate import judge
 from mint.evaluation.runner import run_suite
 from mint.evaluation.suites import REWARD_PREFIX, load_suite, suite_path
@@ -46,6 +70,7 @@ from mint.serving.fetch import AdapterFetcher
 
 log = logging.getLogger(__name__)
 SOURCE = "evaluator"
+DEADLINE_CHECK_S = 1.0  # how often the clock looks for canaries past their max_duration_s
 
 EngineFactory = Callable[[str], Engine]  # base id -> an engine of the evaluator's own on that base
 
@@ -77,6 +102,8 @@ class EvaluatorActor(StoreActor):
         self.build_engine = engines or torch_engines(home)
         self._engines: dict[str, Engine] = {}
         self._tg: TaskGroup | None = None
+        self._store: ProjectionStore | None = None
+        self._running: set[str] = set()  # ids of the canaries running, for the deadline clock
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -87,8 +114,73 @@ class EvaluatorActor(StoreActor):
                 return []
             return [CommandRejected.refusing(record, SOURCE, *refusal)]
         if isinstance(record, TrafficObserved):
-            return self._watch(record, store)
+            return self._watch(record, store) + self._judge_canaries(record, store)
+        if isinstance(record, CanaryStarted):
+            self._running.add(record.canary)
+        elif isinstance(record, CanaryPromoted | CanaryAborted):
+            self._running.discard(record.canary)
         return []
+
+    # -- canaries ---------------------------------------------------------------------------------
+
+    def opened(self, store: ProjectionStore) -> None:
+        self._store = store
+        self._running = {r[0] for r in store.query("SELECT canary FROM canaries WHERE status = 'running'")}
+
+    def _judge_canaries(self, report: TrafficObserved, store: ProjectionStore) -> list[Record]:
+        policies = {ref.partition("@")[0] for ref in report.traffic}
+        out: list[Record] = []
+        for name in sorted(policies):
+            policy: PolicyRow | None = store.rows.get(POLICIES, name)
+            if policy is not None and policy.canary is not None:
+                out.extend(self._judge(store.rows.get(CANARIES, policy.canary), store, report.at, report))
+        return out
+
+    def _judge(
+        self, canary: CanaryRow, store: ProjectionStore, now: datetime, cause: Record | None
+    ) -> list[Record]:
+        if canary.status != "running":
+            return []
+        candidate = seen_since(
+            store.rows.get(TRAFFIC, canary.policy, canary.revision), canary.window_start.get(canary.revision)
+        )
+        stable = seen_since(
+            store.rows.get(TRAFFIC, canary.policy, canary.stable), canary.window_start.get(canary.stable)
+        )
+        elapsed = (now - datetime.fromisoformat(canary.started_at)).total_seconds()
+        verdict = canary_verdict(canary.rules, candidate, stable, elapsed)
+        if verdict is None:
+            return []
+        # One verdict per canary: promotion and abort share the id, so a later report (or the clock)
+        # reaching a verdict again repeats the id, and the log (or the catalog's dedupe) keeps the first.
+        kind = PromoteCanary if verdict.promote else AbortCanary
+        return [
+            kind.create(
+                id=f"{canary.canary}/verdict",
+                cause=cause,
+                source=SOURCE,
+                policy=canary.policy,
+                canary=canary.canary,
+                reason=verdict.reason,
+                evidence=verdict.evidence,
+            )
+        ]
+
+    async def beside(self, log: EventLog) -> None:
+        while True:
+            await anyio.sleep(DEADLINE_CHECK_S)
+            store = self._store
+            if store is None or not self._running:
+                continue
+            now = datetime.now(UTC)
+            late = [
+                record
+                for canary in sorted(self._running)
+                for record in self._judge(store.rows.get(CANARIES, canary), store, now, None)
+                if isinstance(record, AbortCanary)
+            ]
+            if late:
+                await log.append(late)
 
     def _refusal(self, command: RequestEvaluation, store: ProjectionStore) -> tuple[str, str] | None:
         policy: PolicyRow | None = store.rows.get(POLICIES, command.policy)

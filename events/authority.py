@@ -28,6 +28,9 @@ FACT_WRITERS: Mapping[str, tuple[str, ...]] = {
     "RevisionPromoted": ("catalog",),
     "RevisionRolledBack": ("catalog",),
     "PolicyRetired": ("catalog",),
+    "CanaryStarted": ("catalog",),
+    "CanaryPromoted": ("catalog",),
+    "CanaryAborted": ("catalog",),
     "CommandRejected": ("catalog", "trainer", "evaluator"),
     "TrainingStarted": ("trainer",),
     "StepCompleted": ("trainer", "tinker"),
@@ -51,4 +54,6 @@ FACT_WRITERS: Mapping[str, tuple[str, ...]] = {
     "TrainingClientCreated": ("tinker",),
     "CheckpointSaved": ("tinker",),
     "SamplerCreated": ("tinker",),
+    "CheckpointExpirySet": ("tinker",),
+    "CheckpointDeleted": ("tinker",),
 }

@@ -1,4 +1,5 @@
-"""Catalog records: a policy's registration, its serving pointer and its retirement. Keyed by policy."""
+"""Catalog records: a policy's registration, its serving pointer, its canaries and its retirement. Keyed
+by policy."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from msgspec import Meta
 
 from events.envelope import Command, Fact
 from events.names import INT64_MAX, SYSTEM_TENANT, Name, PolicyName, RevisionId
+from events.serving import RevisionTraffic
 
-PromotionMode = Literal["manual", "auto"]
+PromotionMode = Literal["manual", "auto", "canary"]
+CanaryMode = Literal["canary", "shadow"]
 Share = Annotated[float, Meta(ge=0.0, le=1.0)]
 AtLeastOne = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 
@@ -37,9 +40,26 @@ class Watch(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     min_scored: AtLeastOne = 10
 
 
+class CanaryRules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How a candidate revision meets live traffic before it serves everyone, and how it is decided.
+    "canary" answers `fraction` of the policy's requests from the candidate; "shadow" answers every
+    request from the stable revision and runs `fraction` of them on the candidate too, unseen. Once
+    the candidate has seen `min_requests`, it is promoted if its live error rate is at most
+    `max_error_rate` and its sampled live score at most `max_score_drop` below the stable revision's
+    over the same window; otherwise it is aborted. Undecided after `max_duration_s`, it is aborted."""
+
+    fraction: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.1
+    mode: CanaryMode = "canary"
+    min_requests: AtLeastOne = 50
+    max_duration_s: Annotated[float, Meta(gt=0.0)] = 3600.0
+    max_score_drop: Annotated[float, Meta(ge=0.0)] = 0.1
+    max_error_rate: Share = 0.05
+
+
 class RegisterPolicy(Command, kw_only=True, frozen=True):
-    """`promotion`: "auto" promotes every revision that passes `gate`; "manual" waits for a Promote.
-    Without a gate, exports are evaluated only on request (RequestEvaluation)."""
+    """`promotion`: "auto" promotes every revision that passes `gate`; "canary" starts a canary of it
+    (with `canary`'s rules, or the defaults); "manual" waits for a Promote. Without a gate, exports
+    are evaluated only on request (RequestEvaluation)."""
 
     KEY_FIELD: ClassVar[str] = "policy"
     policy: PolicyName
@@ -47,6 +67,7 @@ class RegisterPolicy(Command, kw_only=True, frozen=True):
     promotion: PromotionMode = "manual"
     gate: Gate | None = None
     watch: Watch | None = None
+    canary: CanaryRules | None = None
 
 
 class ConfigurePolicy(Command, kw_only=True, frozen=True):
@@ -57,6 +78,7 @@ class ConfigurePolicy(Command, kw_only=True, frozen=True):
     promotion: PromotionMode | None = None
     gate: Gate | None = None
     watch: Watch | None = None
+    canary: CanaryRules | None = None
 
 
 class Promote(Command, kw_only=True, frozen=True):
@@ -85,6 +107,39 @@ class RetirePolicy(Command, kw_only=True, frozen=True):
     reason: str = ""
 
 
+class StartCanary(Command, kw_only=True, frozen=True):
+    """Put `revision` in front of a slice of live traffic (or in the shadow of every request) before it
+    serves everyone. Refused unless the revision passed its evaluation, something serves already, and
+    no other canary of the policy runs. `rules` left out: the policy's canary rules, or the defaults."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    revision: RevisionId
+    rules: CanaryRules | None = None
+    reason: str = ""
+
+
+class PromoteCanary(Command, kw_only=True, frozen=True):
+    """Serve the running canary's revision to everyone. `canary` names the canary meant (its id):
+    a decision about one canary never lands on a later one; None means whichever runs."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    canary: str | None = None
+    reason: str = ""
+    evidence: dict[str, float] = {}
+
+
+class AbortCanary(Command, kw_only=True, frozen=True):
+    """Stop the running canary: every request goes to the serving pointer again."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    canary: str | None = None
+    reason: str = ""
+    evidence: dict[str, float] = {}
+
+
 class PolicyRegistered(Fact, kw_only=True, frozen=True):
     """v2: `base` became `base_id` and the promotion mode was added (upcast_v1_v2)."""
 
@@ -95,6 +150,7 @@ class PolicyRegistered(Fact, kw_only=True, frozen=True):
     promotion: PromotionMode = "manual"
     gate: Gate | None = None
     watch: Watch | None = None
+    canary: CanaryRules | None = None
 
     @staticmethod
     def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
@@ -106,13 +162,15 @@ class PolicyRegistered(Fact, kw_only=True, frozen=True):
 
 
 class PolicyConfigured(Fact, kw_only=True, frozen=True):
-    """The policy's promotion mode, gate and watch as they now are (all three, not a difference)."""
+    """The policy's promotion mode, gate, watch and canary rules as they now are (all, not a
+    difference)."""
 
     KEY_FIELD: ClassVar[str] = "policy"
     policy: PolicyName
     promotion: PromotionMode
     gate: Gate | None = None
     watch: Watch | None = None
+    canary: CanaryRules | None = None
 
 
 class RevisionPromoted(Fact, kw_only=True, frozen=True):
@@ -130,6 +188,45 @@ class RevisionRolledBack(Fact, kw_only=True, frozen=True):
     policy: PolicyName
     revision: RevisionId
     previous: RevisionId
+    reason: str = ""
+    evidence: dict[str, float] = {}
+
+
+class CanaryStarted(Fact, kw_only=True, frozen=True):
+    """A canary of `revision` against `stable` (the pointer then) began; `canary` is its id, which
+    with a request's id decides who answers it (mint/catalog/canary.py). `window_start` holds both
+    revisions' live traffic counters as the catalog had folded them: the evaluator compares what
+    each gained since, so both are judged over the same window."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    canary: str
+    revision: RevisionId
+    stable: RevisionId
+    rules: CanaryRules
+    window_start: dict[str, RevisionTraffic] = {}
+    reason: str = ""
+
+
+class CanaryPromoted(Fact, kw_only=True, frozen=True):
+    """The canary ended in its promotion (a RevisionPromoted beside it moves the pointer)."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    canary: str
+    revision: RevisionId
+    reason: str = ""
+    evidence: dict[str, float] = {}
+
+
+class CanaryAborted(Fact, kw_only=True, frozen=True):
+    """The canary ended without serving everyone: by its live evidence, its deadline, a person, or a
+    pointer move or retirement that ended it."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    canary: str
+    revision: RevisionId
     reason: str = ""
     evidence: dict[str, float] = {}
 

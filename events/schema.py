@@ -8,17 +8,23 @@ import msgspec
 
 from events.authority import COMMAND_WRITERS, FACT_WRITERS, PRODUCER
 from events.catalog import (
+    AbortCanary,
+    CanaryAborted,
+    CanaryPromoted,
+    CanaryStarted,
     CommandRejected,
     ConfigurePolicy,
     PolicyConfigured,
     PolicyRegistered,
     PolicyRetired,
     Promote,
+    PromoteCanary,
     RegisterPolicy,
     RetirePolicy,
     RevisionPromoted,
     RevisionRolledBack,
     Rollback,
+    StartCanary,
 )
 from events.claims import PartitionClaimed
 from events.envelope import Command, Fact, Record
@@ -35,7 +41,13 @@ from events.serving import (
     WavePlanned,
 )
 from events.system import ActorRestarted
-from events.tinker import CheckpointSaved, SamplerCreated, TrainingClientCreated
+from events.tinker import (
+    CheckpointDeleted,
+    CheckpointExpirySet,
+    CheckpointSaved,
+    SamplerCreated,
+    TrainingClientCreated,
+)
 from events.training import (
     RevisionExported,
     RunClaimed,
@@ -54,6 +66,9 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     Promote,
     Rollback,
     RetirePolicy,
+    StartCanary,
+    PromoteCanary,
+    AbortCanary,
     StartTraining,
     RequestEvaluation,
     ReportDemand,
@@ -63,6 +78,9 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     RevisionPromoted,
     RevisionRolledBack,
     PolicyRetired,
+    CanaryStarted,
+    CanaryPromoted,
+    CanaryAborted,
     CommandRejected,
     TrainingStarted,
     StepCompleted,
@@ -86,6 +104,8 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     TrainingClientCreated,
     CheckpointSaved,
     SamplerCreated,
+    CheckpointExpirySet,
+    CheckpointDeleted,
 )
 
 BY_NAME: dict[str, type[Record]] = {cls.__name__: cls for cls in RECORD_TYPES}

@@ -1,5 +1,9 @@
 """The catalog actor's decisions: a catalog command and the current state in, facts out.
 
+A canary (StartCanary, or a passed gate of a policy whose promotion is "canary") runs until a
+PromoteCanary (the evaluator's verdict, or a person) moves the pointer to it, or an AbortCanary, a
+rollback or the policy's retirement ends it. One runs per policy at a time.
+
 Every refusal becomes a CommandRejected fact that names the reason and, where one field is at fault,
 the field. Fact ids derive from the command id, so deciding the same command again after a crash
 yields the same ids, and the log (or the folds' dedupe) keeps only the first copy.
@@ -11,21 +15,38 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from events.catalog import (
+    AbortCanary,
+    CanaryAborted,
+    CanaryPromoted,
+    CanaryRules,
+    CanaryStarted,
     CommandRejected,
     ConfigurePolicy,
     PolicyConfigured,
     PolicyRegistered,
     PolicyRetired,
     Promote,
+    PromoteCanary,
     RegisterPolicy,
     RetirePolicy,
     RevisionPromoted,
     RevisionRolledBack,
     Rollback,
+    StartCanary,
 )
 from events.envelope import Command, Fact, Record
 from events.evaluation import EvaluationCompleted
-from mint.catalog.rows import POLICIES, REVISIONS, PolicyRow, RevisionRow
+from events.serving import RevisionTraffic
+from mint.catalog.rows import (
+    CANARIES,
+    POLICIES,
+    REVISIONS,
+    TRAFFIC,
+    CanaryRow,
+    PolicyRow,
+    RevisionRow,
+    TrafficRow,
+)
 from mint.projection.store import Rows
 
 SOURCE = "catalog"
@@ -39,14 +60,20 @@ class Refusal(Exception):
         self.field = field
 
 
-def _answer(command: Command, fact: type[F], **fields: Any) -> F:
-    """The fact deciding `command`. Its id and time derive from the command's, so deciding the same
-    command again (after a crash, or a new owner catching up, which folds its own copy) yields the same
-    fact as the first time."""
-    return fact.create(id=f"{command.id}/0", cause=command, at=command.at, source=SOURCE, **fields)
+def _answer(command: Command, fact: type[F], nth: int = 0, **fields: Any) -> F:
+    """The `nth` fact deciding `command`. Its id and time derive from the command's, so deciding the
+    same command again (after a crash, or a new owner catching up, which folds its own copy) yields the
+    same fact as the first time."""
+    return fact.create(id=f"{command.id}/{nth}", cause=command, at=command.at, source=SOURCE, **fields)
 
 
-def _policy(command: Promote | Rollback | RetirePolicy | ConfigurePolicy, rows: Rows) -> PolicyRow:
+PolicyCommand = (
+    Promote | Rollback | RetirePolicy | ConfigurePolicy | StartCanary | PromoteCanary | AbortCanary
+)
+AUTOMATIC = ("auto", "canary")  # promotion modes that act on a passed gate without a person
+
+
+def _policy(command: PolicyCommand, rows: Rows) -> PolicyRow:
     row: PolicyRow | None = rows.get(POLICIES, command.policy)
     if row is None:
         raise Refusal(f"unknown policy {command.policy!r}", "policy")
@@ -60,8 +87,10 @@ def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
     if existing is not None:
         state = "retired; register a new name" if existing.status == "retired" else "already registered"
         raise Refusal(f"policy {command.policy!r} is {state}", "policy")
-    if command.promotion == "auto" and command.gate is None:
-        raise Refusal("automatic promotion needs a gate: give the suite its revisions must pass", "gate")
+    if command.promotion in AUTOMATIC and command.gate is None:
+        raise Refusal(
+            f"{command.promotion} promotion needs a gate: give the suite its revisions must pass", "gate"
+        )
     return [
         _answer(
             command,
@@ -71,6 +100,7 @@ def register(command: RegisterPolicy, rows: Rows) -> list[Fact]:
             promotion=command.promotion,
             gate=command.gate,
             watch=command.watch,
+            canary=command.canary,
         )
     ]
 
@@ -79,8 +109,8 @@ def configure(command: ConfigurePolicy, rows: Rows) -> list[Fact]:
     policy = _policy(command, rows)
     promotion = command.promotion or policy.promotion
     gate = command.gate or policy.gate
-    if promotion == "auto" and gate is None:
-        raise Refusal("automatic promotion needs a gate: give the suite its revisions must pass", "gate")
+    if promotion in AUTOMATIC and gate is None:
+        raise Refusal(f"{promotion} promotion needs a gate: give the suite its revisions must pass", "gate")
     return [
         _answer(
             command,
@@ -89,12 +119,14 @@ def configure(command: ConfigurePolicy, rows: Rows) -> list[Fact]:
             promotion=promotion,
             gate=gate,
             watch=command.watch or policy.watch,
+            canary=command.canary or policy.canary_rules,
         )
     ]
 
 
-def promote(command: Promote, rows: Rows) -> list[Fact]:
-    policy = _policy(command, rows)
+def _candidate(command: Promote | StartCanary, policy: PolicyRow, rows: Rows) -> None:
+    """Refuse a revision that may not go before live traffic (unknown, another base, serving already,
+    not passed), or any while a canary runs: a new revision replaces a canary only once it is aborted."""
     ref = f"{command.policy}@{command.revision}"
     revision: RevisionRow | None = rows.get(REVISIONS, command.policy, command.revision)
     if revision is None:
@@ -105,7 +137,19 @@ def promote(command: Promote, rows: Rows) -> list[Fact]:
         )
     if policy.pointer == command.revision:
         raise Refusal(f"{ref} is already serving", "revision")
+    if policy.canary is not None:
+        running: CanaryRow = rows.get(CANARIES, policy.canary)
+        raise Refusal(
+            f"canary {running.canary} of {command.policy}@{running.revision} is running: promote or abort "
+            "it first (PromoteCanary / AbortCanary)",
+            "revision",
+        )
     _require_passed(ref, revision)
+
+
+def promote(command: Promote, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    _candidate(command, policy, rows)
     return [
         _answer(
             command,
@@ -141,13 +185,25 @@ def auto_promote(fact: EvaluationCompleted, rows: Rows) -> list[Fact]:
     pointer proves nothing about the newer one."""
     policy: PolicyRow | None = rows.get(POLICIES, fact.policy)
     revision: RevisionRow | None = rows.get(REVISIONS, fact.policy, fact.revision)
-    if policy is None or revision is None or policy.promotion != "auto" or policy.status != "active":
+    if policy is None or revision is None or policy.promotion not in AUTOMATIC or policy.status != "active":
         return []
     if fact.verdict != "pass" or policy.pointer == fact.revision or revision.base_id != policy.base_id:
         return []
-    if fact.baseline_revision != policy.pointer:
-        return []
+    if fact.baseline_revision != policy.pointer or policy.canary is not None:
+        return []  # a running canary gives way to a new revision only through an explicit abort
     reason = f"auto: passed {fact.suite} v{fact.suite_version}" + (f" ({fact.detail})" if fact.detail else "")
+    if policy.promotion == "canary" and policy.pointer is not None:
+        return [
+            _canary_started(
+                f"{fact.id}/canary",
+                fact,
+                policy,
+                fact.revision,
+                policy.canary_rules or CanaryRules(),
+                rows,
+                reason,
+            )
+        ]
     promoted = RevisionPromoted.create(
         id=f"{fact.id}/promote",
         cause=fact,
@@ -193,13 +249,136 @@ def rollback(command: Rollback, rows: Rows) -> list[Fact]:
             previous=policy.pointer,
             reason=command.reason,
             evidence=dict(command.evidence),
-        )
+        ),
+        *_end_canary(command, policy, rows, f"the pointer rolled back to {target}"),
     ]
 
 
 def retire(command: RetirePolicy, rows: Rows) -> list[Fact]:
-    _policy(command, rows)
-    return [_answer(command, PolicyRetired, policy=command.policy, reason=command.reason)]
+    policy = _policy(command, rows)
+    return [
+        _answer(command, PolicyRetired, policy=command.policy, reason=command.reason),
+        *_end_canary(command, policy, rows, "the policy was retired"),
+    ]
+
+
+def _end_canary(command: Command, policy: PolicyRow, rows: Rows, why: str) -> list[Fact]:
+    """A canary is measured against the revision served when it started: a move of the pointer (or
+    the policy's retirement) ends it."""
+    if policy.canary is None:
+        return []
+    running: CanaryRow = rows.get(CANARIES, policy.canary)
+    ended = _answer(
+        command,
+        CanaryAborted,
+        1,
+        policy=policy.policy,
+        canary=running.canary,
+        revision=running.revision,
+        reason=why,
+    )
+    return [ended]
+
+
+def _window_start(rows: Rows, policy: str, *revisions: str) -> dict[str, RevisionTraffic]:
+    """Each revision's live traffic counters as folded so far (absent: none yet)."""
+    start = {}
+    for revision in revisions:
+        seen: TrafficRow | None = rows.get(TRAFFIC, policy, revision)
+        if seen is not None:
+            start[revision] = RevisionTraffic(
+                requests=seen.requests, errors=seen.errors, scored=seen.scored, score_sum=seen.score_sum
+            )
+    return start
+
+
+def _canary_started(
+    ident: str, cause: Record, policy: PolicyRow, revision: str, rules: CanaryRules, rows: Rows, reason: str
+) -> CanaryStarted:
+    assert policy.pointer is not None
+    return CanaryStarted.create(
+        id=ident,
+        cause=cause,
+        at=cause.at,
+        source=SOURCE,
+        policy=policy.policy,
+        canary=ident,
+        revision=revision,
+        stable=policy.pointer,
+        rules=rules,
+        window_start=_window_start(rows, policy.policy, policy.pointer, revision),
+        reason=reason,
+    )
+
+
+def start_canary(command: StartCanary, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    if policy.pointer is None:
+        raise Refusal(
+            f"{command.policy} serves nothing yet: a canary needs a stable revision to compare with "
+            "(promote the first one)",
+            "policy",
+        )
+    _candidate(command, policy, rows)
+    rules = command.rules or policy.canary_rules or CanaryRules()
+    return [
+        _canary_started(f"{command.id}/0", command, policy, command.revision, rules, rows, command.reason)
+    ]
+
+
+def _running(command: PromoteCanary | AbortCanary, policy: PolicyRow, rows: Rows) -> CanaryRow:
+    if policy.canary is None:
+        raise Refusal(f"{command.policy} runs no canary", "policy")
+    running: CanaryRow = rows.get(CANARIES, policy.canary)
+    if command.canary is not None and command.canary != running.canary:
+        raise Refusal(
+            f"canary {command.canary} of {command.policy} is over; {running.canary} runs now", "canary"
+        )
+    return running
+
+
+def promote_canary(command: PromoteCanary, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    running = _running(command, policy, rows)
+    evidence = dict(command.evidence)
+    return [
+        _answer(
+            command,
+            CanaryPromoted,
+            policy=command.policy,
+            canary=running.canary,
+            revision=running.revision,
+            reason=command.reason,
+            evidence=evidence,
+        ),
+        _answer(
+            command,
+            RevisionPromoted,
+            1,
+            policy=command.policy,
+            revision=running.revision,
+            previous=policy.pointer,
+            reason=f"canary {running.canary}: {command.reason}"
+            if command.reason
+            else f"canary {running.canary}",
+        ),
+    ]
+
+
+def abort_canary(command: AbortCanary, rows: Rows) -> list[Fact]:
+    policy = _policy(command, rows)
+    running = _running(command, policy, rows)
+    return [
+        _answer(
+            command,
+            CanaryAborted,
+            policy=command.policy,
+            canary=running.canary,
+            revision=running.revision,
+            reason=command.reason,
+            evidence=dict(command.evidence),
+        )
+    ]
 
 
 DECIDERS: dict[str, Callable[..., list[Fact]]] = {
@@ -208,6 +387,9 @@ DECIDERS: dict[str, Callable[..., list[Fact]]] = {
     "Promote": promote,
     "Rollback": rollback,
     "RetirePolicy": retire,
+    "StartCanary": start_canary,
+    "PromoteCanary": promote_canary,
+    "AbortCanary": abort_canary,
 }
 
 

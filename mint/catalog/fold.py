@@ -9,6 +9,9 @@ from __future__ import annotations
 from msgspec.structs import replace
 
 from events.catalog import (
+    CanaryAborted,
+    CanaryPromoted,
+    CanaryStarted,
     CommandRejected,
     PolicyConfigured,
     PolicyRegistered,
@@ -40,6 +43,7 @@ from events.training import (
     TrainingStarted,
 )
 from mint.catalog.rows import (
+    CANARIES,
     CATALOG_TABLES,
     ENGINES,
     EVALUATIONS,
@@ -54,6 +58,7 @@ from mint.catalog.rows import (
     STEPS,
     TRAFFIC,
     WAVES,
+    CanaryRow,
     EngineRow,
     EvaluationRow,
     LoadFailureRow,
@@ -102,6 +107,7 @@ def policy_registered(fact: PolicyRegistered, rows: Rows) -> None:
             at,
             gate=fact.gate,
             watch=fact.watch,
+            canary_rules=fact.canary,
         ),
     )
 
@@ -110,7 +116,14 @@ def policy_configured(fact: PolicyConfigured, rows: Rows) -> None:
     row = _policy(fact, rows, fact.policy)
     rows.put(
         POLICIES,
-        replace(row, promotion=fact.promotion, gate=fact.gate, watch=fact.watch, updated_at=_at(fact)),
+        replace(
+            row,
+            promotion=fact.promotion,
+            gate=fact.gate,
+            watch=fact.watch,
+            canary_rules=fact.canary,
+            updated_at=_at(fact),
+        ),
     )
 
 
@@ -245,6 +258,48 @@ def revision_rolled_back(fact: RevisionRolledBack, rows: Rows) -> None:
             fact.causation,
         ),
     )
+
+
+def canary_started(fact: CanaryStarted, rows: Rows) -> None:
+    row = _policy(fact, rows, fact.policy)
+    at = _at(fact)
+    rows.put(
+        CANARIES,
+        CanaryRow(
+            fact.canary,
+            fact.policy,
+            fact.revision,
+            fact.stable,
+            fact.rules,
+            dict(fact.window_start),
+            "running",
+            at,
+            reason=fact.reason,
+        ),
+    )
+    rows.put(POLICIES, replace(row, canary=fact.canary, updated_at=at))
+
+
+def _canary_ended(fact: CanaryPromoted | CanaryAborted, rows: Rows, status: str) -> None:
+    row = _policy(fact, rows, fact.policy)
+    canary: CanaryRow | None = rows.get(CANARIES, fact.canary)
+    if canary is None:
+        raise Poison(f"canary: {fact.canary!r} never started on {fact.policy!r}")
+    at = _at(fact)
+    rows.put(
+        CANARIES,
+        replace(canary, status=status, ended_at=at, reason=fact.reason, evidence=dict(fact.evidence)),
+    )
+    if row.canary == fact.canary:
+        rows.put(POLICIES, replace(row, canary=None, updated_at=at))
+
+
+def canary_promoted(fact: CanaryPromoted, rows: Rows) -> None:
+    _canary_ended(fact, rows, "promoted")
+
+
+def canary_aborted(fact: CanaryAborted, rows: Rows) -> None:
+    _canary_ended(fact, rows, "aborted")
 
 
 def traffic_observed(fact: TrafficObserved, rows: Rows) -> None:
@@ -480,6 +535,9 @@ CATALOG_FOLD = Fold(
         "EvaluationFailed": evaluation_failed,
         "RevisionPromoted": revision_promoted,
         "RevisionRolledBack": revision_rolled_back,
+        "CanaryStarted": canary_started,
+        "CanaryPromoted": canary_promoted,
+        "CanaryAborted": canary_aborted,
         "CommandRejected": command_rejected,
         "TrainingStarted": training_started,
         "StepCompleted": step_completed,

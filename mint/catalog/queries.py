@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from events.log import Position
 from mint.catalog.rows import (
+    CANARIES,
     ENGINES,
     EVALUATIONS,
     LOAD_FAILURES,
@@ -20,6 +21,7 @@ from mint.catalog.rows import (
     STEPS,
     TRAFFIC,
     WAVES,
+    CanaryRow,
     EngineRow,
     EvaluationRow,
     LoadFailureRow,
@@ -81,6 +83,18 @@ class Catalog:
     def traffic(self, policy: str) -> list[TrafficRow]:
         """Live traffic per revision over all its servings (what the watch reads)."""
         return self._rows(TRAFFIC, "policy = ?", (policy,), "revision")
+
+    def canary(self, canary: str) -> CanaryRow | None:
+        found = self._rows(CANARIES, "canary = ?", (canary,))
+        return found[0] if found else None
+
+    def running_canary(self, policy: PolicyRow) -> CanaryRow | None:
+        """The canary `policy` runs now, or None (no read at all when it runs none)."""
+        return self.canary(policy.canary) if policy.canary else None
+
+    def canaries(self, policy: str) -> list[CanaryRow]:
+        """Every canary of `policy`, oldest first."""
+        return self._rows(CANARIES, "policy = ?", (policy,), "started_at, canary")
 
     def run(self, run: str) -> RunRow | None:
         found = self._rows(RUNS, "run = ?", (run,))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.catalog import Gate, Watch
+from events.catalog import CanaryRules, Gate, Watch
+from events.serving import RevisionTraffic
 from mint.projection.table import Row, Table
 
 
@@ -21,6 +22,8 @@ class PolicyRow(Row, frozen=True):
     updated_at: str
     gate: Gate | None = None
     watch: Watch | None = None
+    canary_rules: CanaryRules | None = None
+    canary: str | None = None  # the id of the canary running now (a CanaryRow)
 
 
 class RevisionRow(Row, frozen=True):
@@ -59,6 +62,22 @@ class ServingMove(Row, frozen=True):
     evidence: dict[str, float]
     at: str
     causation: str | None
+
+
+class CanaryRow(Row, frozen=True):
+    """One canary of a policy, from its start to its promotion or abort."""
+
+    canary: str
+    policy: str
+    revision: str
+    stable: str
+    rules: CanaryRules
+    window_start: dict[str, RevisionTraffic]
+    status: str  # running | promoted | aborted
+    started_at: str
+    ended_at: str | None = None
+    reason: str = ""
+    evidence: dict[str, float] = {}
 
 
 class EvaluationRow(Row, frozen=True):
@@ -223,6 +242,13 @@ EVALUATIONS = Table(
     indexes=(("policy", "revision"),),
     append_only=True,
 )
+CANARIES = Table(
+    "canaries",
+    CanaryRow,
+    key=("canary",),
+    columns=("policy", "status", "started_at"),
+    indexes=(("policy", "started_at"), ("status",)),
+)
 TRAFFIC = Table("traffic", TrafficRow, key=("policy", "revision"))
 RUNS = Table("runs", RunRow, key=("run",), columns=("tenant", "status"), indexes=(("tenant",),))
 STEPS = Table("steps", StepRow, key=("run", "policy", "step"), append_only=True)
@@ -247,6 +273,7 @@ CATALOG_TABLES = (
     REVISIONS,
     SERVING_MOVES,
     EVALUATIONS,
+    CANARIES,
     TRAFFIC,
     RUNS,
     STEPS,
