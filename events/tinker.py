@@ -13,7 +13,8 @@ from typing import ClassVar, Literal
 from events.envelope import Fact
 from events.names import Count, Name, PolicyName, Rank, RevisionId
 
-CheckpointKind = Literal["training", "sampler"]
+CheckpointKind = Literal["training", "sampler", "external"]
+DeletionReason = Literal["deleted", "expired"]
 
 
 class TrainingClientCreated(Fact, kw_only=True, frozen=True):
@@ -29,11 +30,16 @@ class TrainingClientCreated(Fact, kw_only=True, frozen=True):
     alpha: float
     targets: list[str]
     loaded_from: str | None = None  # a tinker:// checkpoint the client started from
+    # What the client was created with (`create_model`'s user_metadata): the run listings return it,
+    # and the cookbook keeps its renderer's name there.
+    user_metadata: dict[str, str] | None = None
 
 
 class CheckpointSaved(Fact, kw_only=True, frozen=True):
     """A `training` checkpoint holds the adapter and the optimizer state (resumable); a `sampler` one
-    the adapter only, and is also exported as `revision`."""
+    the adapter only, and is also exported as `revision`; an `external` one is the adapter in PEFT
+    layout in the artifact store, for download. `expires_at` (unix time): when the service deletes it
+    (None: never)."""
 
     KEY_FIELD: ClassVar[str] = "policy"
     policy: PolicyName
@@ -42,6 +48,28 @@ class CheckpointSaved(Fact, kw_only=True, frozen=True):
     kind: CheckpointKind
     bytes: Count
     revision: RevisionId | None = None
+    expires_at: float | None = None
+
+
+class CheckpointExpirySet(Fact, kw_only=True, frozen=True):
+    """A checkpoint's time to live set anew (`PUT .../ttl`): deleted at `expires_at`, or never (None)."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    model_id: str
+    path: str
+    expires_at: float | None = None
+
+
+class CheckpointDeleted(Fact, kw_only=True, frozen=True):
+    """A checkpoint removed: by its owner (`deleted`, the DELETE route) or by the service when its time
+    to live ran out (`expired`). Appended before its files go."""
+
+    KEY_FIELD: ClassVar[str] = "policy"
+    policy: PolicyName
+    model_id: str
+    path: str
+    reason: DeletionReason
 
 
 class SamplerCreated(Fact, kw_only=True, frozen=True):

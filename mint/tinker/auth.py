@@ -70,6 +70,7 @@ class Keys:
         claims = {
             "jti": grant.token_id,
             "sub": grant.tenant,
+            "org_id": grant.tenant,  # tinker 0.38's `whoami` reads the organisation from here
             "roles": sorted(grant.roles),
             "iat": now,
             "exp": now + JWT_LIFETIME_S,
@@ -78,6 +79,13 @@ class Keys:
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = hmac.new(self._secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
         return f"{head}.{body}.{_b64(signature)}"
+
+    def sign(self, text: str) -> str:
+        """An HMAC of `text` under the server's secret (what a signed download URL carries)."""
+        return _b64(hmac.new(self._secret, text.encode(), hashlib.sha256).digest())
+
+    def signed(self, text: str, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(text), signature)
 
     def verify(self, presented: str) -> Grant | None:
         """An X-API-Key value: one of our JWTs (signature, expiry and its token checked) or a raw key."""

@@ -1,5 +1,6 @@
-"""The bases a Tinker client may name: those in the home (`$MINT_HOME/bases/<id>/config.json`), with
-what their config says, each loaded once as a ResidentBase when a request first needs it.
+"""The bases a Tinker client may name: those in the home (`$MINT_HOME/bases/<id>/config.json`, where
+the id may be `ORG/NAME` itself), by their id or an alias (mint/bases/aliases.py), with what their
+config says, each loaded once as a ResidentBase when a request first needs it.
 
 Torch work on a base runs in a worker thread under the base's lock (`on_base`), one call at a time.
 """
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from mint.bases.aliases import AliasError, read_aliases
 from mint.home import Home
 from mint.tinker.futures import RequestFailed
 from mint.tinker.wire import WireError
@@ -21,6 +24,7 @@ if TYPE_CHECKING:  # torch loads with the first base a request needs, not with `
     from mint.tinker.resident import ResidentBase
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class Bases:
@@ -30,9 +34,32 @@ class Bases:
         self._loading = anyio.Lock()
 
     def ids(self) -> list[str]:
-        if not self.home.bases.is_dir():
+        """Every base directory's id: `<id>` or, one level down, `<ORG>/<NAME>`."""
+        root = self.home.bases
+        if not root.is_dir():
             return []
-        return sorted(d.name for d in self.home.bases.iterdir() if (d / "config.json").is_file())
+        found = [*root.glob("*/config.json"), *root.glob("*/*/config.json")]
+        return sorted(str(f.parent.relative_to(root)) for f in found if not f.parent.name.startswith("."))
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> base id. A base whose aliases file is unreadable answers to its id only."""
+        found: dict[str, str] = {}
+        for base_id in self.ids():
+            try:
+                found |= {alias: base_id for alias in read_aliases(self.home.base(base_id))}
+            except AliasError as exc:
+                logger.warning("base %s keeps its id only: %s", base_id, exc)
+        return found
+
+    def resolve(self, name: str, field_name: str = "base_model") -> str:
+        """The base id `name` (an id or an alias) names, or a 400 listing every name there is."""
+        ids, aliases = self.ids(), self.aliases()
+        if name in ids:
+            return name
+        if name in aliases:
+            return aliases[name]
+        listed = ", ".join(ids) + (f"; aliases: {', '.join(sorted(aliases))}" if aliases else "")
+        raise WireError(field_name, f"{name!r} is not a base here (bases: {listed})")
 
     def config(self, base_id: str) -> dict[str, Any]:
         config: dict[str, Any] = json.loads((self.home.base(base_id) / "config.json").read_text())
@@ -43,10 +70,6 @@ class Bases:
 
     def vocab_size(self, base_id: str) -> int:
         return int(self.config(base_id).get("vocab_size", 0))
-
-    def check(self, base_id: str, field_name: str = "base_model") -> None:
-        if base_id not in self.ids():
-            raise WireError(field_name, f"{base_id!r} is not a base here (bases: {', '.join(self.ids())})")
 
     async def resident(self, base_id: str) -> ResidentBase:
         if importlib.util.find_spec("torch") is None:

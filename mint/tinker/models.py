@@ -8,6 +8,7 @@ While it is being built, get_info waits for it (only for the caller's own tenant
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,14 @@ class NewClient:
     switches: tuple[bool, bool, bool]  # train attention, MLP, unembedding
     seed: int = 0
     loaded_from: TinkerPath | None = None
+    user_metadata: dict[str, str] | None = None
+
+
+def metadata_strings(metadata: dict[str, Any] | None) -> dict[str, str] | None:
+    """`user_metadata` as the SDKs type it (strings to strings): other values as their JSON text."""
+    if metadata is None:
+        return None
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
 
 
 def client_id(session_id: str, model_seq_id: int) -> str:
@@ -118,7 +127,7 @@ class TrainingClients:
 
     async def create_model(self, owner: Grant, body: CreateModel) -> Future:
         self.sessions.get(body.session_id, owner)
-        self.bases.check(body.base_model)
+        base_id = self.bases.resolve(body.base_model)
         lora = body.lora_config
         if not 1 <= lora.rank <= MAX_RANK:
             raise WireError("lora_config.rank", f"must be in 1..{MAX_RANK}, got {lora.rank}")
@@ -128,7 +137,14 @@ class TrainingClients:
         policy = self.policies.name(owner, model_id, body.user_metadata, None)
         switches = (lora.train_attn, lora.train_mlp, lora.train_unembed)
         client = NewClient(
-            model_id, body.session_id, policy, body.base_model, lora.rank, switches, lora.seed or 0
+            model_id,
+            body.session_id,
+            policy,
+            base_id,
+            lora.rank,
+            switches,
+            lora.seed or 0,
+            user_metadata=metadata_strings(body.user_metadata),
         )
 
         async def create() -> dict[str, Any]:
@@ -182,6 +198,7 @@ class TrainingClients:
                 client.rank,
                 targets,
                 client.seed,
+                client.user_metadata,
             ),
         )
         created = TrainingClientCreated.create(
@@ -196,6 +213,7 @@ class TrainingClients:
             alpha=model.alpha,
             targets=list(targets),
             loaded_from=None if client.loaded_from is None else str(client.loaded_from),
+            user_metadata=client.user_metadata,
         )
         await written.append(self.log, [created])
         self.models[client.model_id] = model

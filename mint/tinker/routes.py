@@ -8,16 +8,21 @@ its handler (keys, retries, errors, seq_ids given up) is mint/tinker/endpoint.py
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mint.tinker import proto, wire, written
+from mint.tinker import external, proto, wire, written
 from mint.tinker.auth import Grant, Keys
+from mint.tinker.checkpoints import TinkerPath
 from mint.tinker.endpoint import PROTOBUF, READ, TRAIN, Api, Door, Reply, endpoint, error, is_protobuf
-from mint.tinker.futures import Future
+from mint.tinker.external import DOWNLOAD_ROUTE
+from mint.tinker.futures import Future, RequestFailed
+from mint.tinker.models import metadata_strings
 from mint.tinker.results import ForwardBackwardResult, SampleResult
 from mint.tinker.service import TinkerService
 from mint.tinker.wire import Sequenced, WireError
@@ -64,8 +69,10 @@ async def healthz(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
 
 
 async def create_session(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
-    wire.decode(await request.body(), wire.CreateSession)
-    return {"session_id": await api.service.create_session(owner), "type": "create_session"}
+    body = wire.decode(await request.body(), wire.CreateSession)
+    metadata = metadata_strings(body.user_metadata)
+    session_id = await api.service.create_session(owner, metadata, body.display_name)
+    return {"session_id": session_id, "type": "create_session"}
 
 
 async def heartbeat(api: Api, request: Request, owner: Grant) -> Reply:
@@ -122,14 +129,21 @@ async def optim_step(api: Api, request: Request, owner: Grant) -> dict[str, Any]
 
 async def save_weights(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
     body = wire.decode(await request.body(), wire.SaveWeights)
-    sequenced = Sequenced(body.model_id, body.seq_id, (body.path, body.overwrite))
+    sequenced = Sequenced(body.model_id, body.seq_id, (body.path, body.overwrite, body.ttl_seconds))
     return future_reply(api.service.weights.save_weights(owner, sequenced))
 
 
 async def save_for_sampler(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
     body = wire.decode(await request.body(), wire.SaveWeightsForSampler)
-    sequenced = Sequenced(body.model_id, body.seq_id, (body.path, body.sampling_session_seq_id))
+    work = (body.path, body.sampling_session_seq_id, body.ttl_seconds)
+    sequenced = Sequenced(body.model_id, body.seq_id, work)
     return future_reply(api.service.weights.save_weights_for_sampler(owner, sequenced))
+
+
+async def save_external(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
+    body = wire.decode(await request.body(), wire.SaveWeightsExternal)
+    sequenced = Sequenced(body.model_id, body.seq_id, body)
+    return future_reply(api.service.weights.save_weights_external(owner, sequenced))
 
 
 async def load_weights(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
@@ -228,6 +242,55 @@ async def user_checkpoints(api: Api, request: Request, owner: Grant) -> dict[str
     return api.service.listings.checkpoints_of(owner, None, *page(request, 100))
 
 
+def checkpoint_path(request: Request) -> TinkerPath:
+    """The checkpoint a `/training_runs/{run_id}/checkpoints/{kind}/{name}` route names."""
+    params = request.path_params
+    return TinkerPath.of_checkpoint(params["run_id"], params["kind"], params["name"])
+
+
+async def delete_checkpoint(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
+    await api.service.weights.delete(owner, checkpoint_path(request))
+    return {}
+
+
+async def checkpoint_ttl(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
+    body = wire.decode(await request.body(), wire.SetTtl)
+    await api.service.weights.set_ttl(owner, checkpoint_path(request), body.ttl_seconds)
+    return {}
+
+
+async def external_weights_urls(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
+    path = checkpoint_path(request)
+    files = api.service.weights.external_files(owner, path)
+    urls, expires = external.signed_urls(api.keys, str(request.base_url), path, sorted(files))
+    return {"urls": urls, "expires": datetime.fromtimestamp(expires, UTC).isoformat()}
+
+
+async def download(api: Api, request: Request, owner: Grant) -> Response:
+    """One file of an external checkpoint, to whoever holds a URL signed for it (no key: the URL is
+    the credential, as with a presigned S3 URL)."""
+    query = request.query_params
+    path = TinkerPath.parse(query.get("path", ""))
+    name = query.get("file", "")
+    external.check_signed(api.keys, path, name, query_int(request, "expires", 0), query.get("signature", ""))
+    try:
+        info = api.service.checkpoints.info(path)
+    except RequestFailed:
+        raise WireError("path", f"no checkpoint {path}", 404) from None
+    if name not in info.files or info.expired(time.time()):
+        raise WireError("file", f"no file {name!r} in {path}", 404)
+    data = await api.service.weights.external_file(info.files[name])
+    return Response(data, media_type="application/octet-stream")
+
+
+async def sessions(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
+    return api.service.listings.sessions_of(owner, *page(request, 20))
+
+
+async def session(api: Api, request: Request, owner: Grant) -> dict[str, Any]:
+    return api.service.listings.session(owner, request.path_params["session_id"])
+
+
 DOORS = [
     Door("POST", "/client/config", None, client_config),
     Door("POST", "/client/dynamic_config", None, dynamic_config),
@@ -244,6 +307,7 @@ DOORS = [
     Door("POST", "/optim_step", TRAIN, optim_step, starts=True, sequenced=True),
     Door("POST", "/save_weights", TRAIN, save_weights, starts=True, sequenced=True),
     Door("POST", "/save_weights_for_sampler", TRAIN, save_for_sampler, starts=True, sequenced=True),
+    Door("POST", "/save_weights_external", TRAIN, save_external, starts=True, sequenced=True),
     Door("POST", "/load_weights", TRAIN, load_weights, starts=True, sequenced=True),
     Door("POST", "/weights_info", READ, weights_info),
     Door("POST", "/create_sampling_session", READ, create_sampling_session, starts=True),
@@ -255,6 +319,17 @@ DOORS = [
     Door("GET", "/training_runs/{run_id}", READ, training_run),
     Door("GET", "/training_runs/{run_id}/checkpoints", READ, run_checkpoints),
     Door("GET", "/checkpoints", READ, user_checkpoints),
+    Door("DELETE", "/training_runs/{run_id}/checkpoints/{kind}/{name}", TRAIN, delete_checkpoint),
+    Door("PUT", "/training_runs/{run_id}/checkpoints/{kind}/{name}/ttl", TRAIN, checkpoint_ttl),
+    Door(
+        "GET",
+        "/training_runs/{run_id}/checkpoints/{kind}/{name}/external_weights_urls",
+        READ,
+        external_weights_urls,
+    ),
+    Door("GET", DOWNLOAD_ROUTE, None, download),
+    Door("GET", "/sessions", READ, sessions),
+    Door("GET", "/sessions/{session_id}", READ, session),
 ]
 
 

@@ -79,10 +79,13 @@ class Samplers:
         new_id = sampler_id(body.session_id, body.sampling_session_seq_id)
         if body.model_path is not None:
             path, info = self.checkpoints.owned(body.model_path, owner.tenant, "model_path")
+            if path.kind == "external_weights":
+                raise WireError(
+                    "model_path", f"{path} is external weights (for download), not sampler weights"
+                )
             sampler = Sampler(new_id, owner.tenant, info.base_id, path, info.policy)
         elif body.base_model is not None:
-            self.bases.check(body.base_model)
-            sampler = Sampler(new_id, owner.tenant, body.base_model, None, None)
+            sampler = Sampler(new_id, owner.tenant, self.bases.resolve(body.base_model), None, None)
         else:
             raise WireError("model_path", "required (or base_model)")
         return (await self.open(sampler)).sampler_id
@@ -101,8 +104,11 @@ class Samplers:
             "model_path": None if sampler.checkpoint is None else str(sampler.checkpoint),
         }
 
+    def of_session(self, session_id: str) -> list[str]:
+        return [s for s in self._samplers if s.startswith(f"{session_id}:")]
+
     def close_session(self, session_id: str) -> None:
-        for closed in [s for s in self._samplers if s.startswith(f"{session_id}:")]:
+        for closed in self.of_session(session_id):
             del self._samplers[closed]
 
     def sample(self, owner: Grant, body: Sample) -> tuple[Future, list[str]]:

@@ -8,8 +8,10 @@ them (a session, which holds training clients and samplers).
     models.py     training clients: created, and their requests in seq_id order
     residency.py  which training clients hold a slot: a budget, the idle ones evicted to disk
     samplers.py   sampling sessions and asample
-    weights.py    checkpoints saved, exported as revisions, loaded, described
-    listings.py   the REST reads: capabilities, training runs, checkpoints
+    weights.py    checkpoints saved, exported as revisions, loaded, described, expired, deleted
+    external.py   external weights for download: age encryption, signed URLs
+    expiry.py     the sweep that deletes expired checkpoints
+    listings.py   the REST reads: capabilities, training runs, checkpoints, sessions
 
 Every request that changes something is a fact on the log before its future resolves. Torch work runs
 in worker threads, one at a time per base; everything else is asyncio.
@@ -29,6 +31,7 @@ from mint.home import Home
 from mint.tinker.auth import Grant
 from mint.tinker.bases import Bases
 from mint.tinker.checkpoints import CheckpointDirectory
+from mint.tinker.expiry import sweep_expired
 from mint.tinker.futures import Futures
 from mint.tinker.listings import Listings
 from mint.tinker.models import TrainingClients
@@ -61,17 +64,21 @@ class TinkerService:
         self.clients = TrainingClients(log, self.bases, self.futures, self.sessions, policies, self.residency)
         self.samplers = Samplers(log, self.bases, self.futures, self.sessions, self.checkpoints)
         self.weights = Weights(log, artifacts, self.checkpoints, self.clients, self.samplers, policies)
-        self.listings = Listings(self.bases, self.checkpoints, self.clients)
+        self.listings = Listings(self.bases, self.checkpoints, self.clients, self.sessions, self.samplers)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the requests' work until cancelled."""
-        await self.futures.run(task_status=task_status)
+        """Run the requests' work and the expired-checkpoint sweep until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sweep_expired, self.weights)
+            await self.futures.run(task_status=task_status)
 
-    async def create_session(self, owner: Grant) -> str:
+    async def create_session(
+        self, owner: Grant, user_metadata: dict[str, str] | None = None, display_name: str | None = None
+    ) -> str:
         """A new session; sessions gone idle are finished first."""
         for idle in self.sessions.idle():
             await self.finish_session(idle)
-        return self.sessions.open(owner.tenant).session_id
+        return self.sessions.open(owner.tenant, user_metadata, display_name).session_id
 
     async def finish_session(self, session_id: str) -> None:
         """Free what a session held: its training clients' slots, their snapshots and its samplers.

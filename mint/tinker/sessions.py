@@ -18,16 +18,25 @@ class Session:
     session_id: str
     tenant: str
     last_seen: float = field(default_factory=time.time)
+    user_metadata: dict[str, str] | None = None  # what create_session said about itself
+    display_name: str | None = None
 
 
 class Sessions:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
 
-    def open(self, tenant: str) -> Session:
-        session = Session(f"sess-{os.urandom(5).hex()}", tenant)
+    def open(
+        self, tenant: str, user_metadata: dict[str, str] | None = None, display_name: str | None = None
+    ) -> Session:
+        session = Session(
+            f"sess-{os.urandom(5).hex()}", tenant, user_metadata=user_metadata, display_name=display_name
+        )
         self._sessions[session.session_id] = session
         return session
+
+    def of_tenant(self, tenant: str) -> list[Session]:
+        return [s for s in self._sessions.values() if s.tenant == tenant]
 
     def idle(self) -> list[str]:
         """Sessions that have sent no heartbeat for SESSION_IDLE_S."""

@@ -6,6 +6,7 @@ were on its next request (mint/tinker/residency.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mint.adapters.adapter import LoraConfig
-from mint.adapters.peft_layout import encode_peft
+from mint.adapters.adapter import Adapter, LoraConfig
+from mint.adapters.peft_layout import CONFIG_FILE, WEIGHTS_FILE, encode_peft
 from mint.adapters.tensors import adapter_from_tensors
 from mint.tinker.checkpoints import CheckpointDirectory, CheckpointInfo, TinkerPath
 from mint.tinker.losses import elementwise_loss
@@ -54,6 +55,7 @@ class TrainingModel:
     step: int = 0
     pending: StepLoss = field(default_factory=StepLoss)
     alpha: float = LORA_ALPHA
+    user_metadata: dict[str, str] | None = None
 
     @classmethod
     def create(
@@ -66,10 +68,13 @@ class TrainingModel:
         rank: int,
         targets: tuple[str, ...],
         seed: int,
+        user_metadata: dict[str, str] | None = None,
     ) -> TrainingModel:
         base.multi.add(model_id, rank, LORA_ALPHA, seed=seed)
         optimizer = _optimizer(base, model_id, targets)
-        return cls(model_id, session_id, policy, run, base, rank, targets, optimizer)
+        return cls(
+            model_id, session_id, policy, run, base, rank, targets, optimizer, user_metadata=user_metadata
+        )
 
     def close(self) -> None:
         if self.resident_optimizer is not None:
@@ -81,7 +86,7 @@ class TrainingModel:
             raise RuntimeError(f"training client {self.model_id!r} is evicted: reload it first")
         return self.resident_optimizer
 
-    def checkpoint_info(self, with_optimizer: bool) -> CheckpointInfo:
+    def checkpoint_info(self, with_optimizer: bool, expires_at: float | None = None) -> CheckpointInfo:
         return CheckpointInfo(
             self.model_id,
             self.base.base_id,
@@ -91,6 +96,8 @@ class TrainingModel:
             list(self.targets),
             with_optimizer,
             time.time(),
+            user_metadata=self.user_metadata,
+            expires_at=expires_at,
         )
 
     # -- eviction (in a worker thread, with the base's lock held) ----------------------------------
@@ -136,12 +143,22 @@ class TrainingModel:
             if key.split(".lora_")[0].rsplit(".", 1)[-1] in self.targets
         }
 
-    def peft_adapter(self) -> tuple[tuple[str, ...], bytes]:
-        """The adapter as an export holds it: its target modules and canonical PEFT safetensors."""
+    def _adapter(self) -> Adapter:
         config = LoraConfig(
             r=self.rank, alpha=self.alpha, target_modules=self.targets, base_model=self.base.base_id
         )
-        return config.target_modules, encode_peft(adapter_from_tensors(config, self.adapter_tensors()))
+        return adapter_from_tensors(config, self.adapter_tensors())
+
+    def peft_adapter(self) -> tuple[tuple[str, ...], bytes]:
+        """The adapter as an export holds it: its target modules and canonical PEFT safetensors."""
+        adapter = self._adapter()
+        return adapter.config.target_modules, encode_peft(adapter)
+
+    def peft_files(self) -> dict[str, bytes]:
+        """The adapter as a PEFT directory's files (what `save_weights_external` hands out)."""
+        adapter = self._adapter()
+        config = json.dumps(adapter.config.peft_json(), indent=2) + "\n"
+        return {WEIGHTS_FILE: encode_peft(adapter), CONFIG_FILE: config.encode()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.base.multi.load(self.model_id, tensors, self.rank, self.alpha)

@@ -33,7 +33,15 @@ Beta = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 MAX_JSON_DEPTH = 64  # no SDK body nests deeper; past this a too-deep body is refused (see decode)
 MAX_SCAN_TOKENS = 250_000  # what reading a too-deep body may cost (about 0.2 s), hostile ones included
 
-LOSS_FUNCTIONS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "stable_reinforce")
+LOSS_FUNCTIONS = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo")
+# Asked for by name, refused by name: tinker's `stable_reinforce` (the cookbook's rl_loop default)
+# weighs tokens with stability information its sampler records, in a form Tinker does not publish;
+# running another loss in its place would train something the caller did not ask for.
+REFUSED_LOSSES = {
+    "stable_reinforce": "not served here: its objective uses sampling-time stability information that"
+    " Tinker does not publish; pass loss_fn='importance_sampling', 'ppo', 'cispo' or 'gspo'"
+    " (tinker-cookbook: loss_fn=importance_sampling)",
+}
 # The RL losses read the sampler's logprobs and the advantages beside the targets.
 LOSS_INPUTS = {
     "cross_entropy": ("target_tokens",),
@@ -135,6 +143,8 @@ class ForwardBackwardInput:
         for key, value in self.config.items():
             if not math.isfinite(value):
                 raise WireError(f"loss_fn_config.{key}", "must be a finite number")
+        if self.loss_fn in REFUSED_LOSSES:
+            raise WireError("loss_fn", f"{self.loss_fn!r} is {REFUSED_LOSSES[self.loss_fn]}")
         if self.loss_fn not in LOSS_INPUTS:
             raise WireError(
                 "loss_fn", f"{self.loss_fn!r} is not supported (supported: {', '.join(LOSS_FUNCTIONS)})"
@@ -167,6 +177,7 @@ class CreateSession(Body, kw_only=True):
     tags: list[str] = []
     user_metadata: dict[str, Any] | None = None
     sdk_version: str = ""
+    display_name: str | None = None
 
 
 class SessionRef(Body, kw_only=True):
@@ -289,11 +300,17 @@ class OptimStep(Body, kw_only=True):
     adam_params: AdamParams
 
 
+# A checkpoint's time to live: a second up to ten years (Tinker takes an hour and up; shorter ones
+# let a test see expiry happen). None: kept until deleted.
+TtlSeconds = Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86_400)]
+
+
 class SaveWeights(Body, kw_only=True):
     model_id: str
     seq_id: SeqId
     path: str | None = None
     overwrite: bool = False
+    ttl_seconds: TtlSeconds | None = None
 
 
 class SaveWeightsForSampler(Body, kw_only=True):
@@ -301,6 +318,19 @@ class SaveWeightsForSampler(Body, kw_only=True):
     seq_id: SeqId
     path: str | None = None
     sampling_session_seq_id: Count | None = None
+    ttl_seconds: TtlSeconds | None = None
+
+
+class SaveWeightsExternal(Body, kw_only=True):
+    model_id: str
+    seq_id: SeqId
+    path: str
+    ttl_seconds: TtlSeconds | None = None
+    age_encryption_recipients: list[str] | None = None  # `age1…` keys or SSH public keys
+
+
+class SetTtl(Body, kw_only=True):
+    ttl_seconds: TtlSeconds | None
 
 
 class LoadWeights(Body, kw_only=True):
