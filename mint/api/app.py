@@ -120,7 +120,7 @@ def create_app(
             return JSONResponse({"status": "draining", "engines": len(system.engines)}, status_code=503)
         return JSONResponse({"status": "ok", "engines": len(system.engines)})
 
-    metrics = Metrics(system, catalog, admission.in_flight)
+    metrics = Metrics(system, catalog, admission.in_flight, admission.answered, admission.shadow)
     app = Starlette(
         routes=[
             Route("/healthz", health),

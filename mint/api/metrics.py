@@ -12,6 +12,9 @@ needs a reader token of the operator tenant (`_system`), since it spans every te
     mint_adapter_loads_total{engine,tier}           adapters loaded, by the tier loaded into
     mint_adapter_load_failures_total{engine}        loads that failed
     mint_engine_requests_in_flight{engine}          inference requests queued or running
+    mint_revision_requests_total{revision}          inference requests answered, per revision ref
+    mint_shadow_requests_total{revision}            shadow runs finished on a shadowed candidate
+    mint_shadow_dropped_total{revision}             shadow runs dropped under load
     mint_http_request_duration_seconds{route,method,status}   request latency histogram
 """
 
@@ -34,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from actors.system import System
 from events.names import SYSTEM_TENANT
 from mint.api.auth import AuthError, require
+from mint.api.shadow import ShadowWork
 from mint.catalog.queries import Catalog, ProjectionMissing
 
 
@@ -128,6 +132,14 @@ class _Scrape(Collector):
             ("engine",),
             {(e,): n for e, n in v["in_flight"].items()},
         )
+        for name, what, counts in (
+            ("mint_revision_requests", "Inference requests answered, per revision.", v["answered"]),
+            ("mint_shadow_requests", "Shadow runs finished on a shadowed candidate.", v["shadow_ran"]),
+            ("mint_shadow_dropped", "Shadow runs dropped under load.", v["shadow_dropped"]),
+        ):
+            yield _family(
+                CounterMetricFamily, name, what, ("revision",), {(r,): n for r, n in counts.items()}
+            )
 
 
 def _family(
@@ -144,10 +156,19 @@ def _family(
 
 
 class Metrics:
-    def __init__(self, system: System, catalog: Callable[[], Catalog], in_flight: InFlight) -> None:
+    def __init__(
+        self,
+        system: System,
+        catalog: Callable[[], Catalog],
+        in_flight: InFlight,
+        answered: Counter[str],
+        shadow: ShadowWork,
+    ) -> None:
         self.system = system
         self.catalog = catalog
         self.in_flight = in_flight  # inference requests per engine, counted by the inference routes
+        self.answered = answered  # requests answered per revision ref, likewise
+        self.shadow = shadow
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "mint_http_request_duration_seconds",
@@ -206,6 +227,9 @@ class Metrics:
             "engines": engines,
             "loads": loads,
             "in_flight": self.in_flight.snapshot(),
+            "answered": dict(self.answered),
+            "shadow_ran": dict(self.shadow.ran),
+            "shadow_dropped": dict(self.shadow.dropped),
         }
 
     def routes(self) -> list[Route]:

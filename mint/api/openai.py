@@ -10,8 +10,14 @@ when the engine's queue is full, 503 with Retry-After when a cold adapter was no
 deadline or the server is shutting down, 500 when the engine failed the request (naming the step and
 the cause); a stream that already began ends with that error as its last event. Every answer names
 the revision that produced it in the `x-mint-revision` header (`tenant/name@rev`) and the engine in
-`x-mint-engine`, so a client (and the demo) sees a rollback take effect. A client that goes away
-cancels its generation, streaming or not: the engine stops decoding for it.
+`x-mint-engine`, so a client (and the demo) sees a rollback take effect, and its request id in
+`x-request-id` (the client's own, when it sent one; else the completion's `id`). A client that goes
+away cancels its generation, streaming or not: the engine stops decoding for it.
+
+While a policy runs a canary, a request for `tenant/name` goes to the revision that the canary's hash
+split picks for its request id (mint/catalog/canary.py), so `mint replay audit` can say later which
+revision answered it. In shadow mode the stable revision answers, and the picked requests run once
+more on the candidate in the background (mint/api/shadow.py), unseen and never delaying the answer.
 
 An API without engines of its own (an `api` replica) sends each generation through its router
 (mint/serving/router.py) to an engine host, streaming included; when no host can take it within the
@@ -21,8 +27,10 @@ router's deadline, the answer is 503 with Retry-After and the reasons.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -40,6 +48,8 @@ from events.names import tenant_of
 from mint.api.auth import AuthError, require
 from mint.api.errors import RETRY_AFTER_S, HttpError, decoded, retry_later
 from mint.api.metrics import InFlight
+from mint.api.shadow import ShadowWork
+from mint.catalog.canary import Answering, answering
 from mint.catalog.queries import Catalog, ProjectionMissing
 from mint.ingest import IngestLimits, RateLimited, RateLimiter
 from mint.serving.engine import (
@@ -59,6 +69,9 @@ from mint.serving.wire import ChatMessage, GenerateRequest, Params
 # What vLLM's OpenAI server accepts for `seed` (a torch long).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 T = TypeVar("T")
+REQUEST_ID_HEADER = "x-request-id"
+# What a client's request id may be: it is echoed in a header and typed into `mint replay audit`.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
 
 
 class InferenceLimits(msgspec.Struct, frozen=True):
@@ -88,6 +101,8 @@ class Admission:
         self.rate = RateLimiter(IngestLimits(records_per_s=limits.requests_per_s, burst=limits.burst))
         self.draining = False
         self.cut_off = anyio.Event()  # set when a drain's grace is over: what still runs is cancelled
+        self.answered: Counter[str] = Counter()  # requests answered, per revision ref (/metrics)
+        self.shadow = ShadowWork()
 
     def admit(self, token_id: str) -> Callable[[], None]:
         """Count a request of `token_id` (the returned callable ends it), or refuse it (HttpError)."""
@@ -263,11 +278,13 @@ class _Streamed(StreamingResponse):
         leave: Callable[[], None],
         headers: dict[str, str],
         cut_off: anyio.Event,
+        after: Callable[[], None],
     ) -> None:
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self._closing = (events, generation)
         self._leave = leave
         self._cut_off = cut_off
+        self._after = after  # once the answer is out: the shadow run, if any
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cut = started = False
@@ -298,6 +315,7 @@ class _Streamed(StreamingResponse):
                 for generator in self._closing:
                     await generator.aclose()
             self._leave()
+            self._after()
 
 
 def _nothing() -> None:
@@ -347,10 +365,12 @@ class _Generation:
     leave_engine: Callable[[], None] = _nothing
 
 
-def _in_process(api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams) -> _Generation:
-    host = _host_for(api.hosts, body.model)
+def _in_process(
+    api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams, model: str
+) -> _Generation:
+    host = _host_for(api.hosts, model)
     prompt = body.text(host.engine.render_chat)
-    ref = host.resolve(body.model)  # pinned here, so the header names what really answered
+    ref = host.resolve(model)  # pinned here, so the header names what really answered
 
     async def prompt_tokens() -> int:
         # A prompt may be megabytes: count its tokens off the event loop.
@@ -361,11 +381,11 @@ def _in_process(api: OpenAiApi, body: CompletionRequest | ChatRequest, params: S
 
 
 def _routed(
-    api: OpenAiApi, router: Router, body: CompletionRequest | ChatRequest, params: SamplingParams
+    api: OpenAiApi, router: Router, body: CompletionRequest | ChatRequest, params: SamplingParams, model: str
 ) -> _Generation:
     view = api.catalog()
     try:
-        ref, policy = resolve_model(body.model, view.policy, lambda p, r: view.revision(p, r) is not None)
+        ref, policy = resolve_model(model, view.policy, lambda p, r: view.revision(p, r) is not None)
     finally:
         view.close()
     # The router counts the request against the engine it sends it to (admission.in_flight).
@@ -377,6 +397,67 @@ def _routed(
     return _Generation(ref, routed.deltas, lambda: routed.engine, prompt_tokens)
 
 
+def _generation(
+    api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams, model: str
+) -> _Generation:
+    if api.router is not None and not api.hosts:
+        return _routed(api, api.router, body, params, model)
+    return _in_process(api, body, params, model)
+
+
+def _request_id(request: Request, generated: str) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is None:
+        return generated
+    if not REQUEST_ID.match(given):
+        raise HttpError(
+            400,
+            f"{REQUEST_ID_HEADER}: 1 to 128 characters of letters, digits and ._:/=+- (got {given[:40]!r})",
+        )
+    return given
+
+
+def _answering(api: OpenAiApi, model: str, request_id: str) -> Answering:
+    """Who answers `model` for this request: a pinned ref or a policy without a canary as always
+    (resolved where it is served), else the side of the running canary's split `request_id` falls on."""
+    unchanged = Answering(model)
+    if "@" in model:
+        return unchanged
+    try:
+        view = api.catalog()
+    except ProjectionMissing:
+        return unchanged
+    try:
+        row = view.policy(model)
+        if row is None or row.status != "active" or row.pointer is None or row.canary is None:
+            return unchanged
+        return answering(model, row.pointer, view.running_canary(row), request_id)
+    finally:
+        view.close()
+
+
+def _shadow(api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams, ref: str) -> None:
+    """Run the request again on the shadowed candidate `ref`, in the background, for its live numbers."""
+
+    async def work() -> bool:
+        generation = _generation(api, body, params, ref)
+        try:
+            async with aclosing(generation.deltas) as deltas:
+                async for _ in deltas:
+                    pass
+        except Overloaded:
+            return False
+        except EngineRefused as exc:
+            if exc.status == 429:
+                return False
+            raise
+        finally:
+            generation.leave_engine()
+        return True
+
+    api.admission.shadow.start(ref, work)
+
+
 @dataclass
 class _Started:
     """A generation that has produced its first delta, and what answering it needs."""
@@ -386,9 +467,13 @@ class _Started:
     logprobs: bool
     first: Delta
     leave: Callable[[], None]  # ends the request's counts (per token and per engine)
+    request_id: str
+    ident: str
+    params: SamplingParams
+    shadow: str | None  # the candidate that runs this request too, unseen
 
 
-async def _start(api: OpenAiApi, request: Request, chat: bool) -> _Started:
+async def _start(api: OpenAiApi, request: Request, chat: bool, ident: str) -> _Started:
     """Admit, decode and start the request; on any failure (a cancellation included) it leaves the
     counts and closes what it started before the error goes on."""
     admission = api.admission
@@ -410,10 +495,9 @@ async def _start(api: OpenAiApi, request: Request, chat: bool) -> _Started:
         params = body.params(logprobs)
         if not principal.sees(tenant_of(body.model)):
             raise ModelNotFound(body.model, "no such policy")
-        if api.router is not None and not api.hosts:
-            started = _routed(api, api.router, body, params)
-        else:
-            started = _in_process(api, body, params)
+        request_id = _request_id(request, ident)
+        chosen = _answering(api, body.model, request_id)
+        started = _generation(api, body, params, chosen.ref)
         deltas = started.deltas
         first = await _attended(request, admission.cut_off, lambda: anext(deltas))
     except BaseException:
@@ -422,24 +506,35 @@ async def _start(api: OpenAiApi, request: Request, chat: bool) -> _Started:
             with anyio.CancelScope(shield=True):
                 await started.deltas.aclose()
         raise
-    return _Started(body, started, logprobs, first, leave)
+    admission.answered[started.ref] += 1
+    return _Started(body, started, logprobs, first, leave, request_id, ident, params, chosen.shadow)
 
 
 async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
     prompt_field = "messages" if chat else "prompt"
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     try:
-        started = await _start(api, request, chat)
+        started = await _start(api, request, chat, ident)
     except ClientGone:
         return Response(status_code=499)  # nobody reads it: the status is for the access log
     except Exception as exc:
         return inference_error(exc, prompt_field).response()
     body, generation, cut_off = started.body, started.generation.deltas, api.admission.cut_off
-    answered = {"x-mint-revision": started.generation.ref, "x-mint-engine": started.generation.engine()}
-    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    answered = {
+        "x-mint-revision": started.generation.ref,
+        "x-mint-engine": started.generation.engine(),
+        REQUEST_ID_HEADER: started.request_id,
+    }
     created = int(time.time())
+    shadow = started.shadow
+
+    def after() -> None:
+        if shadow is not None:
+            _shadow(api, body, started.params, shadow)
+
     if body.stream:
         events = _sse(ident, created, body.model, chat, started.first, generation)
-        return _Streamed(events, generation, started.leave, answered, cut_off)
+        return _Streamed(events, generation, started.leave, answered, cut_off, after)
     try:
         async with aclosing(generation):
             out = await _attended(
@@ -453,6 +548,7 @@ async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
         return inference_error(exc, prompt_field).response()
     finally:
         started.leave()
+    after()
     return JSONResponse(_whole(ident, created, body.model, chat, out, started.logprobs), headers=answered)
 
 

@@ -1,0 +1,132 @@
+"""Canaries through the OpenAI API over a real engine host and torch engine: the split answers by
+request id and says who answered; a shadow candidate runs unseen and never changes an answer;
+/metrics counts per revision."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+pytest.importorskip("torch", reason="needs the [train] extra (torch)")
+
+from starlette.applications import Starlette
+
+from actors.system import System
+from events.catalog import AbortCanary, CanaryRules, StartCanary
+from mint.api.app import create_app
+from mint.api.openai import Admission
+from mint.auth.tokens import TokenStore
+from mint.catalog.canary import takes_candidate
+from mint.catalog.queries import Catalog
+from tests.serving_system import ready, serving_system
+
+pytestmark = pytest.mark.anyio
+BODY = {"model": "acme/a", "prompt": "The weather today is", "max_tokens": 6, "temperature": 0}
+# Never decided by the evaluator within a test: the numbers stay the test's to read.
+PATIENT = {"min_requests": 10_000, "max_duration_s": 3600.0}
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> AsyncIterator[System]:
+    async with serving_system(tmp_path) as system:
+        yield system
+
+
+@pytest.fixture
+def tokens(system: System) -> TokenStore:
+    return TokenStore(system.home.tokens)
+
+
+@pytest.fixture
+def app(system: System, tokens: TokenStore) -> Starlette:
+    return create_app(system, tokens)
+
+
+def _client(app: Starlette, tokens: TokenStore, tenant: str = "acme") -> httpx.AsyncClient:
+    secret = tokens.issue(tenant, "reader").secret
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://mint",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+
+
+async def _canary(system: System, rules: CanaryRules) -> str:
+    start = StartCanary.create(policy="acme/a", revision="r2", rules=rules)
+    await system.log.append([start])
+    with anyio.fail_after(20):
+        await system.until(lambda: Catalog(system.home.catalog).canary(f"{start.id}/0") is not None)
+    return f"{start.id}/0"
+
+
+async def test_the_split_answers_by_request_id_and_names_the_revision(
+    system: System, app: Starlette, tokens: TokenStore
+) -> None:
+    r1, r2 = await ready(system)
+    canary = await _canary(system, CanaryRules(fraction=0.5, **PATIENT))  # type: ignore[arg-type]
+    client = _client(app, tokens)
+    answers = {}
+    for i in range(16):
+        reply = await client.post("/v1/completions", json=BODY, headers={"x-request-id": f"q{i}"})
+        assert reply.status_code == 200 and reply.headers["x-request-id"] == f"q{i}"
+        expected = r2 if takes_candidate(canary, f"q{i}", 0.5) else r1
+        assert reply.headers["x-mint-revision"] == expected
+        answers[reply.headers["x-mint-revision"]] = reply.json()["choices"][0]["text"]
+    assert set(answers) == {r1, r2} and answers[r1] != answers[r2]
+    again = await client.post("/v1/completions", json=BODY, headers={"x-request-id": "q3"})
+    assert again.headers["x-mint-revision"] == (r2 if takes_candidate(canary, "q3", 0.5) else r1)
+    # Without a request id of its own, the completion's id is the request id, and decides the split.
+    plain = await client.post("/v1/completions", json=BODY)
+    ident = plain.json()["id"]
+    assert plain.headers["x-request-id"] == ident
+    assert plain.headers["x-mint-revision"] == (r2 if takes_candidate(canary, ident, 0.5) else r1)
+    bad = await client.post("/v1/completions", json=BODY, headers={"x-request-id": "no spaces here"})
+    assert bad.status_code == 400 and "x-request-id" in bad.json()["error"]["message"]
+    # A pinned request is never split.
+    pinned = await client.post("/v1/completions", json={**BODY, "model": r1}, headers={"x-request-id": "q1"})
+    assert pinned.headers["x-mint-revision"] == r1
+    admission: Admission = app.state.admission
+    assert admission.answered[r1] + admission.answered[r2] == 19
+    operator = _client(app, tokens, "_system")
+    metrics = (await operator.get("/metrics")).text
+    assert f'mint_revision_requests_total{{revision="{r2}"}} {float(admission.answered[r2])}' in metrics
+
+
+async def test_a_shadow_candidate_never_changes_an_answer_and_is_dropped_under_load(
+    system: System, app: Starlette, tokens: TokenStore
+) -> None:
+    r1, r2 = await ready(system)
+    client = _client(app, tokens)
+    stable = [
+        (await client.post("/v1/completions", json={**BODY, "model": r1, "prompt": f"Item {i} is"})).json()
+        for i in range(8)
+    ]
+    await _canary(system, CanaryRules(fraction=1.0, mode="shadow", **PATIENT))  # type: ignore[arg-type]
+    admission: Admission = app.state.admission
+    for i in range(8):
+        reply = await client.post(
+            "/v1/completions", json={**BODY, "prompt": f"Item {i} is"}, headers={"x-request-id": f"s{i}"}
+        )
+        assert reply.headers["x-mint-revision"] == r1
+        assert reply.json()["choices"][0]["text"] == stable[i]["choices"][0]["text"]
+        with anyio.fail_after(30):
+            await admission.shadow.idle()  # one at a time here, so none is dropped
+    assert admission.shadow.ran[r2] == 8 and admission.shadow.dropped[r2] == 0
+    # The engine host counted the candidate's shadow runs as its live traffic.
+    with anyio.fail_after(30):
+        await system.until(
+            lambda: any(
+                t.revision == "r2" and t.requests >= 8 for t in Catalog(system.home.catalog).traffic("acme/a")
+            )
+        )
+    admission.shadow.limit = 0  # under load: no room for shadow work
+    reply = await client.post("/v1/completions", json=BODY, headers={"x-request-id": "busy"})
+    assert reply.status_code == 200 and reply.headers["x-mint-revision"] == r1
+    assert admission.shadow.dropped[r2] == 1 and admission.shadow.running() == 0
+    metrics = (await _client(app, tokens, "_system").get("/metrics")).text
+    assert f'mint_shadow_dropped_total{{revision="{r2}"}} 1.0' in metrics
+    await system.log.append([AbortCanary.create(policy="acme/a", reason="done")])
