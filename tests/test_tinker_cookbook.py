@@ -48,7 +48,7 @@ TRAINER = Grant("tok-acme", "acme", frozenset({"trainer"}))
 def seed_hub_tokenizer(hf_home: Path, base: Path) -> None:
     """The tiny base's tokenizer as the hub's HUB_TOKENIZER in an HF cache (what HF_HUB_OFFLINE reads)."""
     repo = hf_home / "hub" / f"models--{HUB_TOKENIZER.replace('/', '--')}"
-    snapshot = repo / "snapshots" / "0" * 40
+    snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         (snapshot / name).write_bytes((base / name).read_bytes())
