@@ -2,9 +2,15 @@
 engine really holds after a restart, executes the waves planned for it (fetching revisions through the
 tiers), serves requests, and reports demand aggregated per interval — never one record per request.
 
-Residency changes only as a WavePlanned fact (durable on the log) says; each executed change is then
+Residency changes as a WavePlanned fact (durable on the log) says; each executed change is then
 reported as AdapterLoaded / AdapterEvicted / AdapterLoadFailed with ids derived from the wave, so a
 wave repeated after a crash reports nothing twice.
+
+The urgent path: a request that finds its adapter cold does not wait for the scheduler's next wave. The
+host asks the same planner the scheduler and the simulator use (`plan_urgent`, over what the engine
+holds and this host's own request heat) for a free or evictable slot, appends the AdapterEvicted facts
+of what it displaces before unloading it (record before effect), loads, and reports AdapterLoaded;
+the scheduler's next wave plans from there. It also reports demand at once, so waves follow.
 
 A host that runs as its own process (`mint actor engine-host`) also heartbeats: an EngineHeartbeat
 every interval with its incarnation (this process start), where it serves, the adapters it really
@@ -49,6 +55,8 @@ from mint.projection.store import ProjectionStore
 from mint.serving.engine import Completion, Delta, Engine, EngineError, SamplingParams, closing
 from mint.serving.fetch import AdapterFetcher
 from mint.serving.models import resolve_model
+from mint.serving.planner import Capacity, EngineView, Residency, Waiting, plan_urgent
+from mint.serving.sketch import FrequencySketch
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +110,18 @@ class EngineHost(StoreActor):
         self._waiting_since: dict[str, float] = {}  # cold ref -> when its oldest request began waiting
         self._cold = anyio.Event()  # set when a request waits for a cold adapter: report at once
         self._residency_changed = anyio.Event()
+        self._heat = FrequencySketch(max(1, engine.slots + engine.cpu_slots))  # what `plan_urgent` weighs
+        self._residency_lock = anyio.Lock()  # one change of residency at a time: a wave or an urgent load
+        self._urgent_loads = 0  # numbers this incarnation's urgent loads (their facts' ids)
+        self._loading: set[str] = set()
+        self._events: EventLog | None = None
         self._store: ProjectionStore | None = None
         self._reconcile: list[Record] = []
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def run(self, log: EventLog, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._events = log
         await log.append([self._registration()])
         await super().run(log, task_status=task_status)
 
@@ -199,25 +213,73 @@ class EngineHost(StoreActor):
 
     async def _execute(self, wave: WavePlanned, store: ProjectionStore) -> list[Record]:
         out: list[Record] = []
-        for ref in wave.evict:
-            if ref in self.engine.resident():
-                await self.engine.unload(ref)  # drains its in-flight requests first
-                policy, revision = split_ref(ref)
-                out.append(
-                    AdapterEvicted.create(
-                        id=f"{wave.id}/evict/{ref}",
-                        source=self.name,
-                        engine=self.engine_id,
-                        policy=policy,
-                        revision=revision,
-                        tier="gpu",
-                    )
-                )
-        for ref in wave.load:
-            out.append(await self._load(wave, ref, store))
+        async with self._residency_lock:
+            for ref in wave.evict:
+                if ref in self.engine.resident():
+                    await self.engine.unload(ref)  # drains its in-flight requests first
+                    out.append(self._evicted(wave.id, ref))
+            for ref in wave.load:
+                out.append(await self._load(wave.id, ref, store))
         for ref in wave.prefetch:
             out += await self._prefetch(wave, ref, store)
         return out
+
+    def _evicted(self, plan_id: str, ref: str) -> AdapterEvicted:
+        policy, revision = split_ref(ref)
+        return AdapterEvicted.create(
+            id=f"{plan_id}/evict/{ref}",
+            source=self.name,
+            engine=self.engine_id,
+            policy=policy,
+            revision=revision,
+            tier="gpu",
+        )
+
+    async def _load_urgently(self, store: ProjectionStore) -> None:
+        """The urgent path (see the module docstring) for every request now waiting on a cold adapter."""
+        events = self._events
+        if events is None:
+            return
+        async with self._residency_lock:
+            wave = plan_urgent(self._urgent_view(store))
+            if not wave.load:
+                return  # every slot is loading or waited for: the next wave or load frees one
+            self._urgent_loads += 1
+            plan_id = f"{self.engine_id}/{self.heartbeats.incarnation if self.heartbeats else 'embedded'}"
+            plan_id += f"/urgent/{self._urgent_loads}"
+            evicted = [self._evicted(plan_id, e.ref) for e in wave.evict if e.source == "gpu"]
+            # Shielded: a client that goes away must not leave an adapter unloaded but not reported.
+            with anyio.CancelScope(shield=True):
+                if evicted:
+                    await events.append(evicted)  # durable before the adapters go
+                for fact in evicted:
+                    await self.engine.unload(f"{fact.policy}@{fact.revision}")  # drains its requests
+                self._loading = {load.ref for load in wave.load}
+                try:
+                    loaded = [await self._load(plan_id, load.ref, store) for load in wave.load]
+                finally:
+                    self._loading = set()
+                await events.append(loaded)
+
+    def _urgent_view(self, store: ProjectionStore) -> EngineView:
+        now = anyio.current_time()
+        gpu = dict.fromkeys(self.engine.resident()).keys()  # an ordered set, as the engine orders it
+        cpu = dict.fromkeys(self.engine.host_cached()).keys()
+        sizes = {}
+        for ref in [*gpu, *cpu, *self._waiting_since]:
+            row: RevisionRow | None = store.rows.get(REVISIONS, *split_ref(ref))
+            if row is not None:
+                sizes[ref] = row.bytes / (1 << 20)
+        return EngineView(
+            wave=0,  # an urgent load is no wave: its facts' ids say which urgent load it was
+            capacity=Capacity(self.engine.slots, self.engine.cpu_slots),
+            residency=Residency(gpu, cpu),
+            servable=sizes.__contains__,  # never load or keep a revision never exported
+            waiting={ref: Waiting(1, now - since) for ref, since in self._waiting_since.items()},
+            loading=frozenset(self._loading),
+            sizes_mib=sizes,
+            heat=self._heat.estimate,
+        )
 
     async def _prefetch(self, wave: WavePlanned, ref: str, store: ProjectionStore) -> list[Record]:
         """Store -> this host's disk cache, so the wave that loads `ref` finds it local."""
@@ -246,7 +308,7 @@ class EngineHost(StoreActor):
             )
         ]
 
-    async def _load(self, wave: WavePlanned, ref: str, store: ProjectionStore) -> Record:
+    async def _load(self, plan_id: str, ref: str, store: ProjectionStore) -> Record:
         policy, revision = split_ref(ref)
         row: RevisionRow | None = store.rows.get(REVISIONS, policy, revision)
         try:
@@ -260,7 +322,7 @@ class EngineHost(StoreActor):
         except Exception as exc:  # a bad artifact or a full engine fails this load, not the host
             log.warning("%s: loading %s failed: %s", self.name, ref, exc)
             return AdapterLoadFailed.create(
-                id=f"{wave.id}/load/{ref}",
+                id=f"{plan_id}/load/{ref}",
                 source=self.name,
                 engine=self.engine_id,
                 policy=policy,
@@ -270,7 +332,7 @@ class EngineHost(StoreActor):
         self._residency_changed.set()
         self._residency_changed = anyio.Event()
         return AdapterLoaded.create(
-            id=f"{wave.id}/load/{ref}",
+            id=f"{plan_id}/load/{ref}",
             source=self.name,
             engine=self.engine_id,
             policy=policy,
@@ -299,6 +361,7 @@ class EngineHost(StoreActor):
         stream at once (its client went away), so the engine stops decoding for it."""
         ref = self.resolve(model)
         self._demand[ref] += 1
+        self._heat.add(ref)
         self._traffic[ref].requests += 1
         policy = self._policy(ref)
         scorer = self.live.sample(policy.gate, policy.watch) if policy else None
@@ -328,6 +391,9 @@ class EngineHost(StoreActor):
         if ref not in self.engine.resident():
             self._waiting_since.setdefault(ref, anyio.current_time())
             self._cold.set()
+            assert self._store is not None, "the engine host is not running"
+            with anyio.move_on_after(self.load_deadline_s):  # a wave may hold the engine meanwhile
+                await self._load_urgently(self._store)
             with anyio.move_on_after(self.load_deadline_s):
                 while ref not in self.engine.resident():
                     await self._residency_changed.wait()

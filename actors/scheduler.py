@@ -42,6 +42,7 @@ from mint.serving.planner import (
     follow_pointer,
     plan_wave,
 )
+from mint.serving.sketch import FrequencySketch
 
 MIB = 1024 * 1024
 
@@ -52,6 +53,9 @@ class WaveScheduler(StoreActor):
     def __init__(self, home: Home, faults: Faults = NO_FAULTS, liveness: Liveness | None = None) -> None:
         super().__init__("scheduler", CATALOG_FOLD, home.actor_state("scheduler"), faults)
         self.demand: dict[str, dict[str, Demand]] = defaultdict(dict)
+        # Per engine, aged request counts remembered across evictions (sized when the engine is first
+        # planned); soft like the demand table.
+        self.heat: dict[str, FrequencySketch] = {}
         self.loading: dict[str, set[str]] = defaultdict(set)  # planned loads not yet reported done
         self.liveness = liveness or Liveness.from_env()
         self._store: ProjectionStore | None = None
@@ -164,6 +168,9 @@ class WaveScheduler(StoreActor):
             self.demand[engine] = fold_demand(
                 self.demand[engine], record.counts, max(record.interval_s, 1e-3)
             )
+            heat = self._heat(store, engine)
+            for ref, count in record.counts.items():
+                heat.add(ref, count)
             waiting = {
                 ref: Waiting(record.counts.get(ref, 1), age)
                 for ref, age in record.waiting.items()
@@ -183,6 +190,14 @@ class WaveScheduler(StoreActor):
                     planned += self._plan(store, engine, f"{record.id}/wave/{engine}", record, {}, set())
             return planned
         return []
+
+    def _heat(self, store: ProjectionStore, engine: str) -> FrequencySketch:
+        heat = self.heat.get(engine)
+        if heat is None:
+            row: EngineRow | None = store.rows.get(ENGINES, engine)
+            slots = row.gpu_slots + row.cpu_slots if row is not None else 1
+            heat = self.heat[engine] = FrequencySketch(max(1, slots))
+        return heat
 
     def _resident(self, store: ProjectionStore, engine: str) -> set[str]:
         rows = store.query(
@@ -230,6 +245,7 @@ class WaveScheduler(StoreActor):
             waiting={ref: w for ref, w in waiting.items() if ref in sizes},  # never plan an unknown revision
             loading=frozenset(self.loading[engine]),
             sizes_mib=sizes,
+            heat=self._heat(store, engine).estimate,
         )
         wave = plan_wave(view)
         evict = [e.ref for e in wave.evict if e.source == "gpu"]

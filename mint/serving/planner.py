@@ -93,7 +93,13 @@ class PlannerConfig(msgspec.Struct, frozen=True, kw_only=True):
     host_window_share: float = 0.05  # host slots a rebalance keeps free for admission waves' victims
     max_proactive_loads: int = 8  # loads per wave that no waiting request asked for
     max_prefetches: int = 32  # store -> host cache fetches per wave
+    victim_sample: int = 16  # the urgent path's victim: the least valuable of this many LRU-end residents
     cost: CostModel = CostModel()
+
+
+def no_heat(ref: str) -> int:
+    """Heat for a caller that keeps none: every ref is as cold as any other."""
+    return 0
 
 
 class EngineView(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +116,9 @@ class EngineView(msgspec.Struct, frozen=True, kw_only=True):
     loading: AbstractSet[str] = frozenset()  # GPU loads in flight: never evicted mid-load
     pinned: AbstractSet[str] = frozenset()
     sizes_mib: Mapping[str, float] = {}
+    # Aged request counts per ref, remembered across evictions (a FrequencySketch's `estimate`): what
+    # the urgent path and host admission weigh (see `plan_urgent`).
+    heat: Callable[[str], int] = no_heat
 
 
 class Load(msgspec.Struct, frozen=True):
@@ -430,6 +439,97 @@ def _fill_host(
     free -= len(prefetch)
     demoted = sorted(victims, key=lambda ref: (-values.cpu(ref), ref))[: max(0, free)]
     return _HostPlan(demoted=set(demoted), dropped=[], prefetch=prefetch)
+
+
+# --- the urgent path -------------------------------------------------------------------------------
+
+
+def plan_urgent(view: EngineView, config: PlannerConfig = DEFAULT_PLANNER) -> Wave:
+    """Load what requests wait for now, without waiting for the next wave (whose 50 ms would be the
+    p99): each waiting ref, oldest wait first, takes a free GPU slot or the slot of an evictable resident
+    (not loading, not waited for, not pinned). Waves still rebalance and prefetch; this only places.
+
+    Which resident goes (W-TinyLFU's idea on an LRU order): of the `victim_sample` least recently used
+    evictable residents, the one of least value, where value is heat (aged request count, remembered
+    across evictions) * ms of a cold load of its size (Chameleon's frequency * size). Recency alone
+    (LRU) throws out a hot adapter after a run of one-off requests; frequency alone keeps a finished
+    burst for ever; sampling the LRU end weighs both in O(sample), not O(slots).
+
+    Where it goes (TinyLFU admission): into a free host slot; else into the slot of the host's least
+    valuable resident (same sample of its LRU end) only if it is worth more, else off the engine. So a
+    flood of one-off requests passes through the GPU without flushing the host cache.
+
+    Refs that find no slot (every resident loading or waited for) stay waiting for the next call."""
+    servable, heat = view.servable, view.heat
+    gpu_slots, cpu_slots = view.capacity.gpu_slots, view.capacity.cpu_slots
+    cost = config.cost
+
+    def value(ref: str) -> float:
+        return heat(ref) * cost.load_ms("store", view.sizes_mib.get(ref, cost.default_mib))
+
+    wanted = sorted(
+        (ref for ref in view.waiting if ref not in view.residency.gpu and servable(ref)),
+        key=lambda ref: (-view.waiting[ref].oldest_s, ref),
+    )
+    if not wanted:
+        return Wave(number=view.wave)
+    held = set(view.loading) | set(view.pinned) | set(view.waiting)
+    # Least recently used first; a ref no longer servable goes before any that is.
+    evictable = [ref for ref in view.residency.gpu if ref not in held]
+    evictable.sort(key=servable)
+    host = [ref for ref in view.residency.cpu if ref not in view.waiting]
+    free_gpu = gpu_slots - len(view.residency.gpu)
+    free_cpu = cpu_slots - len(view.residency.cpu)
+    loads: list[Load] = []
+    evict: list[Eviction] = []
+    for ref in wanted:
+        if free_gpu == 0 and not evictable:
+            break
+        from_cpu = ref in view.residency.cpu
+        free_cpu += from_cpu  # the load leaves the host cache: its slot is free for a victim
+        if free_gpu > 0:
+            free_gpu -= 1
+        else:
+            victim = _least_valuable(evictable, config.victim_sample, value, servable)
+            evictable.remove(victim)
+            moves = _demote(victim, value, servable, host, free_cpu > 0, config.victim_sample)
+            free_cpu -= len(moves) == 1 and moves[0].to == "cpu"
+            evict += moves
+        loads.append(Load(ref, "cpu" if from_cpu else "store"))
+    keep = tuple(sorted(set(view.residency.gpu) - {e.ref for e in evict if e.source == "gpu"}))
+    return Wave(number=view.wave, load=tuple(loads), keep=keep, evict=tuple(evict))
+
+
+def _least_valuable(
+    lru_first: list[str], sample: int, value: Callable[[str], float], servable: Callable[[str], bool]
+) -> str:
+    """The least valuable of the `sample` least recently used refs (a ref no longer servable first)."""
+    head = lru_first[: max(1, sample)]
+    return min(head, key=lambda ref: (servable(ref), value(ref)))
+
+
+def _demote(
+    victim: str,
+    value: Callable[[str], float],
+    servable: Callable[[str], bool],
+    host: list[str],
+    host_has_room: bool,
+    sample: int,
+) -> list[Eviction]:
+    """The GPU victim's evictions: into the host cache if there is room, or in place of the host's
+    least valuable LRU-end resident if it is worth more (TinyLFU admission), else off the engine."""
+    if not servable(victim):
+        return [Eviction(victim, "gpu", "gone")]
+    if host_has_room:
+        host.append(victim)
+        return [Eviction(victim, "gpu", "cpu")]
+    if host:
+        dropped = _least_valuable(host, sample, value, servable)
+        if value(victim) > value(dropped) or not servable(dropped):
+            host.remove(dropped)
+            host.append(victim)
+            return [Eviction(dropped, "cpu", "gone"), Eviction(victim, "gpu", "cpu")]
+    return [Eviction(victim, "gpu", "gone")]
 
 
 # --- the LRU baseline -----------------------------------------------------------------------------

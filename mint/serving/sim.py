@@ -37,9 +37,12 @@ from mint.serving.planner import (
     Wave,
     fold_demand,
     follow_pointer,
+    no_heat,
     plan_lru,
+    plan_urgent,
     plan_wave,
 )
+from mint.serving.sketch import FrequencySketch
 
 PolicyName = Literal["wave", "lru"]
 
@@ -54,11 +57,22 @@ class TraceSpec(msgspec.Struct, frozen=True, kw_only=True):
     burst_s: float = 5.0  # how long a burst lasts
     drift_per_s: float = 0.5  # rank swaps per second
     promotions_per_s: float = 0.2
+    diurnal: float = 0.0  # amplitude of a daily cycle of the request rate (0: a flat rate; < 1)
+    day_s: float = 250.0  # the cycle's period in virtual seconds (a day, compressed)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.rate_per_s <= 0 or not 0 <= self.burst_share <= 1:
             raise ValueError("a trace needs requests >= 1, rate_per_s > 0 and 0 <= burst_share <= 1")
+        if not 0 <= self.diurnal < 1 or self.day_s <= 0:
+            raise ValueError(
+                f"a trace needs 0 <= diurnal < 1 and day_s > 0, got {self.diurnal}, {self.day_s}"
+            )
+
+
+# The second trace: a flatter popularity law (more of the catalog asked for) and a daily cycle whose
+# troughs age the frequency memory and whose peaks bring the tail back at once.
+DIURNAL_TRACE = TraceSpec(zipf=0.9, diurnal=0.8)
 
 
 class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +116,7 @@ class PolicyResult(msgspec.Struct, frozen=True):
     warm_stalls: int  # waited, but not for the store: for a copy from the host cache, or for a wave
     p50_wait_ms: float
     p99_wait_ms: float
+    p999_wait_ms: float
     loads: int  # to the GPU
     fetches: int  # from the store (loads and prefetches)
     waves: int  # plans made (for LRU: one per on-demand load)
@@ -139,6 +154,12 @@ class Comparison(msgspec.Struct, frozen=True):
         return self.belady_misses / max(1, self.lru.cold_stalls)
 
     @property
+    def gap_closed(self) -> float:
+        """The share of the way from LRU to Belady's optimum the wave scheduler goes (goal >= 0.75): 1 is
+        the optimum of on-demand loading, 0 is LRU, above 1 beats on-demand (prefetch)."""
+        return (1.0 - self.stall_ratio) / max(1e-9, 1.0 - self.belady_ratio)
+
+    @property
     def first_request_ratio(self) -> float:
         """Distinct adapters requested / LRU's cold-load stalls: each one's first request misses for a
         policy that learns from requests (unless it was announced, as a promotion's new revision is)."""
@@ -149,12 +170,14 @@ class Comparison(msgspec.Struct, frozen=True):
             "policies": self.trace.policies,
             "requests": self.trace.requests,
             "zipf": self.trace.zipf,
+            "diurnal": self.trace.diurnal,
             "seed": self.trace.seed,
             "gpu_slots": self.engine.gpu_slots,
             "cpu_slots": self.engine.cpu_slots,
             "virtual_s": self.wave.duration_s,
             "sim_stall_ratio": self.stall_ratio,
             "belady_stall_ratio": self.belady_ratio,
+            "gap_closed": self.gap_closed,
             "first_request_ratio": self.first_request_ratio,
         }
         for result in (self.wave, self.lru):
@@ -170,6 +193,7 @@ def _metrics(result: PolicyResult) -> dict[str, float]:
         "warm_stalls": result.warm_stalls,
         "p50_wait_ms": result.p50_wait_ms,
         "p99_wait_ms": result.p99_wait_ms,
+        "p999_wait_ms": result.p999_wait_ms,
         "loads_per_s": result.loads_per_s,
         "fetches_per_s": result.fetches_per_s,
     }
@@ -274,7 +298,8 @@ def make_trace(spec: TraceSpec) -> Trace:
     bursts = int(spec.requests * spec.burst_share) // spec.burst_size if spec.burst_size > 0 else 0
     base = spec.requests - bursts * spec.burst_size
 
-    events: list[tuple[float, int, int]] = [(t, _BASE, 0) for t in _poisson(rng, base / duration, base)]
+    arrivals = _poisson(rng, base / duration, base, spec.diurnal, spec.day_s)
+    events: list[tuple[float, int, int]] = [(t, _BASE, 0) for t in arrivals]
     for _ in range(bursts):
         start = rng.uniform(0.0, max(0.0, duration - spec.burst_s))
         policy = rng.randrange(spec.policies)
@@ -301,11 +326,18 @@ def make_trace(spec: TraceSpec) -> Trace:
     return Trace(times, refs, promotions, catalog.sizes_mib, duration)
 
 
-def _poisson(rng: random.Random, rate: float, count: int) -> list[float]:
-    times, now = [], 0.0
-    for _ in range(count):
-        now += rng.expovariate(rate)
-        times.append(now)
+def _poisson(rng: random.Random, rate: float, count: int, diurnal: float, day_s: float) -> list[float]:
+    """`count` arrivals at `rate` on average, modulated by (1 + diurnal * sin(2 pi t / day_s)): drawn at
+    the peak rate and thinned (Lewis & Shedler), so a flat rate draws exactly as before."""
+    times: list[float] = []
+    now = 0.0
+    peak = rate * (1.0 + diurnal)
+    while len(times) < count:
+        now += rng.expovariate(peak)
+        if not diurnal or rng.random() * (1.0 + diurnal) <= 1.0 + diurnal * math.sin(
+            2 * math.pi * now / day_s
+        ):
+            times.append(now)
     return times
 
 
@@ -353,6 +385,12 @@ class _Engine:
         else:
             self._stalled(ready - now, self.fetched_at[ref] > now)
 
+    def next_landing(self) -> float:
+        """When the first load in flight lands (a slot may then be evictable), if requests wait."""
+        if not self.waiting:
+            return math.inf
+        return min((self.gpu[ref] for ref in self.in_flight if ref in self.gpu), default=math.inf)
+
     def touch(self, ref: str) -> None:
         """Mark a GPU resident most recently used."""
         self.gpu[ref] = self.gpu.pop(ref)
@@ -363,6 +401,7 @@ class _Engine:
         servable: Callable[[str], bool],
         demand: Mapping[str, Demand] = _NOTHING,
         sizes_mib: Mapping[str, float] = _NOTHING,
+        heat: Callable[[str], int] = no_heat,
     ) -> EngineView:
         self.in_flight = {ref for ref in self.in_flight if self.gpu.get(ref, now) > now}
         return EngineView(
@@ -376,6 +415,7 @@ class _Engine:
             servable=servable,
             demand=demand,
             sizes_mib=sizes_mib,
+            heat=heat,
         )
 
     def apply(self, now: float, wave: Wave) -> None:
@@ -405,6 +445,7 @@ class _Engine:
             warm_stalls=self.warm,
             p50_wait_ms=_percentile(waits, 0.50) * 1000,
             p99_wait_ms=_percentile(waits, 0.99) * 1000,
+            p999_wait_ms=_percentile(waits, 0.999) * 1000,
             loads=self.loads,
             fetches=self.fetches,
             waves=self.waves,
@@ -453,9 +494,7 @@ def simulate_lru(trace: Trace, spec: EngineSpec) -> PolicyResult:
 
     def plan(now: float) -> float:
         engine.apply(now, plan_lru(engine.view(now, _always)))
-        if not engine.waiting:
-            return math.inf
-        return min((engine.gpu[ref] for ref in engine.in_flight), default=math.inf)
+        return engine.next_landing()
 
     for now, ref in zip(trace.times, trace.refs, strict=True):
         while retry_at <= now:
@@ -475,16 +514,30 @@ def _always(ref: str) -> bool:
 
 
 def simulate_wave(trace: Trace, spec: EngineSpec) -> PolicyResult:
-    """The wave scheduler: every `wave_s`, a rebalancing wave after demand news (a report, a promotion),
-    else an admission wave while requests wait."""
+    """The wave scheduler: a request for an adapter off the GPU takes the urgent path at once
+    (`plan_urgent`); every `wave_s` after demand news (a report, a promotion) a rebalancing wave ranks
+    both tiers and prefetches. Heat is counted per request, as an engine host counts it."""
     engine = _Engine(spec, trace.sizes_mib)
+    sketch = FrequencySketch(spec.gpu_slots + spec.cpu_slots)
     retired: set[str] = set()
     demand: dict[str, Demand] = {}
     counts: dict[str, int] = {}
     next_report = spec.report_s
     news = False
+    retry_at = math.inf
     promotions = iter(trace.promotions)
     promotion = next(promotions, None)
+
+    def servable(ref: str) -> bool:
+        return ref not in retired
+
+    def view(now: float) -> EngineView:
+        return engine.view(now, servable, demand, trace.sizes_mib, sketch.estimate)
+
+    def urgent(now: float) -> None:
+        nonlocal retry_at
+        engine.apply(now, plan_urgent(view(now), spec.planner))
+        retry_at = engine.next_landing()
 
     def wave(now: float) -> None:
         nonlocal demand, counts, next_report, news
@@ -493,10 +546,11 @@ def simulate_wave(trace: Trace, spec: EngineSpec) -> PolicyResult:
             counts = {}
             next_report += spec.report_s
             news = True
-        if news or engine.waiting:
-            view = engine.view(now, lambda ref: ref not in retired, demand, trace.sizes_mib)
-            engine.apply(now, plan_wave(view, spec.planner, rebalance=news))
+        if news:
+            engine.apply(now, plan_wave(view(now), spec.planner))
             news = False
+            if engine.waiting:
+                urgent(now)
 
     def promote(event: Promotion) -> None:
         # The scheduler follows the serving pointer: the policy's demand and its queued requests (they
@@ -508,22 +562,38 @@ def simulate_wave(trace: Trace, spec: EngineSpec) -> PolicyResult:
         queued = engine.waiting.pop(event.old_ref, [])
         if queued:
             engine.waiting[event.new_ref] = sorted(queued + engine.waiting.get(event.new_ref, []))
+            urgent(event.at)
         news = True
 
     next_wave = spec.wave_s
-    for now, ref in zip(trace.times, trace.refs, strict=True):
-        while next_wave <= now or (promotion is not None and promotion.at <= now):
-            if promotion is not None and promotion.at <= next_wave:
+
+    def catch_up(until: float) -> None:
+        nonlocal promotion, next_wave
+        while True:
+            promotion_at = promotion.at if promotion is not None else math.inf
+            at = min(next_wave, promotion_at, retry_at)
+            if at > until:
+                return
+            if promotion is not None and promotion_at == at:
                 promote(promotion)
                 promotion = next(promotions, None)
+            elif retry_at == at:
+                urgent(at)
             else:
                 wave(next_wave)
                 next_wave += spec.wave_s
+
+    for now, ref in zip(trace.times, trace.refs, strict=True):
+        catch_up(now)
         counts[ref] = counts.get(ref, 0) + 1
+        sketch.add(ref)
         engine.arrive(now, ref)
+        if ref in engine.waiting:
+            urgent(now)
+        if ref in engine.gpu:
+            engine.touch(ref)
     while engine.waiting:
-        wave(next_wave)
-        next_wave += spec.wave_s
+        catch_up(min(retry_at, next_wave))
     return engine.result("wave", trace.duration_s)
 
 
