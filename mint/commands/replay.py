@@ -22,6 +22,7 @@ from mint.projection.states import projection_states
 from replay import audit as audit_tool
 from replay import point_in_time, recovery
 from replay.lag import stuck
+from replay.partitioned import RowsAcrossPartitions, rebuild_partitioned
 from replay.rebuild import rebuild as rebuild_projection
 from replay.verify import verify as verify_projection
 
@@ -39,9 +40,16 @@ def replay_group() -> None:
     help="Where to write (default: beside the live one).",
 )
 @click.option("--replace", is_flag=True, help="Replace the live catalog projection (stop `mint up` first).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Fold the log's partitions in this many processes and merge them.",
+)
 @home_option
 @log_option
-def rebuild(out: Path | None, replace: bool, home_dir: str | None, log_url: str | None) -> None:
+def rebuild(out: Path | None, replace: bool, jobs: int, home_dir: str | None, log_url: str | None) -> None:
     """Fold the whole log from offset 0 into a fresh catalog projection."""
     home, spec = context(home_dir, log_url)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -49,8 +57,15 @@ def rebuild(out: Path | None, replace: bool, home_dir: str | None, log_url: str 
     bar = ProgressBar("rebuild")
 
     async def go() -> None:
-        async with open_log(spec) as log:
-            result = await rebuild_projection(log, CATALOG_FOLD, target, on_progress=bar)
+        result = None
+        if jobs > 1:
+            try:
+                result = await rebuild_partitioned(spec, CATALOG_FOLD, target, jobs, on_progress=bar)
+            except RowsAcrossPartitions as exc:
+                click.echo(f"{exc}: rebuilding in one process instead", err=True)
+        if result is None:
+            async with open_log(spec) as log:
+                result = await rebuild_projection(log, CATALOG_FOLD, target, on_progress=bar)
         bar.close()
         click.echo(
             f"rebuilt {result.records:,} records in {result.seconds:.2f}s "
@@ -130,11 +145,23 @@ def _why(record: Record | UnknownRecord | None) -> str:
 @replay_group.command("audit")
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option("--request", "request_id", default=None, help="Say which revision answered this request id.")
+@click.option("--at", "request_at", default=None, help="With --request: when it was sent (ISO-8601, HH:MM).")
 @home_option
 @log_option
-def audit(key: str, as_json: bool, home_dir: str | None, log_url: str | None) -> None:
+def audit(
+    key: str,
+    as_json: bool,
+    request_id: str | None,
+    request_at: str | None,
+    home_dir: str | None,
+    log_url: str | None,
+) -> None:
     """The full history of KEY (tenant/name, a run or an engine): who, what, when, why, caused by what."""
-    _, spec = context(home_dir, log_url)
+    home, spec = context(home_dir, log_url)
+    if request_id is not None:
+        _audit_request(home.catalog, key, request_id, request_at, as_json)
+        return
 
     async def go() -> list[audit_tool.Entry]:
         async with open_log(spec) as log:
@@ -168,6 +195,45 @@ def audit(key: str, as_json: bool, home_dir: str | None, log_url: str | None) ->
             click.echo(f"{when} {e.stored.type:<20} {who:<28} {what} {cause}".rstrip())
 
 
+def _audit_request(
+    catalog: Path, policy: str, request_id: str, request_at: str | None, as_json: bool
+) -> None:
+    try:
+        at = point_in_time.parse_time(request_at) if request_at else None
+    except point_in_time.UntilError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from None
+    view = Catalog(catalog)
+    try:
+        answers = audit_tool.who_answered(view, policy, request_id, at)
+    finally:
+        view.close()
+    if not answers:
+        click.echo(
+            f"{policy} ran no canary {'then' if at else 'ever'}: its serving pointer answered {request_id}"
+        )
+    for a in answers:
+        c = a.canary
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "canary": c.canary,
+                        "from": c.started_at,
+                        "until": c.ended_at,
+                        "mode": c.rules.mode,
+                        "answered_by": a.revision,
+                        "shadowed": a.shadowed,
+                    }
+                )
+            )
+        else:
+            also = f" (and {c.revision} ran it in the shadow)" if a.shadowed else ""
+            click.echo(
+                f"canary {c.canary} ({c.rules.mode} {c.rules.fraction:g} of {c.revision} vs {c.stable}, "
+                f"{c.started_at} .. {c.ended_at or 'running'}): {request_id} answered by {a.revision}{also}"
+            )
+
+
 @replay_group.command("at")
 @click.argument("until")
 @click.option("--policy", default=None, help="Say what this policy served then, and why.")
@@ -194,6 +260,12 @@ def at(until: str, policy: str | None, home_dir: str | None, log_url: str | None
                         click.echo(
                             f"  because {m.kind} at {m.at} (fact {m.id}, caused by {m.causation}): "
                             f"{m.reason or 'no reason given'}"
+                        )
+                    if then.canary is not None:
+                        c = then.canary
+                        click.echo(
+                            f"  canary {c.canary} running: {c.rules.mode} of {c.revision} on "
+                            f"{c.rules.fraction:g} of requests, since {c.started_at}"
                         )
                 else:
                     catalog = Catalog(built.path)

@@ -184,6 +184,10 @@ class Rows:
     def cached(self) -> int:
         return sum(len(c) for c in self._cache.values())
 
+    def held(self) -> int:
+        """Rows held in memory: cached and appended (a bulk fold flushes when this grows too big)."""
+        return self.cached() + sum(len(a) for a in self._appended.values())
+
     def shed(self) -> None:
         """Drop clean cached rows; from now on a miss must query."""
         for cache in self._cache.values():

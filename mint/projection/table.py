@@ -8,9 +8,11 @@ field added to a row type needs no migration (msgpack decodes the old rows with 
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,15 @@ def _scalar(hint: Any) -> type:
     raise TypeError(f"{hint!r} cannot be a column; keep it in the row's data")
 
 
+def _fields_of(names: tuple[str, ...]) -> Callable[[Row], tuple[Any, ...]]:
+    """A row's values of `names` as a tuple, read in C (a rebuild reads them for every row it writes).
+    attrgetter of one name returns the bare value, so that case is wrapped."""
+    getter = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda row: (getter(row),)
+    return getter
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
@@ -52,11 +63,21 @@ class Table:
     stored: tuple[str, ...] = field(init=False)
     _encoder: msgspec.msgpack.Encoder = field(init=False, repr=False, compare=False)
     _decoder: msgspec.msgpack.Decoder[Any] = field(init=False, repr=False, compare=False)
+    _key_of: Any = field(init=False, repr=False, compare=False)
+    _stored_of: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stored", (*self.key, *self.columns))
         object.__setattr__(self, "_encoder", msgspec.msgpack.Encoder())
         object.__setattr__(self, "_decoder", msgspec.msgpack.Decoder(self.row))
+        object.__setattr__(self, "_key_of", _fields_of(self.key))
+        object.__setattr__(self, "_stored_of", _fields_of(self.stored))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A table pickles as its definition (its codecs are made anew), so a Fold can be sent to
+        the processes of a partition-parallel rebuild."""
+        definition = (self.name, self.row, self.key, self.columns, self.indexes)
+        return (Table, (*definition, self.append_only, self.digest))
 
     def create(self, con: sqlite3.Connection, indexes: bool = True) -> None:
         hints = typing.get_type_hints(self.row)
@@ -78,10 +99,11 @@ class Table:
         return f"INSERT OR REPLACE INTO {self.name} ({', '.join(self.stored)}, data) VALUES ({marks})"
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
-        return tuple([getattr(row, k) for k in self.key])
+        key: tuple[Any, ...] = self._key_of(row)
+        return key
 
     def to_db(self, row: Row) -> tuple[Any, ...]:
-        return (*[getattr(row, c) for c in self.stored], self._encoder.encode(row))
+        return (*self._stored_of(row), self._encoder.encode(row))
 
     def from_db(self, values: tuple[Any, ...]) -> Any:
         """A row from `SELECT *` (its last column is `data`)."""
