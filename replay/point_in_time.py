@@ -10,7 +10,7 @@ from pathlib import Path
 from events.log import EventLog, Position
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
-from mint.catalog.rows import ServingMove
+from mint.catalog.rows import CanaryRow, ServingMove
 from replay.rebuild import ProgressCallback, Rebuilt, rebuild
 
 _POSITION = re.compile(r"^\d+@\d+(,\d+@\d+)*$")
@@ -59,6 +59,7 @@ class ServedThen:
     policy: str
     revision: str | None
     because: ServingMove | None  # the move that set the pointer, with its reason and cause
+    canary: CanaryRow | None = None  # the canary running then
 
 
 async def projection_at(
@@ -71,6 +72,8 @@ def served_then(projection: Path, policy: str) -> ServedThen:
     catalog = Catalog(projection)
     try:
         moves = catalog.serving_history(policy)
-        return ServedThen(policy, catalog.resolve(policy), moves[-1] if moves else None)
+        row = catalog.policy(policy)
+        canary = catalog.running_canary(row) if row else None
+        return ServedThen(policy, catalog.resolve(policy), moves[-1] if moves else None, canary)
     finally:
         catalog.close()

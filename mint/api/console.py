@@ -51,19 +51,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from events.catalog import Promote, Rollback
+from events.catalog import AbortCanary, CanaryRules, Promote, PromoteCanary, Rollback, StartCanary
 from events.codec import field_of
 from events.envelope import Command
 from events.log import EventLog
 from events.log import outcome as decision_of
 from events.names import POLICY_PATTERN, RevisionId
 from mint.api.auth import require
-from mint.api.console_views import audit, engine_seen, lineage
+from mint.api.console_views import audit, canary_panel, engine_seen, lineage
 from mint.api.errors import HttpError, decoded, retry_later
 from mint.api.positions import positioned
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog, ProjectionMissing
-from mint.catalog.rows import RejectionRow, ServingMove
+from mint.catalog.rows import CanaryRow, RejectionRow, ServingMove
 
 STREAM_POLL_S = 0.25
 OUTCOME_WAIT_S = 10.0  # how long a button's answer waits for the catalog's decision
@@ -112,6 +112,17 @@ class PromoteBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
     to_revision: RevisionId | None = None
+    reason: str = ""
+
+
+class StartCanaryBody(msgspec.Struct, forbid_unknown_fields=True):
+    revision: RevisionId
+    rules: CanaryRules | None = None  # None: the policy's canary rules, or the defaults
+    reason: str = ""
+
+
+class EndCanaryBody(msgspec.Struct, forbid_unknown_fields=True):
+    canary: str | None = None  # the canary the button was shown for: a later one is left alone
     reason: str = ""
 
 
@@ -186,6 +197,8 @@ def policy(read: Read) -> dict[str, Any]:
         "serving": serving,
         "rejections": rejections,
         "traffic": read.view.traffic(name),
+        "canary": canary_panel(read.view, row),
+        "canaries": read.view.canaries(name),
         "lineage": lineage(row, revisions),
         "audit": audit(row, revisions, evaluations, serving, rejections),
     }
@@ -195,6 +208,8 @@ def outcome(read: Read) -> dict[str, Any]:
     found = read.view.outcome(_policy_name(read.principal, read.path), read.path["command"])
     if isinstance(found, ServingMove):
         return {"status": "applied", "move": found}
+    if isinstance(found, CanaryRow):
+        return {"status": "applied", "canary": found}
     if isinstance(found, RejectionRow):
         return {"status": "rejected", "rejection": found}
     return {"status": "pending"}
@@ -254,6 +269,34 @@ def promote(policy: str, raw: bytes, principal: Principal) -> Command:
 def rollback(policy: str, raw: bytes, principal: Principal) -> Command:
     body: RollbackBody = _body(RollbackBody, raw)
     return _record(Rollback, principal, policy=policy, to_revision=body.to_revision, reason=body.reason)
+
+
+def start_canary(policy: str, raw: bytes, principal: Principal) -> Command:
+    body: StartCanaryBody = _body(StartCanaryBody, raw)
+    return _record(
+        StartCanary, principal, policy=policy, revision=body.revision, rules=body.rules, reason=body.reason
+    )
+
+
+def promote_canary(policy: str, raw: bytes, principal: Principal) -> Command:
+    body: EndCanaryBody = _body(EndCanaryBody, raw)
+    return _record(
+        PromoteCanary, principal, policy=policy, canary=body.canary, reason=body.reason or "by hand"
+    )
+
+
+def abort_canary(policy: str, raw: bytes, principal: Principal) -> Command:
+    body: EndCanaryBody = _body(EndCanaryBody, raw)
+    return _record(AbortCanary, principal, policy=policy, canary=body.canary, reason=body.reason or "by hand")
+
+
+COMMANDS: dict[str, Callable[[str, bytes, Principal], Command]] = {
+    "promote": promote,
+    "rollback": rollback,
+    "canary": start_canary,
+    "canary/promote": promote_canary,
+    "canary/abort": abort_canary,
+}
 
 
 async def _append_command(
@@ -329,15 +372,13 @@ def routes(
     static = StaticFiles(directory=str(resources.files("mint.console")), html=True)
     return [
         *(Route(path, partial(_answer_read, console, handler)) for path, handler in reads.items()),
-        Route(
-            "/admin/api/policies/{tenant}/{name}/promote",
-            partial(_append_command, console, promote),
-            methods=["POST"],
-        ),
-        Route(
-            "/admin/api/policies/{tenant}/{name}/rollback",
-            partial(_append_command, console, rollback),
-            methods=["POST"],
+        *(
+            Route(
+                f"/admin/api/policies/{{tenant}}/{{name}}/{action}",
+                partial(_append_command, console, build),
+                methods=["POST"],
+            )
+            for action, build in COMMANDS.items()
         ),
         Route("/admin/api/stream", partial(_stream, console)),
         Mount("/admin", app=static, name="console"),

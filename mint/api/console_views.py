@@ -14,6 +14,7 @@ from events.names import tenant_of
 from mint.auth.tokens import Principal
 from mint.catalog.queries import Catalog
 from mint.catalog.rows import (
+    CanaryRow,
     EngineRow,
     EvaluationRow,
     PolicyRow,
@@ -22,6 +23,7 @@ from mint.catalog.rows import (
     ServingMove,
     WaveRow,
 )
+from mint.evaluation.canary import Seen, seen_since
 from mint.serving.liveness import Liveness, heard_age
 
 # What a tenant sees of an engine besides its own adapters: what the engine is, not what it did.
@@ -49,6 +51,41 @@ class AuditEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     revision: str | None = None
     id: str | None = None
     causation: str | None = None
+
+
+class LiveNumbers(msgspec.Struct, frozen=True):
+    """One revision's live traffic over a canary's window, as the evaluator judges it."""
+
+    revision: str
+    requests: int
+    errors: int
+    error_rate: float
+    scored: int
+    score: float | None
+
+    @classmethod
+    def of(cls, revision: str, seen: Seen) -> LiveNumbers:
+        return cls(revision, seen.requests, seen.errors, seen.error_rate, seen.scored, seen.score)
+
+
+class CanaryPanel(msgspec.Struct, frozen=True):
+    """The running canary, and both revisions' live numbers side by side."""
+
+    canary: CanaryRow
+    candidate: LiveNumbers
+    stable: LiveNumbers
+
+
+def canary_panel(view: Catalog, policy: PolicyRow) -> CanaryPanel | None:
+    canary = view.running_canary(policy)
+    if canary is None:
+        return None
+    traffic = {t.revision: t for t in view.traffic(policy.policy)}
+
+    def live(revision: str) -> LiveNumbers:
+        return LiveNumbers.of(revision, seen_since(traffic.get(revision), canary.window_start.get(revision)))
+
+    return CanaryPanel(canary, live(canary.revision), live(canary.stable))
 
 
 class LineageNode(msgspec.Struct, frozen=True):

@@ -31,9 +31,10 @@ class Answering:
 
 
 def answering(policy: str, stable: str, canary: CanaryRow | None, request_id: str) -> Answering:
-    """Who answers `request_id` for `policy`, whose pointer is `stable`, with `canary` running (or not)."""
+    """Who answers `request_id` for `policy`, whose pointer is `stable`, while `canary` runs (None:
+    while none does)."""
     stable_ref = f"{policy}@{stable}"
-    if canary is None or canary.status != "running":
+    if canary is None:
         return Answering(stable_ref)
     chosen = takes_candidate(canary.canary, request_id, canary.rules.fraction)
     if not chosen:

@@ -275,6 +275,7 @@ def canary_started(fact: CanaryStarted, rows: Rows) -> None:
             "running",
             at,
             reason=fact.reason,
+            started_by=fact.causation,
         ),
     )
     rows.put(POLICIES, replace(row, canary=fact.canary, updated_at=at))
@@ -288,7 +289,14 @@ def _canary_ended(fact: CanaryPromoted | CanaryAborted, rows: Rows, status: str)
     at = _at(fact)
     rows.put(
         CANARIES,
-        replace(canary, status=status, ended_at=at, reason=fact.reason, evidence=dict(fact.evidence)),
+        replace(
+            canary,
+            status=status,
+            ended_at=at,
+            reason=fact.reason,
+            evidence=dict(fact.evidence),
+            ended_by=fact.causation,
+        ),
     )
     if row.canary == fact.canary:
         rows.put(POLICIES, replace(row, canary=None, updated_at=at))

@@ -140,12 +140,16 @@ class Catalog:
     def evaluations(self, policy: str) -> list[EvaluationRow]:
         return self._rows(EVALUATIONS, "policy = ?", (policy,), "at, id")
 
-    def outcome(self, policy: str, command_id: str) -> ServingMove | RejectionRow | None:
-        """What became of a command on `policy`: the pointer move it caused, its rejection, or None
-        while it is undecided (or not yet projected). Both lookups walk the policy's own index."""
+    def outcome(self, policy: str, command_id: str) -> ServingMove | CanaryRow | RejectionRow | None:
+        """What became of a command on `policy`: the pointer move it caused, the canary it started or
+        ended, its rejection, or None while it is undecided (or not yet projected). Each lookup walks
+        the policy's own index."""
         moves = [m for m in self.serving_history(policy) if m.causation == command_id]
         if moves:
             return moves[0]
+        canaries = [c for c in self.canaries(policy) if command_id in (c.started_by, c.ended_by)]
+        if canaries:
+            return canaries[0]
         refused = [r for r in self.rejections(policy) if r.command_id == command_id]
         return refused[0] if refused else None
 

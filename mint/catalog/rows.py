@@ -78,6 +78,8 @@ class CanaryRow(Row, frozen=True):
     ended_at: str | None = None
     reason: str = ""
     evidence: dict[str, float] = {}
+    started_by: str | None = None  # the record that caused its start, and its end
+    ended_by: str | None = None
 
 
 class EvaluationRow(Row, frozen=True):

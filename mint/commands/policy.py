@@ -19,12 +19,16 @@ import click
 import msgspec
 
 from events.catalog import (
+    AbortCanary,
+    CanaryRules,
     ConfigurePolicy,
     Gate,
     Promote,
+    PromoteCanary,
     RegisterPolicy,
     RetirePolicy,
     Rollback,
+    StartCanary,
     Watch,
 )
 from events.codec import RecordError, checked
@@ -238,7 +242,9 @@ def policy_group() -> None:
 @policy_group.command("register")
 @click.argument("policy")
 @click.option("--base", "base_id", required=True, help="The base id the policy's revisions adapt.")
-@click.option("--promotion", type=click.Choice(["manual", "auto"]), default="manual", show_default=True)
+@click.option(
+    "--promotion", type=click.Choice(["manual", "auto", "canary"]), default="manual", show_default=True
+)
 @gate_and_watch
 @common
 def register(policy: str, base_id: str, promotion: str, **options: Any) -> None:
@@ -250,7 +256,7 @@ def register(policy: str, base_id: str, promotion: str, **options: Any) -> None:
 
 @policy_group.command("configure")
 @click.argument("policy")
-@click.option("--promotion", type=click.Choice(["manual", "auto"]), default=None)
+@click.option("--promotion", type=click.Choice(["manual", "auto", "canary"]), default=None)
 @gate_and_watch
 @common
 def configure(policy: str, promotion: str | None, **options: Any) -> None:
@@ -296,3 +302,55 @@ def rollback(policy: str, to_revision: str | None, reason: str, **options: Any) 
 def retire(policy: str, reason: str, **options: Any) -> None:
     """Stop serving POLICY for good; its name stays taken."""
     _submit(_build(RetirePolicy, "POLICY", policy=policy, reason=reason), **options)
+
+
+CANARY_OPTIONS = ("fraction", "min_requests", "max_duration_s", "max_score_drop", "max_error_rate")
+
+
+def _canary_rules(shadow: bool, values: dict[str, Any]) -> CanaryRules | None:
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given and not shadow:
+        return None  # the policy's canary rules, or the defaults
+    try:
+        return msgspec.convert({**given, "mode": "shadow" if shadow else "canary"}, CanaryRules)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fraction/--min-requests/...") from None
+
+
+@policy_group.command("canary")
+@click.argument("ref")
+@click.option("--fraction", type=float, default=None, help="Share of requests the candidate answers (0.1).")
+@click.option("--shadow", is_flag=True, help="Answer from the stable revision; run the share on REF unseen.")
+@click.option("--min-requests", type=int, default=None, help="Candidate requests before a verdict (50).")
+@click.option(
+    "--max-duration", "max_duration_s", type=float, default=None, help="Seconds before abort (3600)."
+)
+@click.option("--max-score-drop", type=float, default=None, help="Live score below stable allowed (0.1).")
+@click.option("--max-error-rate", type=float, default=None, help="Live error rate allowed (0.05).")
+@click.option("--reason", default="", help="Why, for the history.")
+@common
+def canary(ref: str, shadow: bool, reason: str, **options: Any) -> None:
+    """Put REF (tenant/name@rev) in front of a share of POLICY's live traffic; the evaluator promotes or
+    aborts it on the evidence. Options left out come from the policy's canary rules or the defaults."""
+    policy, revision = _ref(ref)
+    rules = _canary_rules(shadow, {k: options.pop(k) for k in CANARY_OPTIONS})
+    command = _build(StartCanary, "REF", policy=policy, revision=revision, rules=rules, reason=reason)
+    _submit(command, **options)
+
+
+@policy_group.command("canary-abort")
+@click.argument("policy")
+@click.option("--reason", default="by hand", show_default=True)
+@common
+def canary_abort(policy: str, reason: str, **options: Any) -> None:
+    """Stop POLICY's running canary: every request goes to the serving pointer again."""
+    _submit(_build(AbortCanary, "POLICY", policy=policy, reason=reason), **options)
+
+
+@policy_group.command("canary-promote")
+@click.argument("policy")
+@click.option("--reason", default="by hand", show_default=True)
+@common
+def canary_promote(policy: str, reason: str, **options: Any) -> None:
+    """Serve POLICY's running canary to everyone now, without waiting for its verdict."""
+    _submit(_build(PromoteCanary, "POLICY", policy=policy, reason=reason), **options)

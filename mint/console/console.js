@@ -203,6 +203,27 @@ function trafficTable(traffic) {
     t.scored ? `${score(t.score_sum / t.scored)} on ${count(t.scored)}` : "-", when(t.updated_at)]));
 }
 
+// The running canary: its rules, both revisions' live numbers over its window, and its buttons.
+function canaryPanel(panel, admin) {
+  if (!panel) return `<p class="muted">no canary running</p>`;
+  const c = panel.canary, r = c.rules;
+  const row = (side, n) => [esc(side), esc(n.revision), count(n.requests), count(n.errors),
+    `${score(n.error_rate * 100)}%`, n.scored ? `${score(n.score)} on ${count(n.scored)}` : "-"];
+  const buttons = admin ? `<p><button id="canary-promote" data-canary="${esc(c.canary)}">Promote</button>
+    <button id="canary-abort" data-canary="${esc(c.canary)}">Abort</button></p>` : "";
+  return `<div id="canary"><p><b>${esc(r.mode)}</b> of <b>${esc(c.revision)}</b> against ${esc(c.stable)} ·
+    ${score(r.fraction * 100)}% of requests · decided after ${count(r.min_requests)} requests (error rate ≤
+    ${score(r.max_error_rate * 100)}%, score drop ≤ ${score(r.max_score_drop)}) or aborted after
+    ${durationText(r.max_duration_s * 1000)} · started ${when(c.started_at)}</p>
+    ${table(["", "revision", "requests", "failed", "error rate", "live score"],
+      [row("candidate", panel.candidate), row("stable", panel.stable)])}${buttons}</div>`;
+}
+
+function canariesTable(canaries) {
+  return table(["started", "revision", "against", "mode", "status", "reason"], canaries.map((c) => [
+    when(c.started_at), esc(c.revision), esc(c.stable), esc(c.rules.mode), esc(c.status), esc(c.reason)]));
+}
+
 function servingTable(serving) {
   return table(["at", "move", "revision", "from", "reason", "evidence"], serving.map((m) => [
     when(m.at), esc(m.kind), esc(m.revision), esc(m.previous || "-"), esc(m.reason),
@@ -233,6 +254,10 @@ function bindAdminControls(policy, typed, chosen) {
   for (const button of view.querySelectorAll(".promote")) {
     button.onclick = () => command(policy, "promote", { revision: button.dataset.revision, reason: reason() });
   }
+  for (const action of ["promote", "abort"]) {
+    const button = document.getElementById(`canary-${action}`);
+    if (button) button.onclick = () => command(policy, `canary/${action}`, { canary: button.dataset.canary, reason: reason() });
+  }
 }
 
 async function renderPolicy(policy) {
@@ -254,8 +279,10 @@ async function renderPolicy(policy) {
     <h3>Revisions</h3>${revisionsTable(d, admin)}
     <h3>Lineage</h3>${lineageSvg(d.lineage)}
     <h3>Evaluations</h3>${evaluationsTable(d.evaluations)}
+    <h3>Canary</h3>${canaryPanel(d.canary, admin)}
     <h3>Live traffic</h3>${trafficTable(d.traffic)}
     <h3>Serving history</h3>${servingTable(d.serving)}
+    <h3>Canaries</h3>${canariesTable(d.canaries)}
     <h3>Audit trail</h3>${auditTable(d.audit)}`;
   if (admin) bindAdminControls(policy, typed, chosen);
 }
@@ -278,8 +305,11 @@ async function followOutcome(policy, sent) {
   for (let i = 0; i < 200; i++) {
     const o = await api(`/policies/${policy}/outcomes/${sent.command}`);
     if (o.status !== "pending") {
+      const applied = o.move
+        ? `${o.move.kind} to ${o.move.revision} (fact ${o.move.id})`
+        : o.canary && `canary of ${o.canary.revision} ${o.canary.status}`;
       lastCommand.text = o.status === "applied"
-        ? `${sent.type} applied: ${o.move.kind} to ${o.move.revision} (fact ${o.move.id})`
+        ? `${sent.type} applied: ${applied}`
         : `${sent.type} rejected: ${o.rejection.reason}`;
       render();
       return;
