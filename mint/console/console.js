@@ -26,6 +26,7 @@ function short(x) { return x < 100 ? TWO_DIGITS.format(x) : COUNT.format(x); }
 function count(n) { return missing(n) ? "-" : COUNT.format(n); }
 function number(x) { return missing(x) ? "-" : FOUR_DIGITS.format(x); }
 function score(x) { return missing(x) ? "-" : SCORE.format(x); }
+function percent(share) { return missing(share) ? "-" : `${short(share * 100)}%`; }
 
 function hover(text, exact) { return `<span title="${esc(exact)}">${esc(text)}</span>`; }
 
@@ -208,12 +209,12 @@ function canaryPanel(panel, admin) {
   if (!panel) return `<p class="muted">no canary running</p>`;
   const c = panel.canary, r = c.rules;
   const row = (side, n) => [esc(side), esc(n.revision), count(n.requests), count(n.errors),
-    `${score(n.error_rate * 100)}%`, n.scored ? `${score(n.score)} on ${count(n.scored)}` : "-"];
+    percent(n.error_rate), n.scored ? `${score(n.score)} on ${count(n.scored)}` : "-"];
   const buttons = admin ? `<p><button id="canary-promote" data-canary="${esc(c.canary)}">Promote</button>
     <button id="canary-abort" data-canary="${esc(c.canary)}">Abort</button></p>` : "";
   return `<div id="canary"><p><b>${esc(r.mode)}</b> of <b>${esc(c.revision)}</b> against ${esc(c.stable)} ·
-    ${score(r.fraction * 100)}% of requests · decided after ${count(r.min_requests)} requests (error rate ≤
-    ${score(r.max_error_rate * 100)}%, score drop ≤ ${score(r.max_score_drop)}) or aborted after
+    ${percent(r.fraction)} of requests · decided after ${count(r.min_requests)} requests (error rate ≤
+    ${percent(r.max_error_rate)}, score drop ≤ ${score(r.max_score_drop)}) or aborted after
     ${durationText(r.max_duration_s * 1000)} · started ${when(c.started_at)}</p>
     ${table(["", "revision", "requests", "failed", "error rate", "live score"],
       [row("candidate", panel.candidate), row("stable", panel.stable)])}${buttons}</div>`;
