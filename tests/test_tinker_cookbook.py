@@ -81,16 +81,25 @@ async def run_cookbook(url: str, key: str, workdir: Path, *args: str) -> dict[st
     return report
 
 
-async def test_cookbook_sl_loop_and_weights_download(tmp_path: Path) -> None:
+async def test_cookbook_recipes_run_unmodified(tmp_path: Path) -> None:
+    """sl_loop (run, re-run, resumed from its first checkpoint), rl_loop, rolling checkpoints and
+    weights.download, in one cookbook process (about 45 s here)."""
     home = Home(tmp_path / "home")
     async with tinker_server(home) as server:
         add_aliases(home.base("tiny"), [ALIAS])
         seed_hub_tokenizer(tmp_path / "work" / "hf", home.base("tiny"))
         key = server.tokens.issue("acme", ["trainer", "reader"]).secret
-        report = await run_cookbook(server.url, key, tmp_path / "work", "--quick")
+        report = await run_cookbook(server.url, key, tmp_path / "work")
         records = [stored.decode() for stored in await read_all(server.system.log)]
-        exported = [r for r in records if isinstance(r, RevisionExported)]
-        artifact = await server.system.artifacts.read(exported[-1].uri)
+        downloaded_final = next(
+            r
+            for r in records
+            if isinstance(r, CheckpointSaved) and r.path == report["sl_final"]["sampler_path"]  # type: ignore[index]
+        )
+        exported = next(
+            r for r in records if isinstance(r, RevisionExported) and r.revision == downloaded_final.revision
+        )
+        artifact = await server.system.artifacts.read(exported.uri)
 
     nll = report["sl_nll"]
     assert isinstance(nll, list) and len(nll) == 3 and all(math.isfinite(v) for v in nll)
@@ -112,18 +121,7 @@ async def test_cookbook_sl_loop_and_weights_download(tmp_path: Path) -> None:
     # The download's temporary export was an external checkpoint, deleted again by the cookbook.
     external = [r for r in records if isinstance(r, CheckpointSaved) and r.kind == "external"]
     deleted = [r for r in records if isinstance(r, CheckpointDeleted)]
-    assert len(external) == 1 and [(d.path, d.reason) for d in deleted] == [(external[0].path, "deleted")]
-
-
-@pytest.mark.slow
-async def test_cookbook_recipes_rerun_resume_rl_and_rolling_checkpoints(tmp_path: Path) -> None:
-    home = Home(tmp_path / "home")
-    async with tinker_server(home) as server:
-        add_aliases(home.base("tiny"), [ALIAS])
-        seed_hub_tokenizer(tmp_path / "work" / "hf", home.base("tiny"))
-        key = server.tokens.issue("acme", ["trainer", "reader"]).secret
-        report = await run_cookbook(server.url, key, tmp_path / "work")
-        records = [stored.decode() for stored in await read_all(server.system.log)]
+    assert len(external) == 1 and (external[0].path, "deleted") in [(d.path, d.reason) for d in deleted]
 
     # A re-run resumes from its final checkpoint (a run of its own) and saves `final` again.
     rerun = report["rerun_records"]
@@ -135,7 +133,13 @@ async def test_cookbook_recipes_rerun_resume_rl_and_rolling_checkpoints(tmp_path
     assert len({r.revision for r in sampler_finals}) == len(sampler_finals) >= 3  # one revision per run
     # Started from the first checkpoint, a run trains on from there and saves its own.
     resumed = report["resumed_records"]
-    assert isinstance(resumed, list) and [r["name"] for r in resumed] == ["000001", "000002", "final"]
+    assert isinstance(resumed, list) and [r["name"] for r in resumed] == [
+        "000001",
+        "000001",
+        "000002",
+        "final",
+    ]
+    assert resumed[0]["state_path"] != resumed[1]["state_path"]  # its first save is in its own run
     assert all(math.isfinite(v) for v in report["resumed_nll"])  # type: ignore[attr-defined]
     assert [r["name"] for r in report["rl_records"]] == ["000001", "final"]  # type: ignore[index]
     assert report["rl_batches"] == [0, 1]

@@ -153,18 +153,29 @@ async def check_loops_and_facts(server: Server, report: dict[str, object], reade
     steps = [r for r in records if isinstance(r, StepCompleted) and r.policy == sl_policy]
     assert [s.step for s in steps] == list(range(1, 22))  # 20 in the loop, 1 before the reload
     assert steps[-1].loss < steps[0].loss
+    # A sampler checkpoint's revision is named after it and its run (sampler names belong to the run).
+    revision = {
+        r.path.rsplit("/", 1)[-1]: r.revision
+        for r in records
+        if isinstance(r, CheckpointSaved) and r.revision
+    }
+    sl_final = revision["sl-final"]
+    assert sl_final is not None and sl_final.startswith("sl-final-")
     exported = {(r.policy, r.revision) for r in records if isinstance(r, RevisionExported)}
-    assert exported == {(sl_policy, "sl-final"), ("acme/rl-toy", "rl-final")}  # named by user_metadata
+    assert exported == {
+        (sl_policy, sl_final),
+        ("acme/rl-toy", revision["rl-final"]),
+    }  # named by user_metadata
     assert any(isinstance(r, SamplerCreated) and r.policy == sl_policy for r in records)
     assert any(isinstance(r, CheckpointSaved) and r.kind == "training" for r in records)
     # The catalog folds them like any trainer's: the policy is registered, the revision listed; it can
     # be evaluated and promoted, and then served by name through the OpenAI-compatible API.
     with anyio.fail_after(30):
-        await system.until(lambda: _revision_listed(system.home, sl_policy, "sl-final"))
-    await system.log.append([evaluated(sl_policy, "sl-final")])
-    await system.log.append([Promote.create(policy=sl_policy, revision="sl-final")])
+        await system.until(lambda: _revision_listed(system.home, sl_policy, sl_final))
+    await system.log.append([evaluated(sl_policy, sl_final)])
+    await system.log.append([Promote.create(policy=sl_policy, revision=sl_final)])
     with anyio.fail_after(30):
-        await system.until(lambda: _pointer(system.home, sl_policy) == "sl-final")
+        await system.until(lambda: _pointer(system.home, sl_policy) == sl_final)
         await system.settle()  # the engine host folds the promotion too
     async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {reader}"}) as http:
         body = {"model": sl_policy, "prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}

@@ -8,7 +8,7 @@ code: `recipes/sl_loop.py` and `recipes/rl_loop.py` (run, re-run, resumed from a
 `CheckpointManager` rolling checkpoints and `weights.download`. Prints one JSON line with what the
 test asserts on; a failed step raises (exit status 1).
 
-    cookbook_recipes.py WORKDIR MODEL_NAME [--quick]
+    cookbook_recipes.py WORKDIR MODEL_NAME
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from tinker_cookbook.recipes import rl_loop, sl_loop
 parser = argparse.ArgumentParser()
 parser.add_argument("workdir", type=Path)
 parser.add_argument("model_name")
-parser.add_argument("--quick", action="store_true", help="sl_loop and the download only")
 args = parser.parse_args()
 work: Path = args.workdir
 base_url = os.environ["TINKER_BASE_URL"]
@@ -100,78 +99,76 @@ weights.download(tinker_path=final["state_path"], output_dir=str(adapter), base_
 report["downloaded"] = sorted(p.name for p in adapter.iterdir())
 report["adapter_dir"] = str(adapter)
 
-if not args.quick:
-    # -- the same recipe again: it resumes from its final checkpoint and saves `final` once more ----
-    sl(sl_path)
-    report["rerun_records"] = records(sl_path)
+# -- the same recipe again: it resumes from its final checkpoint and saves `final` once more ----
+sl(sl_path)
+report["rerun_records"] = records(sl_path)
 
-    # -- a run started from a checkpoint: the log names only the first one, so it trains on from it --
-    resumed = work / "sl-resumed"
-    resumed.mkdir()
-    (resumed / "checkpoints.jsonl").write_text(json.dumps(report["sl_records"][0]) + "\n")
-    sl(resumed)
-    report["resumed_records"] = records(resumed)
-    report["resumed_nll"] = [m["train_mean_nll"] for m in metrics(resumed) if "train_mean_nll" in m]
+# -- a run started from a checkpoint: the log names only the first one, so it trains on from it --
+resumed = work / "sl-resumed"
+resumed.mkdir()
+(resumed / "checkpoints.jsonl").write_text(json.dumps(report["sl_records"][0]) + "\n")
+sl(resumed)
+report["resumed_records"] = records(resumed)
+report["resumed_nll"] = [m["train_mean_nll"] for m in metrics(resumed) if "train_mean_nll" in m]
 
-    # -- rl_loop: sampling with the renderer's stop sequences, a checkpoint, final weights -----------
-    rl_path = work / "rl"
-    rl_config = rl_loop.Config(
-        base_url=base_url,
-        log_path=str(rl_path),
-        model_name=args.model_name,
-        batch_size=2,
-        group_size=2,
-        lora_rank=8,
-        max_tokens=8,
-        save_every=1,
-        loss_fn="importance_sampling",
-    )
-    rl_loop.main(rl_config)
-    report["rl_records"] = records(rl_path)
-    report["rl_batches"] = [m["progress/batch"] for m in metrics(rl_path) if "progress/batch" in m]
+# -- rl_loop: sampling with the renderer's stop sequences, a checkpoint, final weights -----------
+rl_path = work / "rl"
+rl_config = rl_loop.Config(
+    base_url=base_url,
+    log_path=str(rl_path),
+    model_name=args.model_name,
+    batch_size=2,
+    group_size=2,
+    lora_rank=8,
+    max_tokens=8,
+    save_every=1,
+    loss_fn="importance_sampling",
+)
+rl_loop.main(rl_config)
+report["rl_records"] = records(rl_path)
+report["rl_batches"] = [m["progress/batch"] for m in metrics(rl_path) if "progress/batch" in m]
 
-    # -- rolling checkpoints: each save deletes the one before; the last goes at finalize -----------
-    service = tinker.ServiceClient(base_url=base_url)
-    training = service.create_lora_training_client(
-        base_model=args.model_name, rank=8, user_metadata={"renderer_name": "role_colon"}
-    ).result()
-    manager = checkpoint_utils.CheckpointManager(
-        training, service, str(work / "rolling"), rolling_save_every=1, rolling_ttl_seconds=7200
-    )
-    rolling_run = training.model_id
-    listed = []
-    for step in (1, 2):
-        manager.maybe_save_rolling(step, {"batch": step})
-        listed.append(
-            sorted(c.checkpoint_id for c in rest.list_checkpoints(rolling_run).result().checkpoints)
-        )
-    manager.finalize()
+# -- rolling checkpoints: each save deletes the one before; the last goes at finalize -----------
+service = tinker.ServiceClient(base_url=base_url)
+training = service.create_lora_training_client(
+    base_model=args.model_name, rank=8, user_metadata={"renderer_name": "role_colon"}
+).result()
+(work / "rolling").mkdir()
+manager = checkpoint_utils.CheckpointManager(
+    training, service, str(work / "rolling"), rolling_save_every=1, rolling_ttl_seconds=7200
+)
+rolling_run = training.model_id
+listed = []
+for step in (1, 2):
+    manager.maybe_save_rolling(step, {"batch": step})
     listed.append(sorted(c.checkpoint_id for c in rest.list_checkpoints(rolling_run).result().checkpoints))
-    report["rolling_listed"] = listed
-    run = rest.get_training_run(rolling_run).result()
-    report["run_metadata"] = run.user_metadata
-    report["whoami_org"] = rest.whoami().result().org_urn
-    report["sessions"] = len(rest.list_sessions().result().sessions)
+manager.finalize()
+listed.append(sorted(c.checkpoint_id for c in rest.list_checkpoints(rolling_run).result().checkpoints))
+report["rolling_listed"] = listed
+run = rest.get_training_run(rolling_run).result()
+report["run_metadata"] = run.user_metadata
+report["whoami_org"] = rest.whoami().result().org_urn
+report["sessions"] = len(rest.list_sessions().result().sessions)
 
-    # -- the RL losses the cookbook names: gspo trains, stable_reinforce is refused by name ----------
-    tokens = [5, 6, 7, 8, 9]
-    datum = types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": types.TensorData(data=tokens[1:], dtype="int64", shape=[4]),
-            "logprobs": types.TensorData(data=[0.0, -3.0, -3.0, -3.0], dtype="float32", shape=[4]),
-            "advantages": types.TensorData(data=[0.0, 1.0, 1.0, 1.0], dtype="float32", shape=[4]),
-            "sequence_ratio_mask": types.TensorData(data=[0.0, 1.0, 1.0, 1.0], dtype="float32", shape=[4]),
-        },
-    )
-    gspo = training.forward_backward([datum], loss_fn="gspo").result()
-    report["gspo_loss"] = gspo.metrics["loss:sum"]
-    try:
-        training.forward_backward([datum], loss_fn="stable_reinforce").result()
-        report["stable_reinforce"] = "accepted"
-    except tinker.BadRequestError as exc:
-        report["stable_reinforce"] = str(exc)
-    service.close("success").result()
+# -- the RL losses the cookbook names: gspo trains, stable_reinforce is refused by name ----------
+tokens = [5, 6, 7, 8, 9]
+datum = types.Datum(
+    model_input=types.ModelInput.from_ints(tokens[:-1]),
+    loss_fn_inputs={
+        "target_tokens": types.TensorData(data=tokens[1:], dtype="int64", shape=[4]),
+        "logprobs": types.TensorData(data=[0.0, -3.0, -3.0, -3.0], dtype="float32", shape=[4]),
+        "advantages": types.TensorData(data=[0.0, 1.0, 1.0, 1.0], dtype="float32", shape=[4]),
+        "sequence_ratio_mask": types.TensorData(data=[0.0, 1.0, 1.0, 1.0], dtype="float32", shape=[4]),
+    },
+)
+gspo = training.forward_backward([datum], loss_fn="gspo").result()
+report["gspo_loss"] = gspo.metrics["loss:sum"]
+try:
+    training.forward_backward([datum], loss_fn="stable_reinforce").result()
+    report["stable_reinforce"] = "accepted"
+except tinker.BadRequestError as exc:
+    report["stable_reinforce"] = str(exc)
+service.close("success").result()
 
 assert all(math.isfinite(v) for v in report["sl_nll"]), report["sl_nll"]
 print(json.dumps(report))
