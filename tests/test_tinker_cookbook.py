@@ -256,3 +256,19 @@ async def test_a_base_answers_to_its_aliases_and_an_unknown_name_lists_them(tmp_
             and ALIAS in unknown.value.problem
             and "tiny" in unknown.value.problem
         )
+
+
+def test_mint_base_create_lists_aliases_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mint.cli import cli
+
+    runner = CliRunner()
+    created = runner.invoke(cli, ["base", "create", "tiny", str(tmp_path / "tiny"), "--alias", ALIAS])
+    assert created.exit_code == 0, created.output
+    assert f"aliases: {ALIAS}" in created.output
+    described = runner.invoke(cli, ["base", "info", str(tmp_path / "tiny"), "--json"])
+    assert json.loads(described.output)["aliases"] == [ALIAS]
+    refused = runner.invoke(cli, ["base", "create", "tiny", str(tmp_path / "other"), "--alias", "no-slash"])
+    assert refused.exit_code == 2 and "'no-slash'" in refused.output
+    assert not (tmp_path / "other").exists()  # refused before anything was built
