@@ -21,7 +21,17 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 from actors.catalog import CatalogActor
 from actors.projector import CatalogProjector
 from actors.runtime import StoreActor
-from events.catalog import ConfigurePolicy, Gate, RegisterPolicy, RetirePolicy, Rollback
+from events.catalog import (
+    AbortCanary,
+    CanaryRules,
+    ConfigurePolicy,
+    Gate,
+    PromoteCanary,
+    RegisterPolicy,
+    RetirePolicy,
+    Rollback,
+    StartCanary,
+)
 from events.codec import RecordError
 from events.envelope import Command, Record
 from events.log import Encoded, Stored, Subscription
@@ -153,6 +163,25 @@ class CatalogUnderFaults(RuleBasedStateMachine):
         if self.appended:
             self.portal.call(self.log.append, [self.appended[-1]])
 
+    # -- canary commands (issue 18): starts, verdicts (also about a canary that is over), and a policy
+    # whose passed gate starts one; crashes come from actor_runs_a_batch like every other command's ---
+
+    @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS), shadow=st.booleans())
+    def start_canary(self, policy: str, revision: str, shadow: bool) -> None:
+        rules = CanaryRules(fraction=0.25, mode="shadow" if shadow else "canary")
+        self._append([StartCanary.create(policy=policy, revision=revision, rules=rules)])
+
+    @rule(policy=st.sampled_from(POLICIES), promote=st.booleans(), stale=st.booleans())
+    def end_canary(self, policy: str, promote: bool, stale: bool) -> None:
+        kind = PromoteCanary if promote else AbortCanary
+        self._append([kind.create(policy=policy, canary="an-earlier-canary" if stale else None)])
+
+    @rule(policy=st.sampled_from(POLICIES))
+    def configure_canary(self, policy: str) -> None:
+        self._append([ConfigurePolicy.create(policy=policy, promotion="canary", gate=GATE)])
+
+    # -- end of the canary commands --------------------------------------------------------------------
+
     @rule(
         name=st.sampled_from(("catalog", "projector")), size=st.integers(1, 6), crash=st.sampled_from(CRASHES)
     )
@@ -189,7 +218,9 @@ class CatalogUnderFaults(RuleBasedStateMachine):
         records = [r for s in stored if (r := _decoded(s)) is not None]  # the forged ones do not decode
         commands = {r.id for r in records if isinstance(r, Command)}
         answers = [r for r in records if r.source == "catalog"]
-        decided = Counter(r.causation for r in answers if r.causation in commands)
+        # A command's first fact (id `<command>/0`) is its decision; a second (a PromoteCanary's pointer
+        # move, the canary a Rollback ends) is part of the same decision.
+        decided = Counter(r.causation for r in answers if r.causation in commands and r.id.endswith("/0"))
         assert set(decided) == commands, "every command is decided"
         assert all(n == 1 for n in decided.values()), f"a command was decided twice: {decided}"
         # The rest are automatic promotions, each caused by one passed evaluation, once.
