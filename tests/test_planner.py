@@ -22,6 +22,7 @@ from mint.serving.planner import (
     fold_demand,
     follow_pointer,
     plan_lru,
+    plan_urgent,
     plan_wave,
 )
 
@@ -37,6 +38,7 @@ def _view(
     pinned: Iterable[str] = (),
     loading: Iterable[str] = (),
     retired: Iterable[str] = (),
+    heat: Mapping[str, int] | None = None,
 ) -> EngineView:
     """A view; `rates` gives a steady demand (rate = burst) per ref. Tiers keep the given order (least
     recently used first)."""
@@ -51,6 +53,7 @@ def _view(
         waiting=waiting or {},
         pinned=frozenset(pinned),
         loading=frozenset(loading),
+        heat=lambda ref: (heat or {}).get(ref, 0),
     )
 
 
@@ -341,6 +344,56 @@ def test_every_wave_keeps_the_invariants(view: EngineView, rebalance: bool) -> N
     if len(must_stay) + len(overdue) <= view.capacity.gpu_slots:
         assert overdue <= set(_loaded(wave))
     assert plan_wave(view, rebalance=rebalance) == wave
+
+
+@settings(max_examples=200, deadline=None)
+@given(_views(), st.dictionaries(st.sampled_from(_REFS), st.integers(0, 15)))
+def test_every_urgent_plan_keeps_the_invariants_and_places_all_it_can(
+    view: EngineView, heat: dict[str, int]
+) -> None:
+    view = msgspec.structs.replace(view, heat=lambda ref: heat.get(ref, 0))
+    wave = plan_urgent(view)
+    _check_tiers(view, wave)
+    gpu = set(view.residency.gpu)
+    held = gpu & (view.pinned | view.loading | set(view.waiting))
+    assert held <= set(wave.keep), "pins, loads in flight and waited-for adapters stay"
+    wanted = {ref for ref in view.waiting if ref not in gpu and view.servable(ref)}
+    assert set(_loaded(wave)) <= wanted and not wave.prefetch
+    room = view.capacity.gpu_slots - len(gpu) + len(gpu - held)
+    assert len(wave.load) == min(len(wanted), max(0, room)), "it loads all it can, at once"
+    assert plan_urgent(view) == wave
+
+
+def test_the_urgent_path_loads_into_a_free_slot_at_once() -> None:
+    wave = plan_urgent(_view(["a"], slots=(2, 2), waiting={"x": Waiting(1, 0.0)}))
+    assert _loaded(wave) == {"x": "store"} and wave.keep == ("a",) and not wave.evict
+
+
+def test_the_urgent_path_displaces_the_coldest_of_the_least_recently_used() -> None:
+    # a is least recently used but hot; b is the coldest; c was used last (outside a sample of 2).
+    view = _view(
+        ["a", "b", "c"],
+        slots=(3, 4),
+        waiting={"x": Waiting(1, 0.0)},
+        heat={"a": 9, "b": 1, "c": 0},
+    )
+    wave = plan_urgent(view, PlannerConfig(victim_sample=2))
+    assert _loaded(wave) == {"x": "store"} and _evicted(wave, "gpu") == {"b": "cpu"}
+
+
+def test_the_urgent_path_admits_a_victim_to_a_full_host_cache_only_if_it_is_hotter() -> None:
+    cold_victim = _view(["a"], ["h"], slots=(1, 1), waiting={"x": Waiting(1, 0.0)}, heat={"a": 1, "h": 5})
+    wave = plan_urgent(cold_victim)
+    assert _evicted(wave, "gpu") == {"a": "gone"} and not _evicted(wave, "cpu"), "h stays in the host"
+    hot_victim = _view(["a"], ["h"], slots=(1, 1), waiting={"x": Waiting(1, 0.0)}, heat={"a": 7, "h": 5})
+    wave = plan_urgent(hot_victim)
+    assert _evicted(wave, "gpu") == {"a": "cpu"} and _evicted(wave, "cpu") == {"h": "gone"}
+
+
+def test_the_urgent_path_waits_when_nothing_is_evictable() -> None:
+    view = _view(["a", "b"], slots=(2, 2), waiting={"x": Waiting(3, 0.1)}, pinned=["a"], loading=["b"])
+    wave = plan_urgent(view)
+    assert not wave.load and not wave.evict and wave.keep == ("a", "b")
 
 
 @settings(max_examples=100, deadline=None)

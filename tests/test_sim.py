@@ -8,10 +8,13 @@ import random
 import subprocess
 import sys
 
+import msgspec
+import pytest
 from click.testing import CliRunner
 
 from mint.cli import cli
 from mint.serving.sim import (
+    DIURNAL_TRACE,
     EngineSpec,
     TraceSpec,
     ZipfSampler,
@@ -75,6 +78,27 @@ def test_the_wave_scheduler_stalls_less_than_lru_on_a_zipf_trace() -> None:
     assert belady_misses(trace.refs, 32 + 256) < wave.cold_stalls, "no policy beats the offline optimum"
 
 
+def test_the_urgent_path_keeps_the_wave_p99_within_lrus_and_gap_closed_is_measured() -> None:
+    comparison = compare(SMALL_TRACE, SMALL_ENGINE, say=lambda line: None)
+    wave, lru = comparison.wave, comparison.lru
+    # A miss loads at once (no wait for the next 50 ms wave), so the tail is LRU's or better.
+    assert wave.p99_wait_ms <= lru.p99_wait_ms and wave.p999_wait_ms <= lru.p999_wait_ms * 1.05
+    assert wave.p50_wait_ms <= wave.p99_wait_ms <= wave.p999_wait_ms
+    assert comparison.gap_closed == (1 - comparison.stall_ratio) / (1 - comparison.belady_ratio)
+    assert 0.2 < comparison.gap_closed < 1.0  # ~0.45 here; LRU is 0, Belady's optimum 1
+
+
+def test_a_diurnal_trace_cycles_its_rate_and_keeps_its_request_count() -> None:
+    spec = msgspec.structs.replace(DIURNAL_TRACE, policies=50_000, requests=20_000, burst_share=0.0)
+    trace = make_trace(spec)
+    assert len(trace.times) == 20_000 and trace.times == sorted(trace.times)
+    day = spec.day_s
+    peak = sum(1 for t in trace.times if (t % day) < day / 2)  # sin > 0: the busy half of each day
+    assert peak > 2.5 * (len(trace.times) - peak)  # amplitude 0.8: (1 + 0.8 * 2/pi) / (1 - 0.8 * 2/pi) = 3.1
+    with pytest.raises(ValueError, match="diurnal"):
+        TraceSpec(diurnal=1.0)
+
+
 def test_results_are_deterministic_for_a_seed_across_processes() -> None:
     # Sets of strings iterate in an order that depends on PYTHONHASHSEED: results must not.
     code = (
@@ -130,3 +154,6 @@ def test_mint_bench_sim_reports_one_json_object() -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["bench"] == "sim" and report["policies"] == 20000
     assert report["sim_stall_ratio"] > 0 and report["lru_cold_stalls"] > 0
+    for key in ("gap_closed", "wave_p999_wait_ms", "diurnal_gap_closed", "diurnal_lru_p99_wait_ms"):
+        assert isinstance(report[key], float), key
+    assert report["diurnal_zipf"] == 0.9 and report["diurnal_diurnal"] == 0.8

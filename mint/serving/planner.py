@@ -471,8 +471,6 @@ def plan_urgent(view: EngineView, config: PlannerConfig = DEFAULT_PLANNER) -> Wa
         (ref for ref in view.waiting if ref not in view.residency.gpu and servable(ref)),
         key=lambda ref: (-view.waiting[ref].oldest_s, ref),
     )
-    if not wanted:
-        return Wave(number=view.wave)
     held = set(view.loading) | set(view.pinned) | set(view.waiting)
     # Least recently used first; a ref no longer servable goes before any that is.
     evictable = [ref for ref in view.residency.gpu if ref not in held]
