@@ -464,7 +464,14 @@ async def test_mint_up_serves_the_tinker_api_beside_the_others(tmp_path: Path) -
         async with httpx.AsyncClient(base_url=address, headers=admin) as http:
             capabilities = (await http.get("/api/v1/get_server_capabilities")).json()
             assert capabilities["supported_models"] == [
-                {"model_name": "tiny", "max_context_length": 512, "trainable": True, "sampleable": True}
+                {
+                    "model_name": "tiny",
+                    "base_id": "tiny",
+                    "aliases": [],
+                    "max_context_length": 512,
+                    "trainable": True,
+                    "sampleable": True,
+                }
             ]
             assert (await http.post("/api/v1/client/config", json={})).json()["pjwt_auth_enabled"] is True
             # The operator's admin token belongs to no tenant, so it trains nothing.
