@@ -4,7 +4,9 @@ Every actor runs in this process over an embedded log, with a torch engine servi
 policies are registered and trained together with GRPO, their revisions are evaluated against the
 base model and promoted when their gate says so (or by a person), a worse revision is held back by
 its gate, requests go through the OpenAI-compatible HTTP API, a fault injected into serving makes the
-watch roll a revision back, and replaying the log rebuilds the catalog exactly.
+watch roll a revision back, the same revision then meets a 20% slice of traffic as a canary (aborted
+on its live errors while faulty, promoted once healthy), and replaying the log rebuilds the catalog
+exactly.
 
 Nothing here is faked: the facts come from the trainer, the evaluator, the catalog and the engine
 host, and the story only appends commands and reads the catalog, as any client could.
@@ -13,6 +15,7 @@ host, and the story only appends commands and reads the catalog, as any client c
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,12 +24,12 @@ import anyio
 import httpx
 
 from actors.system import System
-from events.catalog import Gate, Promote, RegisterPolicy, Watch
+from events.catalog import CanaryRules, Gate, Promote, RegisterPolicy, StartCanary, Watch
 from events.training import StartTraining
 from mint.auth.tokens import TokenStore
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
-from mint.catalog.rows import RevisionRow
+from mint.catalog.rows import CanaryRow, RevisionRow
 from mint.serving.faulty import FaultyEngine
 from replay.verify import verify
 
@@ -38,6 +41,7 @@ WRONG_TASK = "token:and"  # what a mistaken retraining optimises instead
 SUPPORT, SEARCH, TRIAGE = "acme/support", "acme/search", "acme/triage"
 GATE = Gate(suite=SUITE, tolerance=0.05)
 WATCH = Watch(max_error_rate=0.05, min_requests=20, sample_rate=0.5)
+CANARY = CanaryRules(fraction=0.2, min_requests=20, max_error_rate=0.05, max_score_drop=0.2)
 PROMPTS = ("The customer wrote:", "Summarise the ticket:", "Route this request:")
 WAIT_S = 600.0
 T = TypeVar("T")
@@ -175,6 +179,31 @@ class Demo:
         refused = [r for r in self.read(lambda c: c.rejections(policy)) if r.command_id == command.id]
         return f"refused: {refused[0].reason}" if refused else f"promoted; {policy} now serves {revision}"
 
+    async def canary(self, client: httpx.AsyncClient, policy: str, revision: str, reason: str) -> CanaryRow:
+        """Start a canary of `revision`, then send requests until the evaluator decides it; returns the
+        ended canary. Says which revision answered the requests sent meanwhile."""
+        command = StartCanary.create(
+            source=SOURCE, policy=policy, revision=revision, rules=CANARY, reason=reason
+        )
+        await self.system.log.append([command])
+
+        def started(c: Catalog) -> CanaryRow | None:
+            return next((k for k in c.canaries(policy) if k.started_by == command.id), None)
+
+        await self.until(lambda c: started(c) is not None)
+        answered: Counter[str] = Counter()
+        sent = 0
+        while (row := self.read(started)) is not None and row.status == "running" and sent < 1000:
+            sent += 1
+            status, answered_by, _ = await self.ask(client, policy, PROMPTS[sent % len(PROMPTS)])
+            answered["failed" if status != 200 else f"answered by {answered_by}"] += 1
+        await self.until(lambda c: (r := started(c)) is not None and r.status != "running")
+        ended = self.read(started)
+        assert ended is not None
+        split = ", ".join(f"{n} {what}" for what, n in sorted(answered.items()))
+        self.say(f"  {sent} requests while it ran: {split}")
+        return ended
+
     async def ask(self, client: httpx.AsyncClient, policy: str, prompt: str) -> tuple[int, str, str]:
         reply = await client.post(
             f"{self.api}/v1/completions",
@@ -207,6 +236,24 @@ async def regression(demo: Demo, client: httpx.AsyncClient, first: str, second: 
     say(f"  evidence: {', '.join(f'{k}={v:g}' for k, v in rollback.evidence.items())}")
     status, answered_by, text = await demo.ask(client, SUPPORT, PROMPTS[0])
     say(f"  next request: HTTP {status}, answered by {answered_by}: {text!r}")
+
+
+async def canaries(demo: Demo, client: httpx.AsyncClient, first: str, second: str) -> None:
+    say = demo.say
+    demo.chapter(f"Before everyone: {SUPPORT}@{second} as a {CANARY.fraction:.0%} canary")
+    say(
+        f"  The same revision, still faulty, meets {CANARY.fraction:.0%} of {SUPPORT}'s requests "
+        f"(chosen by a hash of each request id); {first} answers the rest."
+    )
+    aborted = await demo.canary(client, SUPPORT, second, "retry after the rollback")
+    say(f"  {aborted.status}: {aborted.reason}")
+    say(f"  evidence: {', '.join(f'{k}={v:g}' for k, v in aborted.evidence.items())}")
+    demo.engine.fail(f"{SUPPORT}@{second}", 0.0)
+    say(f"  The serving fault is fixed; {second} goes out as a canary again.")
+    promoted = await demo.canary(client, SUPPORT, second, "the fault is fixed")
+    say(f"  {promoted.status}: {promoted.reason}")
+    await demo.until(lambda c: demo.serves(c, SUPPORT, second))
+    say(f"  {SUPPORT} now serves {second} to everyone.")
 
 
 async def run_demo(system: System, engine: FaultyEngine, base: DemoBase, api: str, say: Say) -> bool:
@@ -250,8 +297,9 @@ async def run_demo(system: System, engine: FaultyEngine, base: DemoBase, api: st
 
         if passed:
             await regression(demo, client, first, second)
+            await canaries(demo, client, first, second)
         else:
-            say(f"\n(The regression step needs a second served revision of {SUPPORT}: skipped.)")
+            say(f"\n(The regression and canary steps need a second served revision of {SUPPORT}: skipped.)")
 
     chapter("Replay: rebuild the catalog from the log and compare")
     await system.settle()

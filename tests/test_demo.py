@@ -41,6 +41,9 @@ def test_the_demo_tells_the_whole_story_and_exits_cleanly(demo: tuple[Path, Resu
         f"{SUPPORT} passed against run-1 and now serves run-3",
         "the watch rolled acme/support back to run-1",
         "answered by acme/support@run-1",
+        "aborted: canary: live error rate",
+        "promoted: canary: 20 requests, error rate 0.0%",
+        f"{SUPPORT} now serves run-3 to everyone",
         "equal to the live catalog",
         "/admin/",
     ):
@@ -70,15 +73,29 @@ def test_the_gate_blocks_a_worse_revision_and_says_why(catalog: Catalog) -> None
 
 
 def test_live_errors_roll_back_to_the_previous_revision_with_evidence(catalog: Catalog) -> None:
-    support = catalog.policy(SUPPORT)
-    assert support is not None and support.pointer == "run-1" and support.served == ("run-1",)
-    rollback = catalog.serving_history(SUPPORT)[-1]
+    (rollback,) = [m for m in catalog.serving_history(SUPPORT) if m.kind == "rolled_back"]
     assert (rollback.kind, rollback.previous, rollback.revision) == ("rolled_back", "run-3", "run-1")
     assert rollback.reason.startswith("auto: live error rate")
     assert rollback.evidence["error_rate"] > rollback.evidence["max_error_rate"] == 0.05
     assert rollback.evidence["requests"] >= 20
     bad = {t.revision: t for t in catalog.traffic(SUPPORT)}["run-3"]
     assert bad.errors > 0 and bad.scored > 0 and bad.score_sum / bad.scored > 0.5  # live scores sampled
+
+
+def test_a_faulty_canary_is_aborted_on_its_slice_and_a_healthy_one_promoted(catalog: Catalog) -> None:
+    aborted, promoted = catalog.canaries(SUPPORT)
+    assert (aborted.revision, aborted.stable, aborted.status) == ("run-3", "run-1", "aborted")
+    assert aborted.reason.startswith("canary: live error rate")
+    evidence = aborted.evidence
+    assert evidence["candidate_requests"] >= 20 and evidence["candidate_error_rate"] > 0.05
+    # Only its slice met the faulty revision: the stable one answered the rest, without errors.
+    assert evidence["stable_requests"] > 2 * evidence["candidate_requests"] and evidence["stable_errors"] == 0
+    assert (promoted.revision, promoted.status) == ("run-3", "promoted")
+    assert promoted.evidence["candidate_error_rate"] == 0.0
+    support = catalog.policy(SUPPORT)
+    assert support is not None and support.pointer == "run-3" and support.canary is None
+    last = catalog.serving_history(SUPPORT)[-1]
+    assert (last.kind, last.previous, last.revision) == ("promoted", "run-1", "run-3")
 
 
 def test_replaying_the_demo_log_rebuilds_the_same_catalog(demo: tuple[Path, Result]) -> None:
