@@ -3,6 +3,7 @@ SQLite log and on Kafka; a fold whose row two partitions write is refused in par
 
 from __future__ import annotations
 
+import json
 import pickle
 import sqlite3
 import uuid
@@ -17,7 +18,7 @@ from click.testing import CliRunner, Result
 from actors.system import System, running
 from events.envelope import Record
 from events.kafka_log import KafkaLog
-from events.log import EventLog
+from events.log import Encoded, EventLog
 from events.partitioning import partition_for
 from events.seal import Seal
 from events.serving import AdapterLoaded, EngineRegistered, RevisionTraffic, TrafficObserved
@@ -192,3 +193,31 @@ def test_a_fold_pickles_for_the_worker_processes() -> None:
     row = DeadLetter(1, 7, "id-1", "PolicyRegistered", "policy: why", "{}")
     assert table.to_db(row) == DEAD_LETTERS.to_db(row) == (1, 7, DEAD_LETTERS.to_db(row)[-1])
     assert table.from_db(table.to_db(row)) == row
+
+
+async def test_a_rebuild_that_flushes_and_sheds_rows_midway_equals_live(
+    sqlite_system: System, tmp_path: Path
+) -> None:
+    """A log too big to hold: rows are written every few and the cache dropped, so later records
+    read their rows back from the file."""
+    await _history(sqlite_system)
+    small = await rebuild(sqlite_system.log, CATALOG_FOLD, tmp_path / "small.db", batch=7, flush_rows=5)
+    assert _digest(small.path) == _live_digest(sqlite_system)
+
+
+async def test_only_the_types_the_fold_consumes_are_decoded(tmp_path: Path) -> None:
+    """Types without a handler are skipped from the log's header: an invalid body of one costs
+    nothing and is no dead letter; the same body of a folded type is one."""
+
+    def invalid(type_name: str, key: str) -> Encoded:
+        raw = json.dumps({"type": type_name, "id": f"bad-{type_name}", "key": key}).encode()
+        return Encoded(id=f"bad-{type_name}", key=key, type=type_name, v=1, at_ms=0, raw=raw)
+
+    assert "ReportDemand" not in CATALOG_FOLD.handlers and "PolicyRegistered" in CATALOG_FOLD.handlers
+    async with SqliteLog(tmp_path / "log.db", partitions=2) as log:
+        await log.append_encoded([invalid("ReportDemand", "e1")])
+        skipped = await rebuild(log, CATALOG_FOLD, tmp_path / "skipped.db")
+        await log.append_encoded([invalid("PolicyRegistered", "acme/p0")])
+        folded = await rebuild(log, CATALOG_FOLD, tmp_path / "folded.db")
+    assert (skipped.records, skipped.dead_letters) == (1, 0)
+    assert (folded.records, folded.dead_letters) == (2, 1)
