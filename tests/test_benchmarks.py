@@ -31,8 +31,11 @@ def test_bench_replay_reports_rates_side_by_side() -> None:
         "append_commits_per_s",
         "rebuild_facts_per_s",
         "plain_loop_facts_per_s",
+        "rebuild_jobs1_facts_per_s",
+        "rebuild_jobs2_facts_per_s",
     ):
         assert isinstance(report[key], float) and report[key] > 0
+    assert report["rebuild_digests_equal"] == 1.0  # one process, 1 job and 2 jobs rebuilt the same
 
 
 def test_bench_catalog_resolves() -> None:
