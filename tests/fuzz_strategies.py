@@ -98,7 +98,17 @@ def from_schema(schema: Json, tenant: str) -> st.SearchStrategy[Json]:
         return st.integers(schema.get("minimum"), schema.get("maximum"))
     if kind == "number":
         low, high = schema.get("minimum"), schema.get("maximum")
-        return st.floats(low, high, allow_nan=False, allow_infinity=False)
+        exclude_low, exclude_high = "exclusiveMinimum" in schema, "exclusiveMaximum" in schema
+        low = schema["exclusiveMinimum"] if exclude_low else low
+        high = schema["exclusiveMaximum"] if exclude_high else high
+        return st.floats(
+            low,
+            high,
+            exclude_min=exclude_low,
+            exclude_max=exclude_high,
+            allow_nan=False,
+            allow_infinity=False,
+        )
     if kind == "string":
         pattern = schema.get("pattern")
         if pattern == POLICY_PATTERN:
@@ -198,6 +208,10 @@ def _out_of_range(schema: Json) -> list[Json]:
         values.append(schema["minimum"] - 1)
     if "maximum" in schema:
         values.append(schema["maximum"] + 1)
+    if "exclusiveMinimum" in schema:
+        values.append(schema["exclusiveMinimum"])  # the bound itself is out
+    if "exclusiveMaximum" in schema:
+        values.append(schema["exclusiveMaximum"])
     if "pattern" in schema:
         values += ["", "-starts-with-a-dash", "UPPER/Case Name", "x" * 300, "a/b\nc"]
     if "maxLength" in schema:
