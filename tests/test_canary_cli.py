@@ -61,3 +61,25 @@ async def test_start_refuse_audit_and_abort_a_canary_from_the_cli(system: System
     assert "ran no canary then" in before.output
     promoted = await invoke("policy", "canary-promote", P, "--home", home)
     assert promoted.exit_code == 0 and Catalog(system.home.catalog).resolve(P) == "r3"
+
+
+async def test_register_and_configure_take_the_canary_rules_naming_a_bad_one(system: System) -> None:
+    home = str(system.home.root)
+    registered = await invoke(
+        "policy", "register", "acme/c", "--base", "tiny", "--promotion", "canary",
+        "--gate", "reward:token:the", "--canary-fraction", "0.3", "--canary-shadow",
+        "--canary-min-requests", "7", "--home", home,
+    )  # fmt: skip
+    assert registered.exit_code == 0, registered.output
+    await system.settle()
+    row = Catalog(system.home.catalog).policy("acme/c")
+    assert row is not None and row.promotion == "canary" and row.canary_rules is not None
+    rules = row.canary_rules
+    assert (rules.fraction, rules.mode, rules.min_requests) == (0.3, "shadow", 7)
+    configured = await invoke("policy", "configure", "acme/c", "--canary-max-duration", "60", "--home", home)
+    assert configured.exit_code == 0, configured.output
+    await system.settle()
+    row = Catalog(system.home.catalog).policy("acme/c")
+    assert row is not None and row.canary_rules is not None and row.canary_rules.max_duration_s == 60.0
+    bad = await invoke("policy", "configure", "acme/c", "--canary-fraction", "1.5", "--home", home)
+    assert bad.exit_code == 2 and "--canary-fraction" in bad.output and "fraction" in bad.output

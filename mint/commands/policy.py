@@ -234,6 +234,55 @@ def gate_and_watch(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
+CANARY_OPTIONS = ("fraction", "min_requests", "max_duration_s", "max_score_drop", "max_error_rate")
+
+
+def canary_rule_options(prefix: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The canary rules as options: `--fraction …` on `mint policy canary`, `--canary-fraction …` on
+    register/configure (whose `--max-error-rate` and friends are the watch's). Each lands under the
+    rule's name with the prefix in front (`fraction` or `canary_fraction`, …, and `shadow`)."""
+    name = prefix.replace("-", "_")
+
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        for flag, dest, kind, help_text in (
+            ("fraction", "fraction", float, "Share of requests the candidate answers (0.1)."),
+            ("min-requests", "min_requests", int, "Candidate requests before a verdict (50)."),
+            (
+                "max-duration",
+                "max_duration_s",
+                float,
+                "Seconds before an undecided canary is aborted (3600).",
+            ),
+            ("max-score-drop", "max_score_drop", float, "Live score below stable allowed (0.1)."),
+            ("max-error-rate", "max_error_rate", float, "Live error rate allowed (0.05)."),
+        ):
+            option = click.option(f"--{prefix}{flag}", name + dest, type=kind, default=None, help=help_text)
+            fn = option(fn)
+        shadow_help = "Answer from the stable revision; run the share on the candidate unseen."
+        return click.option(f"--{prefix}shadow", f"{name}shadow", is_flag=True, help=shadow_help)(fn)
+
+    return decorate
+
+
+def _canary_rules(shadow: bool, values: dict[str, Any], prefix: str = "") -> CanaryRules | None:
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given and not shadow:
+        return None  # the policy's canary rules, or the defaults
+    try:
+        return msgspec.convert({**given, "mode": "shadow" if shadow else "canary"}, CanaryRules)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(
+            str(exc), param_hint=f"--{prefix}fraction/--{prefix}min-requests/..."
+        ) from None
+
+
+def _canary_rules_of(options: dict[str, Any]) -> CanaryRules | None:
+    """register/configure: the `--canary-…` rules taken out of the command's options."""
+    shadow = options.pop("canary_shadow")
+    rules = {k: options.pop(f"canary_{k}") for k in CANARY_OPTIONS}
+    return _canary_rules(shadow, rules, prefix="canary-")
+
+
 @click.group("policy")
 def policy_group() -> None:
     """Register policies, set their gates, evaluate, promote and roll back revisions."""
@@ -246,11 +295,22 @@ def policy_group() -> None:
     "--promotion", type=click.Choice(["manual", "auto", "canary"]), default="manual", show_default=True
 )
 @gate_and_watch
+@canary_rule_options("canary-")
 @common
 def register(policy: str, base_id: str, promotion: str, **options: Any) -> None:
-    """Register POLICY (tenant/name) on a base."""
+    """Register POLICY (tenant/name) on a base. With `--promotion canary`, a passed gate starts a canary
+    with the `--canary-…` rules (the defaults where left out)."""
     rules = _rules(options)
-    command = _build(RegisterPolicy, "POLICY", policy=policy, base_id=base_id, promotion=promotion, **rules)
+    canary = _canary_rules_of(options)
+    command = _build(
+        RegisterPolicy,
+        "POLICY",
+        policy=policy,
+        base_id=base_id,
+        promotion=promotion,
+        canary=canary,
+        **rules,
+    )
     _submit(command, **options)
 
 
@@ -258,11 +318,14 @@ def register(policy: str, base_id: str, promotion: str, **options: Any) -> None:
 @click.argument("policy")
 @click.option("--promotion", type=click.Choice(["manual", "auto", "canary"]), default=None)
 @gate_and_watch
+@canary_rule_options("canary-")
 @common
 def configure(policy: str, promotion: str | None, **options: Any) -> None:
-    """Change POLICY's promotion mode, gate or watch (what is not given stays)."""
+    """Change POLICY's promotion mode, gate, watch or canary rules (what is not given stays)."""
     rules = _rules(options)
-    _submit(_build(ConfigurePolicy, "POLICY", policy=policy, promotion=promotion, **rules), **options)
+    canary = _canary_rules_of(options)
+    command = _build(ConfigurePolicy, "POLICY", policy=policy, promotion=promotion, canary=canary, **rules)
+    _submit(command, **options)
 
 
 @policy_group.command("evaluate")
@@ -304,29 +367,9 @@ def retire(policy: str, reason: str, **options: Any) -> None:
     _submit(_build(RetirePolicy, "POLICY", policy=policy, reason=reason), **options)
 
 
-CANARY_OPTIONS = ("fraction", "min_requests", "max_duration_s", "max_score_drop", "max_error_rate")
-
-
-def _canary_rules(shadow: bool, values: dict[str, Any]) -> CanaryRules | None:
-    given = {k: v for k, v in values.items() if v is not None}
-    if not given and not shadow:
-        return None  # the policy's canary rules, or the defaults
-    try:
-        return msgspec.convert({**given, "mode": "shadow" if shadow else "canary"}, CanaryRules)
-    except msgspec.ValidationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--fraction/--min-requests/...") from None
-
-
 @policy_group.command("canary")
 @click.argument("ref")
-@click.option("--fraction", type=float, default=None, help="Share of requests the candidate answers (0.1).")
-@click.option("--shadow", is_flag=True, help="Answer from the stable revision; run the share on REF unseen.")
-@click.option("--min-requests", type=int, default=None, help="Candidate requests before a verdict (50).")
-@click.option(
-    "--max-duration", "max_duration_s", type=float, default=None, help="Seconds before abort (3600)."
-)
-@click.option("--max-score-drop", type=float, default=None, help="Live score below stable allowed (0.1).")
-@click.option("--max-error-rate", type=float, default=None, help="Live error rate allowed (0.05).")
+@canary_rule_options("")
 @click.option("--reason", default="", help="Why, for the history.")
 @common
 def canary(ref: str, shadow: bool, reason: str, **options: Any) -> None:
