@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from events.log import EventLog, Position
+from events.positions import PositionError, parse_position
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
 from mint.catalog.rows import CanaryRow, ServingMove
 from replay.rebuild import ProgressCallback, Rebuilt, rebuild
 
-_POSITION = re.compile(r"^\d+@\d+(,\d+@\d+)*$")
 _CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2})?$")
 
 
@@ -42,10 +42,13 @@ async def resolve_until(log: EventLog, spec: str) -> Position:
     """`PARTITION@OFFSET[,...]` (per partition, the first offset left out; partitions not named are
     read to their end) or a time (every record before it)."""
     ends = await log.end_offsets()
-    if _POSITION.match(spec):
+    if "@" in spec:
+        try:
+            named = parse_position(spec, "until")
+        except PositionError as exc:
+            raise UntilError(str(exc)) from None
         position = dict(ends)
-        for part in spec.split(","):
-            p, o = (int(x) for x in part.split("@"))
+        for p, o in named.items():
             if p not in ends:
                 raise UntilError(f"until: partition {p} does not exist (the log has {log.partitions})")
             position[p] = min(o, ends[p])

@@ -29,17 +29,11 @@ from events import codec
 from events.catalog import Promote
 from events.kafka_log import KafkaLog
 from events.log import Position, outcome
+from events.positions import PositionError, after_appended, format_position, merged, parse_position
 from events.seal import Seal
 from events.sqlite_log import SqliteLog
 from mint.api.app import create_app
-from mint.api.positions import (
-    POSITION_HEADER,
-    PositionError,
-    after_appended,
-    format_position,
-    merged,
-    parse_position,
-)
+from mint.api.positions import POSITION_HEADER
 from mint.auth.tokens import TokenStore
 from mint.catalog.queries import Catalog
 from mint.cli import cli

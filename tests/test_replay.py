@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -112,6 +113,17 @@ async def test_point_in_time_by_time(tmp_path: Path) -> None:
         built = await point_in_time.projection_at(log, position, tmp_path / "at.db")
         assert built.records == 1
         assert point_in_time.served_then(built.path, "acme/t").revision is None
+        # A position is read as the headers read one (events/positions.py), clipped at the log's end.
+        ends = await log.end_offsets()
+        assert await point_in_time.resolve_until(log, "1@99") == ends  # clipped; partition 0 to its end
+        assert await point_in_time.resolve_until(log, "1@0") == {**ends, 1: 0}
+        for spec, wrong in (
+            ("0@1,0@2", "until: partition 0 is named twice"),
+            ("0@01", "until: '0@01' in '0@01' is not PARTITION@OFFSET"),
+            ("7@1", "until: partition 7 does not exist (the log has 2)"),
+        ):
+            with pytest.raises(point_in_time.UntilError, match=re.escape(wrong)):
+                await point_in_time.resolve_until(log, spec)
     assert point_in_time.parse_time("14:02", now=t0) == t0.replace(minute=2)
     with pytest.raises(point_in_time.UntilError, match="until: 'yesterday' is neither a time"):
         point_in_time.parse_time("yesterday")

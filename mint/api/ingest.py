@@ -21,9 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from events.log import EventLog, LogUnavailable
+from events.positions import after_appended
 from mint.api.auth import AuthError, require
 from mint.api.errors import HttpError, retry_later
-from mint.api.positions import after_appended, positioned
+from mint.api.positions import positioned
 from mint.ingest import BatchRefused, IngestLimits, Kind, RateLimited, RateLimiter, TooLarge, validate_batch
 
 # A batch the log has not taken within this is answered 503 with Retry-After, not left hanging (a

@@ -13,10 +13,8 @@ takes, where `P@O` also means "up to, not including, offset O". The empty string
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,8 @@ import anyio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from events.log import Appended, EventLog, Position, caught_up
+from events.log import EventLog, Position, caught_up
+from events.positions import PositionError, format_position, parse_position
 from mint.api.errors import HttpError
 from mint.projection.states import checkpoint_of
 
@@ -32,51 +31,6 @@ POSITION_HEADER = "x-mint-position"
 AFTER_HEADER = "x-mint-after"
 DEFAULT_READ_WAIT_S = 5.0  # how long a read waits for its x-mint-after before answering 503
 CHECKPOINT_POLL_S = 0.02  # how often a waiting read looks at the projection's checkpoint
-_PART = re.compile(r"(0|[1-9]\d{0,6})@(0|[1-9]\d{0,18})")  # partition@offset, no leading zeros
-
-
-class PositionError(ValueError):
-    pass
-
-
-def format_position(position: Position) -> str:
-    return ",".join(f"{p}@{o}" for p, o in sorted(position.items()))
-
-
-def parse_position(text: str, where: str) -> Position:
-    """The position `text` spells; PositionError naming `where` (a header, an option) otherwise."""
-    if text == "":
-        return {}
-    position: Position = {}
-    for part in text.split(","):
-        match = _PART.fullmatch(part)
-        if match is None:
-            raise PositionError(
-                f"{where}: {part[:40]!r} in {text[:80]!r} is not PARTITION@OFFSET "
-                "(a position is e.g. 0@13,3@7: per partition, the next offset to read)"
-            )
-        partition, offset = int(match[1]), int(match[2])
-        if partition in position:
-            raise PositionError(f"{where}: partition {partition} is named twice in {text[:80]!r}")
-        position[partition] = offset
-    return position
-
-
-def after_appended(placed: Iterable[Appended]) -> Position:
-    """The position just past every record of `placed` (one append's answer)."""
-    position: Position = {}
-    for place in placed:
-        position[place.partition] = max(position.get(place.partition, 0), place.offset + 1)
-    return position
-
-
-def merged(*positions: Position) -> Position:
-    """Per partition, the furthest of `positions`: a client's highest position seen."""
-    out: Position = {}
-    for position in positions:
-        for partition, offset in position.items():
-            out[partition] = max(out.get(partition, 0), offset)
-    return out
 
 
 def positioned(body: dict[str, Any], position: Position, status_code: int = 200) -> JSONResponse:

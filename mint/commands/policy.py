@@ -36,7 +36,8 @@ from events.envelope import Command, Record
 from events.evaluation import RequestEvaluation
 from events.log import EventLog, Outcome, outcome
 from events.names import ModelRefError, parse_model_ref
-from mint.api.positions import Checkpoint, format_position
+from events.positions import format_position
+from mint.api.positions import Checkpoint
 from mint.commands.common import artifacts_option, artifacts_spec, context, home_option, log_option, run
 from mint.commands.positions import DEFAULT_WAIT_S, remember
 from mint.commands.train import actors_unless_running

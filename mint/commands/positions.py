@@ -28,7 +28,8 @@ import anyio
 import click
 
 from events.log import Position
-from mint.api.positions import Checkpoint, PositionError, format_position, merged, parse_position
+from events.positions import PositionError, format_position, merged, parse_position
+from mint.api.positions import Checkpoint
 from mint.config import LogSpec
 from mint.home import Home
 

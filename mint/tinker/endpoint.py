@@ -19,7 +19,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from mint.api.positions import POSITION_HEADER, format_position
+from events.positions import format_position
+from mint.api.positions import POSITION_HEADER
 from mint.tinker import proto, wire, written
 from mint.tinker.auth import Grant, Keys
 from mint.tinker.idempotency import Replies

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 
 from events.envelope import Record
 from events.log import Appended, EventLog, Position
-from mint.api.positions import after_appended, merged
+from events.positions import after_appended, merged
 
 _collected: ContextVar[Position | None] = ContextVar("written", default=None)
 
