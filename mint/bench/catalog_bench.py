@@ -11,13 +11,8 @@ from pathlib import Path
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
 from mint.catalog.rows import POLICIES, PolicyRow
+from mint.percentiles import percentile
 from mint.projection.store import ProjectionStore
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
 
 BASES = ("tiny", "small", "smollm2")
 

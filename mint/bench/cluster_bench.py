@@ -25,10 +25,10 @@ from events.catalog import RegisterPolicy
 from events.envelope import Fact
 from events.kafka_log import KafkaLog
 from events.seal import Seal
-from mint.bench.catalog_bench import percentile
 from mint.cluster import launcher
 from mint.cluster.publish import publish_random_revision
 from mint.cluster.table import HOST, ClusterDir, ClusterTable
+from mint.percentiles import percentile
 from mint.serving.wire import GENERATE_PATH, SEAL_HEADER, GenerateRequest, Params, seal_of
 
 OUTCOME_POLL_S = 0.02  # between passes over the partitions while outcomes are missing

@@ -16,8 +16,9 @@ from starlette.applications import Starlette
 from events.sqlite_log import SqliteLog
 from mint.api.console import routes
 from mint.auth.tokens import TokenStore
-from mint.bench.catalog_bench import build_catalog, percentile
+from mint.bench.catalog_bench import build_catalog
 from mint.catalog.queries import Catalog
+from mint.percentiles import percentile
 
 
 async def _measure(path: Path, tmp: Path, count: int, requests: int) -> dict[str, float]:

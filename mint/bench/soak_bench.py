@@ -25,7 +25,6 @@ import httpx
 
 from events.kafka_log import KafkaLog
 from events.seal import Seal
-from mint.bench.catalog_bench import percentile
 from mint.chaos.faults import KINDS, FaultPlan, inject
 from mint.chaos.ledger import Answer, FaultInjected, Ledger, read_ledger
 from mint.chaos.run import RUN_COUNTS
@@ -33,6 +32,7 @@ from mint.chaos.workload import Workload
 from mint.cluster import launcher
 from mint.cluster.roles import ROLES
 from mint.cluster.table import HOST, ClusterDir
+from mint.percentiles import percentile
 
 SAMPLE_EVERY_S = 5.0
 HEALTH_TIMEOUT_S = 2.0

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from mint.percentiles import percentile_of_sorted
 from mint.serving.planner import (
     DEFAULT_PLANNER,
     Capacity,
@@ -443,9 +444,9 @@ class _Engine:
             hits=self.hits,
             cold_stalls=self.cold,
             warm_stalls=self.warm,
-            p50_wait_ms=_percentile(waits, 0.50) * 1000,
-            p99_wait_ms=_percentile(waits, 0.99) * 1000,
-            p999_wait_ms=_percentile(waits, 0.999) * 1000,
+            p50_wait_ms=percentile_of_sorted(waits, 0.50) * 1000,
+            p99_wait_ms=percentile_of_sorted(waits, 0.99) * 1000,
+            p999_wait_ms=percentile_of_sorted(waits, 0.999) * 1000,
             loads=self.loads,
             fetches=self.fetches,
             waves=self.waves,
@@ -481,10 +482,6 @@ class _Engine:
         begin = max(start, heapq.heappop(self.lanes))
         heapq.heappush(self.lanes, begin + duration)
         return begin + duration
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def simulate_lru(trace: Trace, spec: EngineSpec) -> PolicyResult:
