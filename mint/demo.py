@@ -163,6 +163,11 @@ class Demo:
         return row is not None and row.pointer == revision
 
     @staticmethod
+    def _served(catalog: Catalog, policy: str, revision: str) -> int:
+        """Requests the catalog has seen `policy@revision` serve (or fail), over all its servings."""
+        return sum(t.requests for t in catalog.traffic(policy) if t.revision == revision)
+
+    @staticmethod
     def _evaluated(catalog: Catalog, policy: str, revision: str) -> bool:
         return any(r.revision == revision and r.eval_verdict for r in catalog.revisions(policy))
 
@@ -193,6 +198,7 @@ class Demo:
         await self.until(lambda c: started(c) is not None)
         answered: Counter[str] = Counter()
         sent = 0
+        reported = self.read(lambda c: self._served(c, policy, revision))
         while (row := self.read(started)) is not None and row.status == "running" and sent < 1000:
             sent += 1
             status, answered_by, _ = await self.ask(client, policy, PROMPTS[sent % len(PROMPTS)])
@@ -200,6 +206,11 @@ class Demo:
         await self.until(lambda c: (r := started(c)) is not None and r.status != "running")
         ended = self.read(started)
         assert ended is not None
+        # Wait for the engine host's reports of what the candidate served here, so they cannot land in
+        # the window of a canary started next (errors of this one counted against that one).
+        candidate = f"answered by {policy}@{revision}"
+        got = answered[candidate] + answered["failed"]
+        await self.until(lambda c: self._served(c, policy, revision) >= reported + got)
         split = ", ".join(f"{n} {what}" for what, n in sorted(answered.items()))
         self.say(f"  {sent} requests while it ran: {split}")
         return ended
