@@ -364,6 +364,23 @@ def test_every_urgent_plan_keeps_the_invariants_and_places_all_it_can(
     assert plan_urgent(view) == wave
 
 
+def test_an_urgent_plan_never_drops_a_victim_it_demoted_itself() -> None:
+    """Found by the property above in CI: two loads into a full GPU over a one-slot host cache. The
+    first victim went gpu -> cpu, then the second victim, worth more, took its host slot, so one wave
+    moved a ref gpu -> cpu -> gone. The host slot is now contested only by what was there before."""
+    view = _view(
+        ["a", "b"],
+        slots=(2, 1),
+        demand={"a": Demand(1.0, 0.0)},
+        waiting={"x": Waiting(1, 0.0), "y": Waiting(1, 0.0)},
+    )
+    wave = plan_urgent(view)
+    _check_tiers(view, wave)
+    assert set(_loaded(wave)) == {"x", "y"}
+    assert not _evicted(wave, "cpu"), "nothing was in the host cache to drop"
+    assert sorted(_evicted(wave, "gpu").values()) == ["cpu", "gone"]
+
+
 def test_the_urgent_path_loads_into_a_free_slot_at_once() -> None:
     wave = plan_urgent(_view(["a"], slots=(2, 2), waiting={"x": Waiting(1, 0.0)}))
     assert _loaded(wave) == {"x": "store"} and wave.keep == ("a",) and not wave.evict

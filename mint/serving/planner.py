@@ -525,17 +525,18 @@ def _demote(
     sample: int,
 ) -> list[Eviction]:
     """The GPU victim's evictions: into the host cache if there is room, or in place of the host's
-    least valuable LRU-end resident if it is worth more (TinyLFU admission), else off the engine."""
+    least valuable LRU-end resident if it is worth more (TinyLFU admission), else off the engine.
+
+    `host` holds only what was in the host cache before this plan: a victim demoted earlier in the same
+    plan is not a candidate to drop, because one wave cannot move a ref gpu -> cpu -> gone."""
     if not servable(victim):
         return [Eviction(victim, "gpu", "gone")]
     if host_has_room:
-        host.append(victim)
         return [Eviction(victim, "gpu", "cpu")]
     if host:
         dropped = _least_valuable(host, sample, value, servable)
         if value(victim) > value(dropped) or not servable(dropped):
             host.remove(dropped)
-            host.append(victim)
             return [Eviction(dropped, "cpu", "gone"), Eviction(victim, "gpu", "cpu")]
     return [Eviction(victim, "gpu", "gone")]
 
