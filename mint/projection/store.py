@@ -167,18 +167,18 @@ class Rows:
             appended = self._appended[table.name]
             if dirty:
                 cache = self._cache[table.name]
-                keys = sorted(dirty)
-                upserts = [table.to_db(cache[k]) for k in keys if cache[k] is not None]
-                deletes = [k for k in keys if cache[k] is None]
+                changed = [cache[k] for k in dirty]
+                upserts = sorted((row for row in changed if row is not None), key=table.sort_key)
+                deletes = [k for k in dirty if cache[k] is None]
                 if upserts:
-                    self._con.executemany(table.insert_sql, upserts)
+                    table.write(self._con, upserts)
                 if deletes:
                     where = " AND ".join(f"{k} = ?" for k in table.key)
-                    self._con.executemany(f"DELETE FROM {table.name} WHERE {where}", deletes)
+                    self._con.executemany(f"DELETE FROM {table.name} WHERE {where}", sorted(deletes))
                 dirty.clear()
             if appended:
-                rows = sorted(appended, key=table.key_of)
-                self._con.executemany(table.insert_sql, [table.to_db(r) for r in rows])
+                # Stable: of two rows with one key (a fact folded twice), the later one stands.
+                table.write(self._con, sorted(appended, key=table.sort_key))
                 appended.clear()
 
     def cached(self) -> int:
