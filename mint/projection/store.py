@@ -260,20 +260,19 @@ class ProjectionStore:
         """Fold one record from the log. Returns the decoded record when its type is one this store
         folds or was asked to decode (a decider's commands), None when it was skipped or refused.
         Nothing a record holds can stop the fold: whatever fails sends it to the dead letters."""
-        p = stored.partition
-        if stored.offset < self.position.get(p, 0):
+        p, offset = stored.partition, stored.offset
+        if offset < self.position.get(p, 0):
             return None  # redelivered below the checkpoint
-        self.position[p] = stored.offset + 1
-        if stored.id in self._own:
+        self.position[p] = offset + 1
+        if self._own and stored.id in self._own:
             if self._claimed and self._own_copy_fenced(stored):
                 return None  # it does not count: it stays pending, for the rightful owner to decide
             self._own.discard(stored.id)
             self._own_changed = True
             return None  # a decider's own fact, folded when it was decided
-        if stored.type == UNREADABLE:
-            self.dead_letter(stored, f"not a record: {unreadable_reason(stored.raw)}")
-            return None
-        if stored.type not in self._decode:
+        if stored.type not in self._decode:  # which UNREADABLE, naming no record type, never is
+            if stored.type == UNREADABLE:
+                self.dead_letter(stored, f"not a record: {unreadable_reason(stored.raw)}")
             return None
         if not stored.sealed and not producer_may_write(stored.type):
             self.dead_letter(

@@ -53,6 +53,16 @@ def _fields_of(names: tuple[str, ...]) -> Callable[[Row], tuple[Any, ...]]:
     return getter
 
 
+def _values_of(stored: tuple[str, ...], encoder: msgspec.msgpack.Encoder) -> Callable[[Row], tuple[Any, ...]]:
+    """What a row is stored as: its `stored` columns, then `data`, the whole row as msgpack."""
+    columns, encode = _fields_of(stored), encoder.encode
+
+    def values(row: Row) -> tuple[Any, ...]:
+        return (*columns(row), encode(row))
+
+    return values
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
@@ -68,8 +78,10 @@ class Table:
     stored: tuple[str, ...] = field(init=False)
     _encoder: msgspec.msgpack.Encoder = field(init=False, repr=False, compare=False)
     _decoder: msgspec.msgpack.Decoder[Any] = field(init=False, repr=False, compare=False)
-    _key_of: Any = field(init=False, repr=False, compare=False)
-    _stored_of: Any = field(init=False, repr=False, compare=False)
+    # A row's key as a tuple (what Rows caches it under), and its values as SQL binds them. Made
+    # once per table and called per row, so a fold and a write pay no method lookups for them.
+    key_of: Callable[[Row], tuple[Any, ...]] = field(init=False, repr=False, compare=False)
+    to_db: Callable[[Row], tuple[Any, ...]] = field(init=False, repr=False, compare=False)
     # Orders rows as their keys do, read in C: the bare value for a one-column key, else the tuple.
     sort_key: Callable[[Row], Any] = field(init=False, repr=False, compare=False)
 
@@ -77,8 +89,8 @@ class Table:
         object.__setattr__(self, "stored", (*self.key, *self.columns))
         object.__setattr__(self, "_encoder", msgspec.msgpack.Encoder())
         object.__setattr__(self, "_decoder", msgspec.msgpack.Decoder(self.row))
-        object.__setattr__(self, "_key_of", _fields_of(self.key))
-        object.__setattr__(self, "_stored_of", _fields_of(self.stored))
+        object.__setattr__(self, "key_of", _fields_of(self.key))
+        object.__setattr__(self, "to_db", _values_of(self.stored, self._encoder))
         object.__setattr__(self, "sort_key", operator.attrgetter(*self.key))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -118,13 +130,6 @@ class Table:
             con.executemany(self.insert_sql(ROWS_PER_INSERT), bound)
         if whole < len(values):
             con.executemany(self.insert_sql(), values[whole:])
-
-    def key_of(self, row: Row) -> tuple[Any, ...]:
-        key: tuple[Any, ...] = self._key_of(row)
-        return key
-
-    def to_db(self, row: Row) -> tuple[Any, ...]:
-        return (*self._stored_of(row), self._encoder.encode(row))
 
     def from_db(self, values: tuple[Any, ...]) -> Any:
         """A row from `SELECT *` (its last column is `data`)."""
