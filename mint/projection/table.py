@@ -82,8 +82,10 @@ class Table:
     # once per table and called per row, so a fold and a write pay no method lookups for them.
     key_of: Callable[[Row], tuple[Any, ...]] = field(init=False, repr=False, compare=False)
     to_db: Callable[[Row], tuple[Any, ...]] = field(init=False, repr=False, compare=False)
-    # Orders rows as their keys do, read in C: the bare value for a one-column key, else the tuple.
+    # Order rows, and their values, as their keys do, read in C: the bare value for a one-column
+    # key, else the tuple (the key columns lead the values).
     sort_key: Callable[[Row], Any] = field(init=False, repr=False, compare=False)
+    values_key: Callable[[tuple[Any, ...]], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stored", (*self.key, *self.columns))
@@ -92,6 +94,7 @@ class Table:
         object.__setattr__(self, "key_of", _fields_of(self.key))
         object.__setattr__(self, "to_db", _values_of(self.stored, self._encoder))
         object.__setattr__(self, "sort_key", operator.attrgetter(*self.key))
+        object.__setattr__(self, "values_key", operator.itemgetter(*range(len(self.key))))
 
     def __reduce__(self) -> tuple[Any, ...]:
         """A table pickles as its definition (its codecs are made anew), so a Fold can be sent to
@@ -120,7 +123,10 @@ class Table:
     def write(self, con: sqlite3.Connection, rows: Sequence[Row]) -> None:
         """Insert or replace `rows`, in their order (a later row of a key replaces an earlier one),
         ROWS_PER_INSERT to a statement; the caller holds the transaction."""
-        values = [self.to_db(row) for row in rows]
+        self.write_values(con, [self.to_db(row) for row in rows])
+
+    def write_values(self, con: sqlite3.Connection, values: Sequence[tuple[Any, ...]]) -> None:
+        """`write` of rows already made into their values (`to_db`)."""
         whole = len(values) - len(values) % ROWS_PER_INSERT
         if whole:
             bound = (
