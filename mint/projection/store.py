@@ -272,7 +272,7 @@ class ProjectionStore:
             self._own.discard(stored.id)
             self._own_changed = True
             return None  # a decider's own fact, folded when it was decided
-        if stored.type not in self._decode:  # which UNREADABLE, naming no record type, never is
+        if stored.type not in self._decode:  # UNREADABLE names no record type, so never among them
             if stored.type == UNREADABLE:
                 self.dead_letter(stored, f"not a record: {unreadable_reason(stored.raw)}")
             return None
