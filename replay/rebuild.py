@@ -128,12 +128,9 @@ async def rebuild(
 
 
 async def _subscribed(log: EventLog, stop: Position, batch: int) -> AsyncIterator[list[Stored]]:
-    position: Position = {}
     async with log.subscribe(f"replay-{uuid.uuid4().hex[:8]}", start=dict.fromkeys(stop, 0)) as mailbox:
-        while _remaining(position, stop) > 0:
+        while _remaining(mailbox.position(), stop) > 0:
             records = await mailbox.next_batch(max_records=batch, timeout=5.0)
             if not records:
-                raise RuntimeError(f"log stopped short of {stop}: read up to {position}")
-            for stored in records:
-                position[stored.partition] = stored.offset + 1
+                raise RuntimeError(f"log stopped short of {stop}: read up to {mailbox.position()}")
             yield records

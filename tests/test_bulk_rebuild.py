@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner, Result
+from msgspec.structs import replace
 
 from actors.system import System, running
 from events.envelope import Record
@@ -35,6 +36,7 @@ from mint.projection.store import (
     store_tables,
     table_digests,
 )
+from mint.projection.table import ROWS_PER_INSERT
 from replay.partitioned import RowsAcrossPartitions, rebuild_partitioned, shares
 from replay.rebuild import rebuild
 from tests.records import evaluated, exported, promote, register
@@ -193,6 +195,22 @@ def test_a_fold_pickles_for_the_worker_processes() -> None:
     row = DeadLetter(1, 7, "id-1", "PolicyRegistered", "policy: why", "{}")
     assert table.to_db(row) == DEAD_LETTERS.to_db(row) == (1, 7, DEAD_LETTERS.to_db(row)[-1])
     assert table.from_db(table.to_db(row)) == row
+
+
+def test_a_table_writes_many_rows_to_a_statement_and_the_later_copy_of_a_key_stands(tmp_path: Path) -> None:
+    """Rows go ROWS_PER_INSERT to a statement, the rest one by one: every row lands, and of two rows
+    with one key the later one stands, whether they share a statement or not."""
+    con = sqlite3.connect(tmp_path / "rows.db")
+    DEAD_LETTERS.create(con)
+    rows = [
+        DeadLetter(0, o, f"id-{o}", "PolicyRegistered", "first", "{}") for o in range(2 * ROWS_PER_INSERT + 5)
+    ]
+    same_statement = replace(rows[10], reason="again, in the same statement")
+    later_statement = replace(rows[3], reason="again, in the rows after the whole statements")
+    DEAD_LETTERS.write(con, [*rows[:11], same_statement, *rows[11:], later_statement])
+    written = [DEAD_LETTERS.from_db(r) for r in con.execute("SELECT * FROM dead_letters ORDER BY offset")]
+    assert written == [*rows[:3], later_statement, *rows[4:10], same_statement, *rows[11:]]
+    con.close()
 
 
 async def test_a_rebuild_that_flushes_and_sheds_rows_midway_equals_live(
