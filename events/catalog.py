@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from events.envelope import Command, Fact
 from events.names import INT64_MAX, SYSTEM_TENANT, Name, PolicyName, RevisionId
-from events.serving import RevisionTraffic
+from events.serving import RevisionTraffic, unpaired
 
 PromotionMode = Literal["manual", "auto", "canary"]
 CanaryMode = Literal["canary", "shadow"]
@@ -196,9 +196,11 @@ class CanaryStarted(Fact, kw_only=True, frozen=True):
     """A canary of `revision` against `stable` (the pointer then) began; `canary` is its id, which
     with a request's id decides who answers it (mint/catalog/canary.py). `window_start` holds both
     revisions' live traffic counters as the catalog had folded them: the evaluator compares what
-    each gained since, so both are judged over the same window."""
+    each gained since, so both are judged over the same window. v2: the counters carry paired scores
+    (upcast_v1_v2)."""
 
     KEY_FIELD: ClassVar[str] = "policy"
+    v: int = 2
     policy: PolicyName
     canary: str
     revision: RevisionId
@@ -206,6 +208,10 @@ class CanaryStarted(Fact, kw_only=True, frozen=True):
     rules: CanaryRules
     window_start: dict[str, RevisionTraffic] = {}
     reason: str = ""
+
+    @staticmethod
+    def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "window_start": unpaired(fields.get("window_start", {}))}
 
 
 class CanaryPromoted(Fact, kw_only=True, frozen=True):
