@@ -226,7 +226,7 @@ function canaryPanel(panel, admin) {
     ${percent(r.fraction)} of requests · decided after ${count(r.min_requests)} requests (error rate ≤
     ${percent(r.max_error_rate)}, score drop ≤ ${score(r.max_score_drop)}) or aborted after
     ${durationText(r.max_duration_s * 1000)} · started ${when(c.started_at)}</p>
-    ${table(["", "revision", "requests", "failed", "error rate", "live score", "paired vs stable"],
+    ${table(["", "revision", "requests", "failed", "error rate", "live score", "paired difference"],
       [row("candidate", panel.candidate), row("stable", panel.stable)])}${buttons}</div>`;
 }
 
