@@ -46,7 +46,9 @@ class CanaryRules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     request from the stable revision and runs `fraction` of them on the candidate too, unseen. Once
     the candidate has seen `min_requests`, it is promoted if its live error rate is at most
     `max_error_rate` and its sampled live score at most `max_score_drop` below the stable revision's
-    over the same window; otherwise it is aborted. Undecided after `max_duration_s`, it is aborted."""
+    over the same window (in shadow mode, its mean score difference to the stable answers to the same
+    prompts, where the gate's suite scored pairs); otherwise it is aborted. Undecided after
+    `max_duration_s`, it is aborted."""
 
     fraction: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.1
     mode: CanaryMode = "canary"

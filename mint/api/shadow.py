@@ -1,4 +1,6 @@
 """Shadow work: the same request run again on a shadowed candidate revision, whose answer nobody sees.
+It carries the stable answer the client got (when that was whole), so that the engine host scores both
+answers to the same prompt; the client's answer is already out, so pairing it costs the client nothing.
 
 It must never delay a real answer, so it starts only once the real answer is out, runs outside the
 request (a request's ASGI call that waited on it would hold its keep-alive connection, and so the
