@@ -274,9 +274,11 @@ async def test_a_routed_shadow_run_carries_the_stable_answer_and_the_engine_host
         async with httpx.AsyncClient(base_url=routed.url) as engine:
             return await engine.post(GENERATE_PATH, content=raw, headers={SEAL_HEADER: SEAL.of(raw).hex()})
 
-    foreign = {"ref": "other/b@r1", "text": "hello", "tokens": []}
-    refused = await sent({"model": REF, "prompt": "hi", "params": params, "against": foreign})
-    assert refused.status_code == 400 and refused.json()["error"]["param"] == "against.ref"
+    for wrong in ("other/b@r1", "acme/a"):  # another policy's answer; an answer of no revision
+        against = {"ref": wrong, "text": "hello", "tokens": []}
+        refused = await sent({"model": REF, "prompt": "hi", "params": params, "against": against})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "against.ref"
+        assert repr(wrong) in refused.json()["error"]["message"]
     stable = {"ref": "acme/a@r1", "text": "x" * 12, "tokens": [1, 2]}  # a perfect score on length:12
     answer = await sent({"model": "acme/a@r2", "prompt": "hi", "params": params, "against": stable})
     assert answer.status_code == 200

@@ -126,9 +126,14 @@ async def generate(server: EngineServer, request: Request) -> Response:
             raise HttpError(400, "model: routers send a pinned revision (tenant/name@rev)", "model")
         if (wanted.prompt is None) == (wanted.messages is None):
             raise HttpError(400, "prompt: give either a prompt or messages", "prompt")
-        if wanted.against is not None and split_ref(wanted.against.ref)[0] != split_ref(wanted.model)[0]:
-            why = f"against.ref: {wanted.against.ref!r} is no revision of the policy of {wanted.model!r}"
-            raise HttpError(400, why, "against.ref")
+        if wanted.against is not None:
+            policy, revision = split_ref(wanted.against.ref)
+            if not revision or policy != split_ref(wanted.model)[0]:
+                why = (
+                    f"against.ref: {wanted.against.ref!r} is no pinned revision (tenant/name@rev) "
+                    f"of the policy of {wanted.model!r}"
+                )
+                raise HttpError(400, why, "against.ref")
     except HttpError as exc:
         return exc.response()
     headers = {ENGINE_HEADER: server.host.engine_id, REVISION_HEADER: wanted.model}
