@@ -43,7 +43,6 @@ from events.serving import (
     EngineLost,
     EngineRegistered,
     ReportDemand,
-    RevisionTraffic,
     TrafficObserved,
     WavePlanned,
 )
@@ -57,6 +56,7 @@ from mint.serving.fetch import AdapterFetcher
 from mint.serving.models import resolve_model
 from mint.serving.planner import Capacity, EngineView, Residency, Waiting, plan_urgent
 from mint.serving.sketch import FrequencySketch
+from mint.serving.wire import StableAnswer
 
 log = logging.getLogger(__name__)
 
@@ -355,16 +355,22 @@ class EngineHost(StoreActor):
         )
         return ref
 
-    async def generate(self, model: str, prompt: str, params: SamplingParams) -> AsyncGenerator[Delta, None]:
+    async def generate(
+        self, model: str, prompt: str, params: SamplingParams, against: StableAnswer | None = None
+    ) -> AsyncGenerator[Delta, None]:
         """Stream the completion; count the request, its failure, and (on a sample) its live score,
-        for the TrafficObserved reports the evaluator's watch reads. Closing it closes the engine's
-        stream at once (its client went away), so the engine stops decoding for it."""
+        for the TrafficObserved reports the evaluator's watch reads. A shadow run comes with the stable
+        revision's answer to the same request (`against`): once it ends, both answers are scored with
+        the gate suite's live scorer and the pair is counted for the canary's paired verdict. Closing
+        it closes the engine's stream at once (its client went away), so the engine stops decoding for
+        it."""
         ref = self.resolve(model)
         self._demand[ref] += 1
         self._heat.add(ref)
         self._traffic[ref].requests += 1
         policy = self._policy(ref)
         scorer = self.live.sample(policy.gate, policy.watch) if policy else None
+        pair_scorer = self.live.scorer(policy.gate) if policy and policy.gate and against else None
         completion = Completion()
         self.in_flight += 1
         try:
@@ -377,10 +383,16 @@ class EngineHost(StoreActor):
             raise
         finally:
             self.in_flight -= 1
+        tally = self._traffic[ref]
         if scorer is not None:
-            tally = self._traffic[ref]
             tally.scored += 1
             tally.score_sum += scorer(prompt, completion.text, completion.tokens)
+        if pair_scorer is not None and against is not None:
+            _, stable = split_ref(against.ref)
+            tally.paired[stable].add(
+                pair_scorer(prompt, completion.text, completion.tokens),
+                pair_scorer(prompt, against.text, against.tokens),
+            )
 
     def _policy(self, ref: str) -> PolicyRow | None:
         assert self._store is not None, "the engine host is not running"
@@ -434,12 +446,7 @@ class EngineHost(StoreActor):
                         engine=self.engine_id,
                         interval_start=began,
                         interval_s=interval,
-                        traffic={
-                            ref: RevisionTraffic(
-                                requests=t.requests, errors=t.errors, scored=t.scored, score_sum=t.score_sum
-                            )
-                            for ref, t in traffic.items()
-                        },
+                        traffic={ref: t.reported() for ref, t in traffic.items()},
                     )
                 )
             if reports:

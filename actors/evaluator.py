@@ -142,7 +142,9 @@ class EvaluatorActor(StoreActor):
         if canary.status != "running":
             return []
         candidate = seen_since(
-            store.rows.get(TRAFFIC, canary.policy, canary.revision), canary.window_start.get(canary.revision)
+            store.rows.get(TRAFFIC, canary.policy, canary.revision),
+            canary.window_start.get(canary.revision),
+            paired_against=canary.stable,
         )
         stable = seen_since(
             store.rows.get(TRAFFIC, canary.policy, canary.stable), canary.window_start.get(canary.stable)

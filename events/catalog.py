@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from events.envelope import Command, Fact
 from events.names import INT64_MAX, SYSTEM_TENANT, Name, PolicyName, RevisionId
-from events.serving import RevisionTraffic
+from events.serving import RevisionTraffic, unpaired
 
 PromotionMode = Literal["manual", "auto", "canary"]
 CanaryMode = Literal["canary", "shadow"]
@@ -46,7 +46,9 @@ class CanaryRules(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     request from the stable revision and runs `fraction` of them on the candidate too, unseen. Once
     the candidate has seen `min_requests`, it is promoted if its live error rate is at most
     `max_error_rate` and its sampled live score at most `max_score_drop` below the stable revision's
-    over the same window; otherwise it is aborted. Undecided after `max_duration_s`, it is aborted."""
+    over the same window (in shadow mode, its mean score difference to the stable answers to the same
+    prompts, where the gate's suite scored pairs); otherwise it is aborted. Undecided after
+    `max_duration_s`, it is aborted."""
 
     fraction: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.1
     mode: CanaryMode = "canary"
@@ -196,9 +198,11 @@ class CanaryStarted(Fact, kw_only=True, frozen=True):
     """A canary of `revision` against `stable` (the pointer then) began; `canary` is its id, which
     with a request's id decides who answers it (mint/catalog/canary.py). `window_start` holds both
     revisions' live traffic counters as the catalog had folded them: the evaluator compares what
-    each gained since, so both are judged over the same window."""
+    each gained since, so both are judged over the same window. v2: the counters carry paired scores
+    (upcast_v1_v2)."""
 
     KEY_FIELD: ClassVar[str] = "policy"
+    v: int = 2
     policy: PolicyName
     canary: str
     revision: RevisionId
@@ -206,6 +210,10 @@ class CanaryStarted(Fact, kw_only=True, frozen=True):
     rules: CanaryRules
     window_start: dict[str, RevisionTraffic] = {}
     reason: str = ""
+
+    @staticmethod
+    def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "window_start": unpaired(fields.get("window_start", {}))}
 
 
 class CanaryPromoted(Fact, kw_only=True, frozen=True):

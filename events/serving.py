@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -114,20 +114,48 @@ class EngineLost(Fact, kw_only=True, frozen=True):
     incarnation: Name | None = None
 
 
+class PairedScores(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Shadow runs of a revision scored beside another revision's answer to the same prompt (a paired
+    comparison): `pairs` of them, the sum and the sum of squares of their candidate-minus-other score
+    differences (for the paired mean and its standard error), and how many the shadowed revision won
+    and lost (the rest tied)."""
+
+    pairs: Count = 0
+    diff_sum: float = 0.0
+    diff_sq_sum: float = 0.0
+    wins: Count = 0
+    losses: Count = 0
+
+
 class RevisionTraffic(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`paired`: this revision's shadow runs scored against the answer the client got, per revision
+    that gave that answer."""
+
     requests: Count = 0
     errors: Count = 0
     scored: Count = 0
     score_sum: float = 0.0
+    paired: dict[RevisionId, PairedScores] = {}
+
+
+def unpaired(traffic: dict[str, Any]) -> dict[str, Any]:
+    """v1 traffic counters had no paired scores (nothing scored a shadow run against its stable answer)."""
+    return {ref: {**seen, "paired": {}} for ref, seen in traffic.items()}
 
 
 class TrafficObserved(Fact, kw_only=True, frozen=True):
     """What one engine saw of live traffic over one interval, per revision ref: requests, those that
-    failed, and the scores of the sampled ones. Aggregated, never one record per request."""
+    failed, the scores of the sampled ones, and the paired scores of shadow runs. Aggregated, never one
+    record per request. v2: the paired scores (upcast_v1_v2)."""
 
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
+    v: int = 2
     engine: Name
     interval_start: datetime
     interval_s: float
     traffic: dict[str, RevisionTraffic]
+
+    @staticmethod
+    def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "traffic": unpaired(fields.get("traffic", {}))}

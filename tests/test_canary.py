@@ -4,6 +4,7 @@ every actor running."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,19 +24,21 @@ from events.catalog import (
     Rollback,
     StartCanary,
 )
-from events.serving import RevisionTraffic, TrafficObserved
+from events.serving import PairedScores, RevisionTraffic, TrafficObserved
 from events.sqlite_log import SqliteLog
 from mint.catalog.canary import answering, takes_candidate
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.queries import Catalog
 from mint.catalog.rows import CanaryRow
-from mint.evaluation.canary import Seen, canary_verdict
+from mint.evaluation.canary import Paired, Seen, canary_verdict
+from mint.evaluation.live import PairedTally
 from mint.home import Home
 from replay.verify import verify
 from tests.records import evaluated, exported, promote
 
 P, Q = "acme/p", "acme/q"
 RULES = CanaryRules(fraction=0.2, min_requests=20, max_error_rate=0.1, max_score_drop=0.1)
+SHADOW = CanaryRules(fraction=0.2, mode="shadow", min_requests=20, max_error_rate=0.1, max_score_drop=0.1)
 
 
 @pytest.fixture
@@ -121,6 +124,51 @@ def test_the_verdict_waits_for_min_requests_then_judges_errors_and_scores() -> N
     good = canary_verdict(RULES, Seen(20, 1, 10, 7.5), stable, 10.0)
     assert good is not None and good.promote
     assert good.evidence["stable_score"] == 0.8 and good.evidence["candidate_score"] == 0.75
+
+
+def _paired(diffs: list[float]) -> PairedScores:
+    """What an engine host reports of shadow runs whose scores differ from the stable answers' by `diffs`."""
+    tally = PairedTally()
+    for diff in diffs:
+        tally.add(0.5 + diff, 0.5)
+    return tally.reported()
+
+
+def _seen_paired(diffs: list[float], scored: int = 10, score_sum: float = 8.0) -> Seen:
+    p = _paired(diffs)
+    return Seen(
+        len(diffs), 0, scored, score_sum, Paired(p.pairs, p.diff_sum, p.diff_sq_sum, p.wins, p.losses)
+    )
+
+
+def test_in_shadow_mode_the_paired_difference_decides_the_score() -> None:
+    stable = Seen(200, 2, 50, 40.0)  # score 0.8
+    worse = [-0.25] * 12 + [0.0] * 8  # on the same prompts, 0.15 below the stable answers
+    # Its own sampled score (0.8 on 10) looks as good as stable's: only the pairs show the drop.
+    aborted = canary_verdict(SHADOW, _seen_paired(worse), stable, 10.0)
+    assert aborted is not None and not aborted.promote
+    assert "paired score -0.150" in aborted.reason and "a drop of 0.150" in aborted.reason
+    assert "won 0, lost 12, tied 8" in aborted.reason
+    e = aborted.evidence
+    assert (e["paired_pairs"], e["paired_mean_diff"], e["paired_losses"], e["paired_ties"]) == (
+        20,
+        -0.15,
+        12,
+        8,
+    )
+    assert math.isclose(e["paired_stderr"], statistics.stdev(worse) / math.sqrt(20), abs_tol=1e-6)
+    # Within the drop on the same prompts, though its own sampled score (0.6) is confounded by which
+    # prompts it was sampled on: promoted, the pairs named.
+    close = [-0.05] * 10 + [0.03] * 10
+    promoted = canary_verdict(SHADOW, _seen_paired(close, scored=10, score_sum=6.0), stable, 10.0)
+    assert promoted is not None and promoted.promote and "paired score -0.010" in promoted.reason
+    assert promoted.evidence["paired_pairs"] == 20 and promoted.evidence["paired_wins"] == 10
+    # Without pairs (no gate suite to score them) a shadow is judged on its own sampled scores, and
+    # in canary mode pairs do not decide.
+    unpaired = canary_verdict(SHADOW, Seen(20, 0, 10, 6.0), stable, 10.0)
+    assert unpaired is not None and not unpaired.promote and "below stable" in unpaired.reason
+    canary = canary_verdict(RULES, _seen_paired(worse), stable, 10.0)
+    assert canary is not None and canary.promote
 
 
 # -- the decider and the fold --------------------------------------------------------------------
@@ -290,5 +338,45 @@ async def test_a_healthy_canary_is_promoted_and_an_idle_one_times_out(system: Sy
     assert view.canaries(P)[0].status == "promoted" and view.canaries(P)[0].evidence["candidate_score"] == 0.8
     idle = view.canaries(Q)[0]
     assert idle.status == "aborted" and "undecided" in idle.reason and view.policy(Q).pointer == "r1"  # type: ignore[union-attr]
+    verdict = await verify(system.log, CATALOG_FOLD, system.home.catalog)
+    assert verdict.equal
+
+
+@pytest.mark.anyio
+async def test_a_shadow_worse_on_the_same_prompts_is_aborted_on_the_paired_evidence_a_good_one_promoted(
+    system: System,
+) -> None:
+    await _serving_r1(system)
+    await _serving_r1(system, policy=Q)
+    # Pairs before the canary (a glowing earlier shadow of r2) are outside its window.
+    early = {f"{P}@r2": RevisionTraffic(requests=50, paired={"r1": _paired([0.5] * 50)})}
+    await _decided(system, _observed(early))
+    await _decided(
+        system,
+        StartCanary.create(policy=P, revision="r2", rules=SHADOW),
+        StartCanary.create(policy=Q, revision="r2", rules=SHADOW),
+    )
+    (started,) = _catalog(system).canaries(P)
+    assert started.window_start["r2"].paired["r1"].pairs == 50  # the snapshot carries the pairs
+    worse = [-0.25] * 12 + [0.0] * 8
+    better = [0.05] * 5 + [0.0] * 15
+    report = {
+        f"{P}@r1": RevisionTraffic(requests=100, scored=20, score_sum=16.0),
+        f"{P}@r2": RevisionTraffic(requests=20, scored=5, score_sum=4.0, paired={"r1": _paired(worse)}),
+        f"{Q}@r1": RevisionTraffic(requests=100, scored=20, score_sum=16.0),
+        f"{Q}@r2": RevisionTraffic(requests=20, scored=5, score_sum=4.0, paired={"r1": _paired(better)}),
+    }
+    await system.log.append([_observed(report)])
+    view = await _until(
+        system, lambda c: c.canaries(P)[0].status != "running" and c.canaries(Q)[0].status != "running"
+    )
+    (bad,), (good,) = view.canaries(P), view.canaries(Q)
+    assert bad.status == "aborted" and "paired score -0.150" in bad.reason
+    assert bad.evidence["paired_pairs"] == 20 and bad.evidence["paired_mean_diff"] == -0.15
+    assert bad.evidence["candidate_score"] == bad.evidence["stable_score"] == 0.8  # unpaired: no difference
+    assert view.policy(P).pointer == "r1"  # type: ignore[union-attr]
+    assert good.status == "promoted" and good.evidence["paired_mean_diff"] == 0.0125
+    assert good.evidence["paired_wins"] == 5 and good.evidence["paired_ties"] == 15
+    assert view.policy(Q).pointer == "r2"  # type: ignore[union-attr]
     verdict = await verify(system.log, CATALOG_FOLD, system.home.catalog)
     assert verdict.equal

@@ -1,9 +1,11 @@
 """Canaries through the OpenAI API over a real engine host and torch engine: the split answers by
-request id and says who answered; a shadow candidate runs unseen and never changes an answer;
-/metrics counts per revision."""
+request id and says who answered; a shadow candidate runs unseen and never changes an answer, and is
+scored beside the answer the client got; /metrics counts per revision."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,12 +18,14 @@ pytest.importorskip("torch", reason="needs the [train] extra (torch)")
 from starlette.applications import Starlette
 
 from actors.system import System
-from events.catalog import AbortCanary, CanaryRules, StartCanary
+from events.catalog import AbortCanary, CanaryRules, ConfigurePolicy, Gate, StartCanary
 from mint.api.app import create_app
 from mint.api.openai import Admission
 from mint.auth.tokens import TokenStore
 from mint.catalog.canary import takes_candidate
 from mint.catalog.queries import Catalog
+from mint.catalog.rows import TrafficRow
+from mint.training.rewards import length
 from tests.serving_system import ready, serving_system
 
 pytestmark = pytest.mark.anyio
@@ -129,4 +133,61 @@ async def test_a_shadow_candidate_never_changes_an_answer_and_is_dropped_under_l
     assert admission.shadow.dropped[r2] == 1 and admission.shadow.running() == 0
     metrics = (await _client(app, tokens, "_system").get("/metrics")).text
     assert f'mint_shadow_dropped_total{{revision="{r2}"}} 1.0' in metrics
+    await system.log.append([AbortCanary.create(policy="acme/a", reason="done")])
+
+
+def _r2_traffic(system: System) -> TrafficRow | None:
+    return next((t for t in Catalog(system.home.catalog).traffic("acme/a") if t.revision == "r2"), None)
+
+
+async def test_a_shadow_run_is_scored_beside_the_answer_the_client_got_to_the_same_prompt(
+    system: System, app: Starlette, tokens: TokenStore
+) -> None:
+    r1, r2 = await ready(system)
+    # A gate suite with a live scorer, and no watch: pairs are scored without sampling.
+    await system.log.append([ConfigurePolicy.create(policy="acme/a", gate=Gate(suite="reward:length:12"))])
+    await system.settle()
+    client = _client(app, tokens)
+    prompts = [f"Item {i} is" for i in range(6)]
+    pinned = {
+        ref: [
+            (await client.post("/v1/completions", json={**BODY, "model": ref, "prompt": p})).json()[
+                "choices"
+            ][0]["text"]
+            for p in prompts
+        ]
+        for ref in (r1, r2)
+    }
+    await _canary(system, CanaryRules(fraction=1.0, mode="shadow", **PATIENT))  # type: ignore[arg-type]
+    admission: Admission = app.state.admission
+    for i, prompt in enumerate(prompts[:5]):
+        reply = await client.post(
+            "/v1/completions", json={**BODY, "prompt": prompt}, headers={"x-request-id": f"p{i}"}
+        )
+        assert reply.headers["x-mint-revision"] == r1
+        assert reply.json()["choices"][0]["text"] == pinned[r1][i]  # the shadow changed nothing
+        with anyio.fail_after(30):
+            await admission.shadow.idle()
+    streamed = {**BODY, "prompt": prompts[5], "stream": True}
+    async with client.stream(
+        "POST", "/v1/completions", json=streamed, headers={"x-request-id": "p5"}
+    ) as answer:
+        lines = [line async for line in answer.aiter_lines() if line.startswith("data: {")]
+    told = "".join(json.loads(line.removeprefix("data: "))["choices"][0]["text"] for line in lines)
+    assert answer.headers["x-mint-revision"] == r1 and told == pinned[r1][5]
+    with anyio.fail_after(30):
+        await admission.shadow.idle()
+    assert admission.shadow.ran[r2] == admission.shadow.paired[r2] == 6
+    # The engine host scored each shadow answer against the stable one the client got, same prompt.
+    score = length(12)
+    diffs = [score(p, pinned[r2][i], []) - score(p, pinned[r1][i], []) for i, p in enumerate(prompts)]
+    with anyio.fail_after(30):
+        await system.until(lambda: (t := _r2_traffic(system)) is not None and "r1" in t.paired)
+    traffic = _r2_traffic(system)
+    assert traffic is not None and traffic.scored == 0  # no watch: nothing sampled, every pair scored
+    pairs = traffic.paired["r1"]
+    assert pairs.pairs == 6 and math.isclose(pairs.diff_sum, sum(diffs), abs_tol=1e-9)
+    assert (pairs.wins, pairs.losses) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
+    metrics = (await _client(app, tokens, "_system").get("/metrics")).text
+    assert f'mint_shadow_paired_total{{revision="{r2}"}} 6.0' in metrics
     await system.log.append([AbortCanary.create(policy="acme/a", reason="done")])

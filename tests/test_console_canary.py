@@ -11,7 +11,7 @@ from playwright.async_api import BrowserContext, expect
 
 from actors.system import System
 from events.catalog import CanaryRules, StartCanary
-from events.serving import RevisionTraffic, TrafficObserved
+from events.serving import PairedScores, RevisionTraffic, TrafficObserved
 from mint.commands.up import serve_http
 from tests.api_system import two_revisions_served
 from tests.records import evaluated, exported
@@ -41,7 +41,14 @@ async def test_the_canary_panel_shows_both_revisions_and_aborts(
     during = _observed(
         {
             "acme/a@r2": RevisionTraffic(requests=300, errors=3),
-            "acme/a@r3": RevisionTraffic(requests=100, errors=1, scored=4, score_sum=3.0),
+            "acme/a@r3": RevisionTraffic(
+                requests=100,
+                errors=1,
+                scored=4,
+                score_sum=3.0,
+                # 4 runs against r2's answers to the same prompts: -0.1, -0.1, 0, +0.2 (mean 0).
+                paired={"r2": PairedScores(pairs=4, diff_sum=0.0, diff_sq_sum=0.06, wins=1, losses=2)},
+            ),
         }
     )
     await bare_system.log.append([during])
@@ -64,6 +71,7 @@ async def test_the_canary_panel_shows_both_revisions_and_aborts(
         stable = panel.locator("tr", has_text="stable")
         await expect(candidate).to_contain_text("100")
         await expect(candidate).to_contain_text("0.750 on 4")
+        await expect(candidate).to_contain_text("+0.000 ± 0.071 on 4 prompts (1 won, 2 lost, 1 tied)")
         await expect(stable).to_contain_text("300")  # the window only: not the 1,300 it served in all
         await expect(stable).to_contain_text("1%")
         await page.click("#canary-abort")

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from actors.system import System
+from events.catalog import ConfigurePolicy, Gate
 from events.envelope import Record
 from events.seal import Seal
 from events.serving import EngineHeartbeat, EngineRegistered, WavePlanned
@@ -29,6 +30,7 @@ from mint.catalog.queries import Catalog
 from mint.serving.liveness import Liveness
 from mint.serving.router import Router, candidates
 from mint.serving.wire import GENERATE_PATH, SEAL_HEADER, STATE_HEADER
+from mint.training.rewards import length
 
 pytestmark = pytest.mark.anyio
 
@@ -257,3 +259,38 @@ async def test_the_engine_endpoint_refuses_unsealed_bodies_and_sends_routers_awa
         refused = await engine.post(GENERATE_PATH, content=raw, headers=sealed)
         assert refused.status_code == 503 and refused.headers[STATE_HEADER] == "draining"
     assert routed.system.engines[0].silent  # no more heartbeats: routers stop choosing it within T1
+
+
+async def test_a_routed_shadow_run_carries_the_stable_answer_and_the_engine_host_scores_the_pair(
+    routed: Routed,
+) -> None:
+    system = routed.system
+    await system.log.append([ConfigurePolicy.create(policy="acme/a", gate=Gate(suite="reward:length:12"))])
+    await system.settle()
+    params = {"max_tokens": 4, "temperature": 0, "top_p": 1}
+
+    async def sent(body: dict[str, object]) -> httpx.Response:
+        raw = json.dumps(body).encode()
+        async with httpx.AsyncClient(base_url=routed.url) as engine:
+            return await engine.post(GENERATE_PATH, content=raw, headers={SEAL_HEADER: SEAL.of(raw).hex()})
+
+    for wrong in ("other/b@r1", "acme/a"):  # another policy's answer; an answer of no revision
+        against = {"ref": wrong, "text": "hello", "tokens": []}
+        refused = await sent({"model": REF, "prompt": "hi", "params": params, "against": against})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "against.ref"
+        assert repr(wrong) in refused.json()["error"]["message"]
+    stable = {"ref": "acme/a@r1", "text": "x" * 12, "tokens": [1, 2]}  # a perfect score on length:12
+    answer = await sent({"model": "acme/a@r2", "prompt": "hi", "params": params, "against": stable})
+    assert answer.status_code == 200
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    text = "".join(line["text"] for line in lines if line["type"] == "delta")
+    assert lines[-1]["type"] == "end"
+
+    def paired() -> float | None:
+        rows = Catalog(system.home.catalog).traffic("acme/a")
+        found = [t.paired["r1"] for t in rows if t.revision == "r2" and "r1" in t.paired]
+        return found[0].diff_sum if found and found[0].pairs == 1 else None
+
+    with anyio.fail_after(20):
+        await system.until(lambda: paired() is not None)
+    assert paired() == length(12)("hi", text, []) - 1.0

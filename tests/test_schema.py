@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from events import codec
-from events.catalog import PolicyRegistered, Promote
+from events.catalog import CanaryStarted, PolicyRegistered, Promote
 from events.codec import RecordError, UnknownRecord
 from events.schema import BY_NAME, CURRENT_VERSION, json_schema
-from events.serving import EngineRegistered
+from events.serving import EngineRegistered, PairedScores, TrafficObserved
 from events.training import StartTraining, StepCompleted
 from tests.records import forged
 
@@ -29,6 +30,37 @@ def test_v1_bytes_decode_through_their_v2_successor() -> None:
 def test_the_log_header_fast_path_upcasts_too() -> None:
     record = codec.decode(V1_BYTES, "PolicyRegistered", 1)
     assert isinstance(record, PolicyRegistered) and record.base_id == "smollm2-135m"
+
+
+# What the build before paired shadow scoring wrote: traffic counters without paired scores.
+TRAFFIC_V1 = (
+    b'{"type":"TrafficObserved","v":1,"id":"t1","key":"e1","tenant":"_system","at":"2026-12-01T10:00:00Z",'
+    b'"source":"engine-e1","engine":"e1","interval_start":"2026-12-01T09:59:59Z","interval_s":1.0,'
+    b'"traffic":{"acme/a@r2":{"requests":9,"errors":1,"scored":2,"score_sum":1.5}}}'
+)
+CANARY_V1 = (
+    b'{"type":"CanaryStarted","v":1,"id":"c1","key":"acme/a","tenant":"acme","at":"2026-12-01T10:00:00Z",'
+    b'"source":"catalog","policy":"acme/a","canary":"c1","revision":"r2","stable":"r1",'
+    b'"rules":{"mode":"shadow"},"window_start":{"r1":{"requests":40}}}'
+)
+
+
+def test_traffic_and_canary_starts_of_v1_are_read_without_paired_scores() -> None:
+    for raw, header_path in ((TRAFFIC_V1, False), (TRAFFIC_V1, True)):
+        traffic = codec.decode(raw, "TrafficObserved", 1) if header_path else codec.decode(raw)
+        assert isinstance(traffic, TrafficObserved) and traffic.v == 2 == CURRENT_VERSION["TrafficObserved"]
+        seen = traffic.traffic["acme/a@r2"]
+        assert (seen.requests, seen.errors, seen.scored, seen.score_sum, seen.paired) == (9, 1, 2, 1.5, {})
+    started = codec.decode(CANARY_V1)
+    assert isinstance(started, CanaryStarted) and started.v == 2 == CURRENT_VERSION["CanaryStarted"]
+    assert started.window_start["r1"].requests == 40 and started.window_start["r1"].paired == {}
+    # The current version round-trips its pairs.
+    paired = msgspec.structs.replace(
+        traffic,
+        traffic={"acme/a@r2": msgspec.structs.replace(seen, paired={"r1": PairedScores(pairs=3, wins=1)})},
+    )
+    again = codec.decode(codec.encode(paired))
+    assert isinstance(again, TrafficObserved) and again.traffic["acme/a@r2"].paired["r1"].pairs == 3
 
 
 def test_a_version_newer_than_this_build_is_refused_by_name() -> None:

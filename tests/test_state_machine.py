@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from events.catalog import (
 from events.codec import RecordError
 from events.envelope import Command, Record
 from events.log import Encoded, Stored, Subscription
+from events.serving import PairedScores, RevisionTraffic, TrafficObserved
 from events.sqlite_log import SqliteLog
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.rows import POLICIES as POLICY_TABLE
@@ -179,6 +181,34 @@ class CatalogUnderFaults(RuleBasedStateMachine):
     @rule(policy=st.sampled_from(POLICIES))
     def configure_canary(self, policy: str) -> None:
         self._append([ConfigurePolicy.create(policy=policy, promotion="canary", gate=GATE)])
+
+    @rule(
+        policy=st.sampled_from(POLICIES),
+        revision=st.sampled_from(REVISIONS),
+        against=st.sampled_from(REVISIONS),
+        pairs=st.integers(0, 4),
+        diff=st.sampled_from((-0.5, -0.25, 0.0, 0.25)),  # dyadic: sums are exact in any order
+    )
+    def engine_reports_traffic(
+        self, policy: str, revision: str, against: str, pairs: int, diff: float
+    ) -> None:
+        # Shadow runs paired against the stable answer: the fold sums them, a CanaryStarted started
+        # after snapshots them in its window.
+        scores = PairedScores(
+            pairs=pairs,
+            diff_sum=pairs * diff,
+            diff_sq_sum=pairs * diff * diff,
+            wins=pairs if diff > 0 else 0,
+            losses=pairs if diff < 0 else 0,
+        )
+        seen = RevisionTraffic(requests=pairs + 1, paired={against: scores} if pairs else {})
+        report = TrafficObserved.create(
+            engine="e1",
+            interval_start=datetime.now(UTC),
+            interval_s=1.0,
+            traffic={f"{policy}@{revision}": seen},
+        )
+        self._append([report])
 
     # -- end of the canary commands --------------------------------------------------------------------
 

@@ -62,10 +62,31 @@ class LiveNumbers(msgspec.Struct, frozen=True):
     error_rate: float
     scored: int
     score: float | None
+    # Its shadow runs scored against the stable answer to the same prompt (the candidate's, in shadow mode).
+    pairs: int = 0
+    paired_mean_diff: float | None = None
+    paired_stderr: float | None = None
+    paired_wins: int = 0
+    paired_losses: int = 0
+    paired_ties: int = 0
 
     @classmethod
     def of(cls, revision: str, seen: Seen) -> LiveNumbers:
-        return cls(revision, seen.requests, seen.errors, seen.error_rate, seen.scored, seen.score)
+        p = seen.paired
+        return cls(
+            revision,
+            seen.requests,
+            seen.errors,
+            seen.error_rate,
+            seen.scored,
+            seen.score,
+            p.pairs,
+            p.mean_diff,
+            p.stderr,
+            p.wins,
+            p.losses,
+            p.ties,
+        )
 
 
 class CanaryPanel(msgspec.Struct, frozen=True):
@@ -82,10 +103,11 @@ def canary_panel(view: Catalog, policy: PolicyRow) -> CanaryPanel | None:
         return None
     traffic = {t.revision: t for t in view.traffic(policy.policy)}
 
-    def live(revision: str) -> LiveNumbers:
-        return LiveNumbers.of(revision, seen_since(traffic.get(revision), canary.window_start.get(revision)))
+    def live(revision: str, paired_against: str | None = None) -> LiveNumbers:
+        seen = seen_since(traffic.get(revision), canary.window_start.get(revision), paired_against)
+        return LiveNumbers.of(revision, seen)
 
-    return CanaryPanel(canary, live(canary.revision), live(canary.stable))
+    return CanaryPanel(canary, live(canary.revision, canary.stable), live(canary.stable))
 
 
 class LineageNode(msgspec.Struct, frozen=True):

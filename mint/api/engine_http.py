@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from actors.engine_host import EngineHost
+from actors.engine_host import EngineHost, split_ref
 from events.seal import Seal
 from mint.api.errors import HttpError, decoded
 from mint.api.metrics import InFlight
@@ -126,6 +126,14 @@ async def generate(server: EngineServer, request: Request) -> Response:
             raise HttpError(400, "model: routers send a pinned revision (tenant/name@rev)", "model")
         if (wanted.prompt is None) == (wanted.messages is None):
             raise HttpError(400, "prompt: give either a prompt or messages", "prompt")
+        if wanted.against is not None:
+            policy, revision = split_ref(wanted.against.ref)
+            if not revision or policy != split_ref(wanted.model)[0]:
+                why = (
+                    f"against.ref: {wanted.against.ref!r} is no pinned revision (tenant/name@rev) "
+                    f"of the policy of {wanted.model!r}"
+                )
+                raise HttpError(400, why, "against.ref")
     except HttpError as exc:
         return exc.response()
     headers = {ENGINE_HEADER: server.host.engine_id, REVISION_HEADER: wanted.model}
@@ -145,7 +153,8 @@ async def _answer(
                 prompt = host.engine.render_chat([msgspec.to_builtins(m) for m in wanted.messages])
             else:
                 prompt = wanted.prompt or ""
-            async with aclosing(host.generate(ref, prompt, wanted.params.sampling())) as deltas:
+            answer = host.generate(ref, prompt, wanted.params.sampling(), wanted.against)
+            async with aclosing(answer) as deltas:
                 async for delta in deltas:
                     yield encode_line(DeltaLine.of(delta))
             counted = None

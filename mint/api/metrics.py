@@ -15,6 +15,7 @@ needs a reader token of the operator tenant (`_system`), since it spans every te
     mint_revision_requests_total{revision}          inference requests answered, per revision ref
     mint_shadow_requests_total{revision}            shadow runs finished on a shadowed candidate
     mint_shadow_dropped_total{revision}             shadow runs dropped under load
+    mint_shadow_paired_total{revision}              shadow runs sent with the stable answer, to score the pair
     mint_http_request_duration_seconds{route,method,status}   request latency histogram
 """
 
@@ -136,6 +137,11 @@ class _Scrape(Collector):
             ("mint_revision_requests", "Inference requests answered, per revision.", v["answered"]),
             ("mint_shadow_requests", "Shadow runs finished on a shadowed candidate.", v["shadow_ran"]),
             ("mint_shadow_dropped", "Shadow runs dropped under load.", v["shadow_dropped"]),
+            (
+                "mint_shadow_paired",
+                "Shadow runs finished with the stable answer, for the engine host to score the pair.",
+                v["shadow_paired"],
+            ),
         ):
             yield _family(
                 CounterMetricFamily, name, what, ("revision",), {(r,): n for r, n in counts.items()}
@@ -230,6 +236,7 @@ class Metrics:
             "answered": dict(self.answered),
             "shadow_ran": dict(self.shadow.ran),
             "shadow_dropped": dict(self.shadow.dropped),
+            "shadow_paired": dict(self.shadow.paired),
         }
 
     def routes(self) -> list[Route]:

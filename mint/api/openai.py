@@ -17,7 +17,9 @@ away cancels its generation, streaming or not: the engine stops decoding for it.
 While a policy runs a canary, a request for `tenant/name` goes to the revision that the canary's hash
 split picks for its request id (mint/catalog/canary.py), so `mint replay audit` can say later which
 revision answered it. In shadow mode the stable revision answers, and the picked requests run once
-more on the candidate in the background (mint/api/shadow.py), unseen and never delaying the answer.
+more on the candidate in the background (mint/api/shadow.py), unseen and never delaying the answer;
+each carries the stable answer the client got (when it was whole), so the engine host scores both
+answers to the same prompt.
 
 An API without engines of its own (an `api` replica) sends each generation through its router
 (mint/serving/router.py) to an engine host, streaming included; when no host can take it within the
@@ -33,7 +35,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -64,7 +66,7 @@ from mint.serving.engine import (
 )
 from mint.serving.models import ModelNotFound, resolve_model
 from mint.serving.router import EngineRefused, NoEngine, Router
-from mint.serving.wire import ChatMessage, GenerateRequest, Params
+from mint.serving.wire import ChatMessage, GenerateRequest, Params, StableAnswer
 
 # What vLLM's OpenAI server accepts for `seed` (a torch long).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -156,8 +158,10 @@ class CompletionRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
     def text(self, render_chat: Callable[[list[dict[str, str]]], str]) -> str:
         return self.prompt
 
-    def routed(self, params: SamplingParams, ref: str) -> GenerateRequest:
-        return GenerateRequest(ref, Params.of(params), prompt=self.prompt, usage=not self.stream)
+    def routed(self, params: SamplingParams, ref: str, against: StableAnswer | None) -> GenerateRequest:
+        return GenerateRequest(
+            ref, Params.of(params), prompt=self.prompt, usage=not self.stream, against=against
+        )
 
 
 class ChatRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
@@ -170,9 +174,11 @@ class ChatRequest(_Sampling, kw_only=True, forbid_unknown_fields=True):
     def text(self, render_chat: Callable[[list[dict[str, str]]], str]) -> str:
         return render_chat([msgspec.to_builtins(m) for m in self.messages])
 
-    def routed(self, params: SamplingParams, ref: str) -> GenerateRequest:
+    def routed(self, params: SamplingParams, ref: str, against: StableAnswer | None) -> GenerateRequest:
         messages = [ChatMessage(m.role, m.content) for m in self.messages]
-        return GenerateRequest(ref, Params.of(params), messages=messages, usage=not self.stream)
+        return GenerateRequest(
+            ref, Params.of(params), messages=messages, usage=not self.stream, against=against
+        )
 
 
 class ClientGone(Exception):
@@ -366,7 +372,11 @@ class _Generation:
 
 
 def _in_process(
-    api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams, model: str
+    api: OpenAiApi,
+    body: CompletionRequest | ChatRequest,
+    params: SamplingParams,
+    model: str,
+    against: StableAnswer | None,
 ) -> _Generation:
     host = _host_for(api.hosts, model)
     prompt = body.text(host.engine.render_chat)
@@ -377,11 +387,17 @@ def _in_process(
         return await anyio.to_thread.run_sync(host.engine.count_tokens, prompt)
 
     leave = api.admission.in_flight.enter(host.engine_id)
-    return _Generation(ref, host.generate(ref, prompt, params), lambda: host.engine_id, prompt_tokens, leave)
+    deltas = host.generate(ref, prompt, params, against)
+    return _Generation(ref, deltas, lambda: host.engine_id, prompt_tokens, leave)
 
 
 def _routed(
-    api: OpenAiApi, router: Router, body: CompletionRequest | ChatRequest, params: SamplingParams, model: str
+    api: OpenAiApi,
+    router: Router,
+    body: CompletionRequest | ChatRequest,
+    params: SamplingParams,
+    model: str,
+    against: StableAnswer | None,
 ) -> _Generation:
     view = api.catalog()
     try:
@@ -389,7 +405,7 @@ def _routed(
     finally:
         view.close()
     # The router counts the request against the engine it sends it to (admission.in_flight).
-    routed = router.route(ref, policy.base_id, body.routed(params, ref), api.admission.in_flight)
+    routed = router.route(ref, policy.base_id, body.routed(params, ref, against), api.admission.in_flight)
 
     async def prompt_tokens() -> int:
         return routed.prompt_tokens or 0
@@ -398,11 +414,16 @@ def _routed(
 
 
 def _generation(
-    api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams, model: str
+    api: OpenAiApi,
+    body: CompletionRequest | ChatRequest,
+    params: SamplingParams,
+    model: str,
+    against: StableAnswer | None = None,
 ) -> _Generation:
+    """`against`: this is a shadow run, to be scored beside the stable answer the client got."""
     if api.router is not None and not api.hosts:
-        return _routed(api, api.router, body, params, model)
-    return _in_process(api, body, params, model)
+        return _routed(api, api.router, body, params, model, against)
+    return _in_process(api, body, params, model, against)
 
 
 def _request_id(request: Request, generated: str) -> str:
@@ -436,11 +457,18 @@ def _answering(api: OpenAiApi, model: str, request_id: str) -> Answering:
         view.close()
 
 
-def _shadow(api: OpenAiApi, body: CompletionRequest | ChatRequest, params: SamplingParams, ref: str) -> None:
-    """Run the request again on the shadowed candidate `ref`, in the background, for its live numbers."""
+def _shadow(
+    api: OpenAiApi,
+    body: CompletionRequest | ChatRequest,
+    params: SamplingParams,
+    ref: str,
+    against: StableAnswer | None,
+) -> None:
+    """Run the request again on the shadowed candidate `ref`, in the background, for its live numbers;
+    with the stable answer the client got (`against`, when it was whole), for the paired scores too."""
 
     async def work() -> bool:
-        generation = _generation(api, body, params, ref)
+        generation = _generation(api, body, params, ref, against)
         try:
             async with aclosing(generation.deltas) as deltas:
                 async for _ in deltas:
@@ -455,7 +483,7 @@ def _shadow(api: OpenAiApi, body: CompletionRequest | ChatRequest, params: Sampl
             generation.leave_engine()
         return True
 
-    api.admission.shadow.start(ref, work)
+    api.admission.shadow.start(ref, work, paired=against is not None)
 
 
 @dataclass
@@ -528,13 +556,16 @@ async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
     created = int(time.time())
     shadow = started.shadow
 
-    def after() -> None:
+    def after(told: Completion | None) -> None:
+        """Once the answer is out: the shadow run, if any, scored against what the client was told."""
         if shadow is not None:
-            _shadow(api, body, started.params, shadow)
+            against = None if told is None else StableAnswer(started.generation.ref, told.text, told.tokens)
+            _shadow(api, body, started.params, shadow, against)
 
     if body.stream:
-        events = _sse(ident, created, body.model, chat, started.first, generation)
-        return _Streamed(events, generation, started.leave, answered, cut_off, after)
+        told = _Told()
+        events = _sse(ident, created, body.model, chat, started.first, generation, told)
+        return _Streamed(events, generation, started.leave, answered, cut_off, lambda: after(told.whole()))
     try:
         async with aclosing(generation):
             out = await _attended(
@@ -548,7 +579,7 @@ async def serve(api: OpenAiApi, request: Request, chat: bool) -> Response:
         return inference_error(exc, prompt_field).response()
     finally:
         started.leave()
-    after()
+    after(out)
     return JSONResponse(_whole(ident, created, body.model, chat, out, started.logprobs), headers=answered)
 
 
@@ -606,8 +637,20 @@ def _whole(
     }
 
 
+@dataclass
+class _Told:
+    """What a stream told its client so far, and whether it ended whole (a shadow run of the request
+    is scored against it only then)."""
+
+    answer: Completion = field(default_factory=Completion)
+    ended: bool = False
+
+    def whole(self) -> Completion | None:
+        return self.answer if self.ended else None
+
+
 async def _sse(
-    ident: str, created: int, model: str, chat: bool, first: Delta, rest: AsyncIterator[Delta]
+    ident: str, created: int, model: str, chat: bool, first: Delta, rest: AsyncIterator[Delta], told: _Told
 ) -> AsyncGenerator[bytes, None]:
     kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -622,11 +665,14 @@ async def _sse(
         }
         return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
 
+    told.answer.add(first)
     yield event(first)
     try:
         async for delta in rest:
+            told.answer.add(delta)
             yield event(delta)
     except Exception as exc:  # the status is sent: the stream ends with the error, without [DONE]
         yield b"data: " + inference_error(exc, "messages" if chat else "prompt").response().body + b"\n\n"
         return
+    told.ended = True
     yield b"data: [DONE]\n\n"

@@ -287,7 +287,11 @@ def _window_start(rows: Rows, policy: str, *revisions: str) -> dict[str, Revisio
         seen: TrafficRow | None = rows.get(TRAFFIC, policy, revision)
         if seen is not None:
             start[revision] = RevisionTraffic(
-                requests=seen.requests, errors=seen.errors, scored=seen.scored, score_sum=seen.score_sum
+                requests=seen.requests,
+                errors=seen.errors,
+                scored=seen.scored,
+                score_sum=seen.score_sum,
+                paired=seen.paired,
             )
     return start
 

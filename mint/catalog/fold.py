@@ -29,6 +29,7 @@ from events.serving import (
     EngineHeartbeat,
     EngineLost,
     EngineRegistered,
+    PairedScores,
     TrafficObserved,
     WavePlanned,
 )
@@ -325,8 +326,28 @@ def traffic_observed(fact: TrafficObserved, rows: Rows) -> None:
                 scored=base.scored + seen.scored,
                 score_sum=base.score_sum + seen.score_sum,
                 updated_at=at,
+                paired=_paired_plus(base.paired, seen.paired),
             ),
         )
+
+
+def _paired_plus(
+    tallied: dict[str, PairedScores], reported: dict[str, PairedScores]
+) -> dict[str, PairedScores]:
+    """Sums per revision paired against: what a revision's shadow runs scored, over every report."""
+    if not reported:
+        return tallied
+    out = dict(tallied)
+    for against, add in reported.items():
+        was = out.get(against, PairedScores())
+        out[against] = PairedScores(
+            pairs=was.pairs + add.pairs,
+            diff_sum=was.diff_sum + add.diff_sum,
+            diff_sq_sum=was.diff_sq_sum + add.diff_sq_sum,
+            wins=was.wins + add.wins,
+            losses=was.losses + add.losses,
+        )
+    return out
 
 
 def command_rejected(fact: CommandRejected, rows: Rows) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from events.catalog import CanaryRules, Gate, Watch
-from events.serving import RevisionTraffic
+from events.serving import PairedScores, RevisionTraffic
 from mint.projection.table import Row, Table
 
 
@@ -110,6 +110,7 @@ class TrafficRow(Row, frozen=True):
     scored: int
     score_sum: float
     updated_at: str
+    paired: dict[str, PairedScores] = {}  # its shadow runs scored against the stable answer, per stable
 
 
 class RunRow(Row, frozen=True):

@@ -204,19 +204,29 @@ function trafficTable(traffic) {
     t.scored ? `${score(t.score_sum / t.scored)} on ${count(t.scored)}` : "-", when(t.updated_at)]));
 }
 
+// A shadow candidate's runs scored beside the stable answer to the same prompt: the mean difference
+// (± its standard error) on how many prompts, and the wins, losses and ties.
+function pairedText(n) {
+  if (!n.pairs) return "-";
+  const sign = n.paired_mean_diff >= 0 ? "+" : "";
+  const spread = n.paired_stderr === null ? "" : ` ± ${score(n.paired_stderr)}`;
+  return `${sign}${score(n.paired_mean_diff)}${spread} on ${count(n.pairs)} prompts
+    (${count(n.paired_wins)} won, ${count(n.paired_losses)} lost, ${count(n.paired_ties)} tied)`;
+}
+
 // The running canary: its rules, both revisions' live numbers over its window, and its buttons.
 function canaryPanel(panel, admin) {
   if (!panel) return `<p class="muted">no canary running</p>`;
   const c = panel.canary, r = c.rules;
   const row = (side, n) => [esc(side), esc(n.revision), count(n.requests), count(n.errors),
-    percent(n.error_rate), n.scored ? `${score(n.score)} on ${count(n.scored)}` : "-"];
+    percent(n.error_rate), n.scored ? `${score(n.score)} on ${count(n.scored)}` : "-", pairedText(n)];
   const buttons = admin ? `<p><button id="canary-promote" data-canary="${esc(c.canary)}">Promote</button>
     <button id="canary-abort" data-canary="${esc(c.canary)}">Abort</button></p>` : "";
   return `<div id="canary"><p><b>${esc(r.mode)}</b> of <b>${esc(c.revision)}</b> against ${esc(c.stable)} ·
     ${percent(r.fraction)} of requests · decided after ${count(r.min_requests)} requests (error rate ≤
     ${percent(r.max_error_rate)}, score drop ≤ ${score(r.max_score_drop)}) or aborted after
     ${durationText(r.max_duration_s * 1000)} · started ${when(c.started_at)}</p>
-    ${table(["", "revision", "requests", "failed", "error rate", "live score"],
+    ${table(["", "revision", "requests", "failed", "error rate", "live score", "paired difference"],
       [row("candidate", panel.candidate), row("stable", panel.stable)])}${buttons}</div>`;
 }
 

@@ -4,15 +4,51 @@ Pure, so the evaluator's decision is tested without traffic and explained by the
 Both revisions are judged over the same window: what each one's live counters gained since the canary
 started (CanaryStarted.window_start), so the stable revision's history before the canary does not
 flatter or shame it.
+
+In shadow mode the engine host also scores each shadow run beside the answer the client got from the
+stable revision to the same prompt. Those pairs decide the score rule: their mean difference is the
+candidate's score drop with the prompt held fixed, so it is not confounded by which prompts each
+revision happened to be sampled on (the unpaired means are), and it needs far fewer requests to see a
+real drop. The standard error and the wins, losses and ties go in the evidence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from events.catalog import CanaryRules
-from events.serving import RevisionTraffic
+from events.serving import PairedScores, RevisionTraffic
 from mint.catalog.rows import TrafficRow
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A revision's shadow runs over the canary's window, each scored beside the stable answer to the
+    same prompt: `diff` is the candidate's score minus the stable answer's."""
+
+    pairs: int = 0
+    diff_sum: float = 0.0
+    diff_sq_sum: float = 0.0
+    wins: int = 0
+    losses: int = 0
+
+    @property
+    def ties(self) -> int:
+        return self.pairs - self.wins - self.losses
+
+    @property
+    def mean_diff(self) -> float | None:
+        return self.diff_sum / self.pairs if self.pairs else None
+
+    @property
+    def stderr(self) -> float | None:
+        """The standard error of the mean difference (the paired t-test's denominator)."""
+        if self.pairs < 2:
+            return None
+        mean = self.diff_sum / self.pairs
+        variance = max(0.0, (self.diff_sq_sum - self.pairs * mean * mean) / (self.pairs - 1))
+        return math.sqrt(variance / self.pairs)
 
 
 @dataclass(frozen=True)
@@ -23,6 +59,7 @@ class Seen:
     errors: int = 0
     scored: int = 0
     score_sum: float = 0.0
+    paired: Paired = field(default_factory=Paired)
 
     @property
     def error_rate(self) -> float:
@@ -33,9 +70,12 @@ class Seen:
         return self.score_sum / self.scored if self.scored else None
 
 
-def seen_since(now: TrafficRow | None, start: RevisionTraffic | None) -> Seen:
-    """What a revision's counters gained since `start`. Never below zero: a reader whose fold lags the
-    catalog's when the canary started has simply seen nothing of the window yet."""
+def seen_since(
+    now: TrafficRow | None, start: RevisionTraffic | None, paired_against: str | None = None
+) -> Seen:
+    """What a revision's counters gained since `start` (with its runs paired against revision
+    `paired_against`, when named). Never below zero: a reader whose fold lags the catalog's when the
+    canary started has simply seen nothing of the window yet."""
     if now is None:
         return Seen()
     start = start or RevisionTraffic()
@@ -44,6 +84,20 @@ def seen_since(now: TrafficRow | None, start: RevisionTraffic | None) -> Seen:
         max(0, now.errors - start.errors),
         max(0, now.scored - start.scored),
         max(0.0, now.score_sum - start.score_sum) if now.scored > start.scored else 0.0,
+        _paired_since(now.paired, start.paired, paired_against) if paired_against else Paired(),
+    )
+
+
+def _paired_since(now: dict[str, PairedScores], start: dict[str, PairedScores], against: str) -> Paired:
+    tally, before = now.get(against, PairedScores()), start.get(against, PairedScores())
+    if tally.pairs <= before.pairs:
+        return Paired()
+    return Paired(
+        tally.pairs - before.pairs,
+        tally.diff_sum - before.diff_sum,
+        max(0.0, tally.diff_sq_sum - before.diff_sq_sum),
+        max(0, tally.wins - before.wins),
+        max(0, tally.losses - before.losses),
     )
 
 
@@ -63,6 +117,15 @@ def _evidence(rules: CanaryRules, candidate: Seen, stable: Seen, elapsed_s: floa
         numbers[f"{name}_scored"] = float(seen.scored)
         if seen.score is not None:
             numbers[f"{name}_score"] = round(seen.score, 6)
+    paired = candidate.paired
+    if paired.pairs:
+        numbers["paired_pairs"] = float(paired.pairs)
+        numbers["paired_mean_diff"] = round(paired.diff_sum / paired.pairs, 6)
+        if paired.stderr is not None:
+            numbers["paired_stderr"] = round(paired.stderr, 6)
+        numbers["paired_wins"] = float(paired.wins)
+        numbers["paired_losses"] = float(paired.losses)
+        numbers["paired_ties"] = float(paired.ties)
     numbers["max_score_drop"] = rules.max_score_drop
     return numbers
 
@@ -71,8 +134,9 @@ def canary_verdict(
     rules: CanaryRules, candidate: Seen, stable: Seen, elapsed_s: float
 ) -> CanaryVerdict | None:
     """Once the candidate has `min_requests`: abort over the error rate or past the score drop, else
-    promote. Before that: wait, unless `max_duration_s` is over (abort). Scores are compared only when
-    both revisions have sampled ones (live scoring needs the policy's watch, which sets the rate)."""
+    promote. Before that: wait, unless `max_duration_s` is over (abort). In shadow mode with paired
+    scores, the drop is the paired mean difference; otherwise scores are compared only when both
+    revisions have sampled ones (live scoring needs the policy's watch, which sets the rate)."""
     evidence = _evidence(rules, candidate, stable, elapsed_s)
     if candidate.requests < rules.min_requests:
         if elapsed_s < rules.max_duration_s:
@@ -91,7 +155,22 @@ def canary_verdict(
             evidence,
         )
     compared = ""
-    if candidate.score is not None and stable.score is not None:
+    paired = candidate.paired
+    if rules.mode == "shadow" and paired.mean_diff is not None:
+        spread = f" ± {paired.stderr:.3f}" if paired.stderr is not None else ""
+        on_pairs = (
+            f"{paired.mean_diff:+.3f}{spread} vs stable's answers to the same {paired.pairs} prompts "
+            f"(won {paired.wins}, lost {paired.losses}, tied {paired.ties})"
+        )
+        compared = f", paired score {on_pairs}"
+        if -paired.mean_diff > rules.max_score_drop:
+            return CanaryVerdict(
+                False,
+                f"canary: paired score {on_pairs} is a drop of {-paired.mean_diff:.3f} "
+                f"(max drop {rules.max_score_drop:g})",
+                evidence,
+            )
+    elif candidate.score is not None and stable.score is not None:
         drop = stable.score - candidate.score
         compared = f", live score {candidate.score:.3f} vs stable {stable.score:.3f}"
         if drop > rules.max_score_drop:

@@ -1,11 +1,13 @@
 """What a router and an engine host say to each other over HTTP: `POST /v1/engine/generate`.
 
 The request names a pinned revision (`tenant/name@rev`, resolved by the router) and either a prompt or
-chat messages (the engine host renders them with its base's template). The engine host answers once
-the first token is out, with `x-mint-engine` and `x-mint-revision`, as newline-delimited JSON: one
-`delta` line per piece, then `end` (with the prompt's token count when asked), or `error` if the
-generation failed after it began. A refusal before the first token is an HTTP error in OpenAI's shape;
-a host that is draining or not ready says so in `x-mint-engine-state`, so the router tries another.
+chat messages (the engine host renders them with its base's template); a shadow run also carries the
+stable revision's answer to the same request (`against`), which the host scores beside its own. The
+engine host answers once the first token is out, with `x-mint-engine` and `x-mint-revision`, as
+newline-delimited JSON: one `delta` line per piece, then `end` (with the prompt's token count when
+asked), or `error` if the generation failed after it began. A refusal before the first token is an
+HTTP error in OpenAI's shape; a host that is draining or not ready says so in `x-mint-engine-state`,
+so the router tries another.
 
 Requests carry `x-mint-seal`, an HMAC of the body under the cluster's key (events/seal.py): an engine
 host serves only MinT's routers, which have checked the caller's token and tenant already.
@@ -58,12 +60,22 @@ class Params(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         )
 
 
+class StableAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the client was answered by the stable revision `ref` (tenant/name@rev), sent with a shadow
+    run of the same request so that the engine host scores both answers to the same prompt."""
+
+    ref: str
+    text: str
+    tokens: list[int]
+
+
 class GenerateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str  # tenant/name@rev
     params: Params
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     usage: bool = False  # count the prompt's tokens and send them with `end`
+    against: StableAnswer | None = None  # a shadow run: the stable answer to score it against
 
 
 class DeltaLine(msgspec.Struct, frozen=True, tag="delta"):
