@@ -55,3 +55,7 @@ cli.add_command(chaos_group)
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()
