@@ -38,6 +38,7 @@ from mint.serving.planner import (
     EngineView,
     Residency,
     Waiting,
+    demand_config_for,
     fold_demand,
     follow_pointer,
     plan_wave,
@@ -45,6 +46,12 @@ from mint.serving.planner import (
 from mint.serving.sketch import FrequencySketch
 
 MIB = 1024 * 1024
+
+
+def _slots(store: ProjectionStore, engine: str) -> int:
+    """An engine's slots, GPU and host (1 before its registration is folded)."""
+    row: EngineRow | None = store.rows.get(ENGINES, engine)
+    return row.gpu_slots + row.cpu_slots if row is not None else 1
 
 
 class WaveScheduler(StoreActor):
@@ -166,7 +173,10 @@ class WaveScheduler(StoreActor):
         if isinstance(record, ReportDemand):
             engine = record.engine
             self.demand[engine] = fold_demand(
-                self.demand[engine], record.counts, max(record.interval_s, 1e-3)
+                self.demand[engine],
+                record.counts,
+                max(record.interval_s, 1e-3),
+                demand_config_for(_slots(store, engine)),
             )
             heat = self._heat(store, engine)
             for ref, count in record.counts.items():
@@ -194,9 +204,7 @@ class WaveScheduler(StoreActor):
     def _heat(self, store: ProjectionStore, engine: str) -> FrequencySketch:
         heat = self.heat.get(engine)
         if heat is None:
-            row: EngineRow | None = store.rows.get(ENGINES, engine)
-            slots = row.gpu_slots + row.cpu_slots if row is not None else 1
-            heat = self.heat[engine] = FrequencySketch(max(1, slots))
+            heat = self.heat[engine] = FrequencySketch(max(1, _slots(store, engine)))
         return heat
 
     def _resident(self, store: ProjectionStore, engine: str) -> set[str]:

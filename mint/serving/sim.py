@@ -26,6 +26,7 @@ import msgspec
 from mint.percentiles import percentile_of_sorted
 from mint.serving.planner import (
     DEFAULT_PLANNER,
+    TRACKED_PER_SLOT,
     Capacity,
     CostModel,
     Demand,
@@ -36,6 +37,7 @@ from mint.serving.planner import (
     Residency,
     Waiting,
     Wave,
+    demand_config_for,
     fold_demand,
     follow_pointer,
     no_heat,
@@ -83,7 +85,7 @@ class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
     wave_s: float = 0.05
     report_s: float = 1.0
     cost: CostModel = CostModel()
-    tracked_per_slot: int = 4  # demand entries kept per engine slot (the rest are forgotten)
+    tracked_per_slot: int = TRACKED_PER_SLOT  # demand entries kept per engine slot (the rest are forgotten)
     planner: PlannerConfig = DEFAULT_PLANNER
 
     def __post_init__(self) -> None:
@@ -92,7 +94,7 @@ class EngineSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def demand(self) -> DemandConfig:
-        return DemandConfig(tracked=self.tracked_per_slot * (self.gpu_slots + self.cpu_slots))
+        return demand_config_for(self.gpu_slots + self.cpu_slots, self.tracked_per_slot)
 
 
 class Promotion(msgspec.Struct, frozen=True):
