@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from actors.system import System
 from events.catalog import AbortCanary, CanaryRules, ConfigurePolicy, Gate, StartCanary
+from events.serving import PairedScores
 from mint.api.app import create_app
 from mint.api.openai import Admission
 from mint.auth.tokens import TokenStore
@@ -182,7 +183,10 @@ async def test_a_shadow_run_is_scored_beside_the_answer_the_client_got_to_the_sa
     score = length(12)
     diffs = [score(p, pinned[r2][i], []) - score(p, pinned[r1][i], []) for i, p in enumerate(prompts)]
     with anyio.fail_after(30):
-        await system.until(lambda: (t := _r2_traffic(system)) is not None and "r1" in t.paired)
+        # Reports are per interval: the six pairs may arrive in more than one.
+        await system.until(
+            lambda: (t := _r2_traffic(system)) is not None and t.paired.get("r1", PairedScores()).pairs >= 6
+        )
     traffic = _r2_traffic(system)
     assert traffic is not None and traffic.scored == 0  # no watch: nothing sampled, every pair scored
     pairs = traffic.paired["r1"]
