@@ -109,6 +109,7 @@ class EngineHost(StoreActor):
         self.live = LiveScorers(home.suites, engine.word_token)
         self._waiting_since: dict[str, float] = {}  # cold ref -> when its oldest request began waiting
         self._cold = anyio.Event()  # set when a request waits for a cold adapter: report at once
+        self._cold_request = anyio.Event()  # ... and take the urgent path (`_load_urgently_when_asked`)
         self._residency_changed = anyio.Event()
         self._heat = FrequencySketch(max(1, engine.slots + engine.cpu_slots))  # what `plan_urgent` weighs
         self._residency_lock = anyio.Lock()  # one change of residency at a time: a wave or an urgent load
@@ -128,6 +129,7 @@ class EngineHost(StoreActor):
     async def beside(self, log: EventLog) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report_demand, log)
+            tg.start_soon(self._load_urgently_when_asked)
             if self.heartbeats is not None:
                 tg.start_soon(self._heartbeat, log, self.heartbeats)
 
@@ -235,20 +237,32 @@ class EngineHost(StoreActor):
             tier="gpu",
         )
 
-    async def _load_urgently(self, store: ProjectionStore) -> None:
-        """The urgent path (see the module docstring) for every request now waiting on a cold adapter."""
+    async def _load_urgently_when_asked(self) -> None:
+        """The urgent path runs in the host's own task, not in the request that found its adapter cold:
+        a load stalled on the artifact store (S3 not answering) then holds no request past its deadline
+        (it gets its 503 with Retry-After), and a client that goes away cancels no load. After a load,
+        what still waits is planned again at once, as a slot may have come free."""
+        while True:
+            await self._cold_request.wait()
+            self._cold_request = anyio.Event()
+            if self._store is not None and await self._load_urgently(self._store) and self._waiting_since:
+                self._cold_request.set()
+
+    async def _load_urgently(self, store: ProjectionStore) -> bool:
+        """The urgent path (see the module docstring) for every request now waiting on a cold adapter.
+        Whether it loaded anything (a load that failed is retried by the next request, not at once)."""
         events = self._events
         if events is None:
-            return
+            return False
         async with self._residency_lock:
             wave = plan_urgent(self._urgent_view(store))
             if not wave.load:
-                return  # every slot is loading or waited for: the next wave or load frees one
+                return False  # every slot is loading or waited for: the next wave or load frees one
             self._urgent_loads += 1
             plan_id = f"{self.engine_id}/{self.heartbeats.incarnation if self.heartbeats else 'embedded'}"
             plan_id += f"/urgent/{self._urgent_loads}"
             evicted = [self._evicted(plan_id, e.ref) for e in wave.evict if e.source == "gpu"]
-            # Shielded: a client that goes away must not leave an adapter unloaded but not reported.
+            # Shielded: a host stopping mid-load must not leave an adapter unloaded but not reported.
             with anyio.CancelScope(shield=True):
                 if evicted:
                     await events.append(evicted)  # durable before the adapters go
@@ -256,10 +270,14 @@ class EngineHost(StoreActor):
                     await self.engine.unload(f"{fact.policy}@{fact.revision}")  # drains its requests
                 self._loading = {load.ref for load in wave.load}
                 try:
-                    loaded = [await self._load(plan_id, load.ref, store) for load in wave.load]
+                    loaded = [
+                        await self._load(plan_id, load.ref, store, announce=False) for load in wave.load
+                    ]
                 finally:
                     self._loading = set()
                 await events.append(loaded)
+                self._residency_moved()  # a request served by this load finds its AdapterLoaded on the log
+            return any(isinstance(fact, AdapterLoaded) for fact in loaded)
 
     def _urgent_view(self, store: ProjectionStore) -> EngineView:
         now = anyio.current_time()
@@ -308,7 +326,14 @@ class EngineHost(StoreActor):
             )
         ]
 
-    async def _load(self, plan_id: str, ref: str, store: ProjectionStore) -> Record:
+    def _residency_moved(self) -> None:
+        """Wake the requests waiting for an adapter to be resident."""
+        self._residency_changed.set()
+        self._residency_changed = anyio.Event()
+
+    async def _load(self, plan_id: str, ref: str, store: ProjectionStore, announce: bool = True) -> Record:
+        """Load `ref` and say so in the fact returned; `announce=False` leaves waking the waiting
+        requests to the caller (the urgent path does it once the fact is on the log)."""
         policy, revision = split_ref(ref)
         row: RevisionRow | None = store.rows.get(REVISIONS, policy, revision)
         try:
@@ -329,8 +354,8 @@ class EngineHost(StoreActor):
                 revision=revision,
                 reason=str(exc),
             )
-        self._residency_changed.set()
-        self._residency_changed = anyio.Event()
+        if announce:
+            self._residency_moved()
         return AdapterLoaded.create(
             id=f"{plan_id}/load/{ref}",
             source=self.name,
@@ -403,10 +428,8 @@ class EngineHost(StoreActor):
         if ref not in self.engine.resident():
             self._waiting_since.setdefault(ref, anyio.current_time())
             self._cold.set()
-            assert self._store is not None, "the engine host is not running"
-            with anyio.move_on_after(self.load_deadline_s):  # a wave may hold the engine meanwhile
-                await self._load_urgently(self._store)
-            with anyio.move_on_after(self.load_deadline_s):
+            self._cold_request.set()
+            with anyio.move_on_after(self.load_deadline_s):  # an urgent load, or a wave, brings it
                 while ref not in self.engine.resident():
                     await self._residency_changed.wait()
             self._waiting_since.pop(ref, None)
