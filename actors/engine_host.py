@@ -43,6 +43,7 @@ from events.serving import (
     EngineLost,
     EngineRegistered,
     ReportDemand,
+    RevisionTraffic,
     TrafficObserved,
     WavePlanned,
 )
@@ -106,6 +107,7 @@ class EngineHost(StoreActor):
         self.silent = False  # set while draining: routers stop choosing this host within T1
         self._demand: Counter[str] = Counter()
         self._traffic: defaultdict[str, Tally] = defaultdict(Tally)
+        self._canary_traffic: defaultdict[tuple[str, str], Tally] = defaultdict(Tally)  # (canary, ref)
         self.live = LiveScorers(home.suites, engine.word_token)
         self._waiting_since: dict[str, float] = {}  # cold ref -> when its oldest request began waiting
         self._cold = anyio.Event()  # set when a request waits for a cold adapter: report at once
@@ -392,8 +394,10 @@ class EngineHost(StoreActor):
         ref = self.resolve(model)
         self._demand[ref] += 1
         self._heat.add(ref)
-        self._traffic[ref].requests += 1
         policy = self._policy(ref)
+        canary = policy.canary if policy else None  # the canary this request is evidence for, if any
+        for tally in self._tallies(ref, canary):
+            tally.requests += 1
         scorer = self.live.sample(policy.gate, policy.watch) if policy else None
         pair_scorer = self.live.scorer(policy.gate) if policy and policy.gate and against else None
         completion = Completion()
@@ -404,20 +408,34 @@ class EngineHost(StoreActor):
                     completion.add(delta)
                     yield delta
         except Exception:
-            self._traffic[ref].errors += 1
+            for tally in self._tallies(ref, canary):
+                tally.errors += 1
             raise
         finally:
             self.in_flight -= 1
-        tally = self._traffic[ref]
-        if scorer is not None:
-            tally.scored += 1
-            tally.score_sum += scorer(prompt, completion.text, completion.tokens)
+        score = scorer(prompt, completion.text, completion.tokens) if scorer is not None else None
+        pair = None
         if pair_scorer is not None and against is not None:
-            _, stable = split_ref(against.ref)
-            tally.paired[stable].add(
+            pair = (
+                split_ref(against.ref)[1],
                 pair_scorer(prompt, completion.text, completion.tokens),
                 pair_scorer(prompt, against.text, against.tokens),
             )
+        for tally in self._tallies(ref, canary):
+            if score is not None:
+                tally.scored += 1
+                tally.score_sum += score
+            if pair is not None:
+                stable, candidate_score, stable_score = pair
+                tally.paired[stable].add(candidate_score, stable_score)
+
+    def _tallies(self, ref: str, canary: str | None) -> tuple[Tally, ...]:
+        """The tallies of the interval now open that a request counts in: its revision's, and its
+        canary's. Looked up again at each count, since a report may have closed the interval the
+        request began in."""
+        if canary is None:
+            return (self._traffic[ref],)
+        return self._traffic[ref], self._canary_traffic[canary, ref]
 
     def _policy(self, ref: str) -> PolicyRow | None:
         assert self._store is not None, "the engine host is not running"
@@ -447,6 +465,10 @@ class EngineHost(StoreActor):
             self._cold = anyio.Event()
             counts, self._demand = self._demand, Counter()
             traffic, self._traffic = self._traffic, defaultdict(Tally)
+            under, self._canary_traffic = self._canary_traffic, defaultdict(Tally)
+            canaries: dict[str, dict[str, RevisionTraffic]] = defaultdict(dict)
+            for (canary, ref), tally in under.items():
+                canaries[canary][ref] = tally.reported()
             now = anyio.current_time()
             waiting = {ref: now - since for ref, since in self._waiting_since.items()}
             interval = (datetime.now(UTC) - began).total_seconds()
@@ -470,6 +492,7 @@ class EngineHost(StoreActor):
                         interval_start=began,
                         interval_s=interval,
                         traffic={ref: t.reported() for ref, t in traffic.items()},
+                        canaries=dict(canaries),
                     )
                 )
             if reports:

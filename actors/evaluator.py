@@ -50,6 +50,7 @@ from events.training import RevisionExported
 from mint.catalog.fold import CATALOG_FOLD
 from mint.catalog.rows import (
     CANARIES,
+    CANARY_TRAFFIC,
     POLICIES,
     REVISIONS,
     TRAFFIC,
@@ -58,7 +59,7 @@ from mint.catalog.rows import (
     RevisionRow,
     TrafficRow,
 )
-from mint.evaluation.canary import canary_verdict, seen_since
+from mint.evaluation.canary import canary_verdict, seen_under
 from mint.evaluation.gate import judge
 from mint.evaluation.runner import run_suite
 from mint.evaluation.suites import REWARD_PREFIX, load_suite, suite_path
@@ -141,14 +142,10 @@ class EvaluatorActor(StoreActor):
     ) -> list[Record]:
         if canary.status != "running":
             return []
-        candidate = seen_since(
-            store.rows.get(TRAFFIC, canary.policy, canary.revision),
-            canary.window_start.get(canary.revision),
-            paired_against=canary.stable,
+        candidate = seen_under(
+            store.rows.get(CANARY_TRAFFIC, canary.canary, canary.revision), paired_against=canary.stable
         )
-        stable = seen_since(
-            store.rows.get(TRAFFIC, canary.policy, canary.stable), canary.window_start.get(canary.stable)
-        )
+        stable = seen_under(store.rows.get(CANARY_TRAFFIC, canary.canary, canary.stable))
         elapsed = (now - datetime.fromisoformat(canary.started_at)).total_seconds()
         verdict = canary_verdict(canary.rules, candidate, stable, elapsed)
         if verdict is None:

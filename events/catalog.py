@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from events.envelope import Command, Fact
 from events.names import INT64_MAX, SYSTEM_TENANT, Name, PolicyName, RevisionId
-from events.serving import RevisionTraffic, unpaired
+from events.serving import unpaired
 
 PromotionMode = Literal["manual", "auto", "canary"]
 CanaryMode = Literal["canary", "shadow"]
@@ -196,24 +196,27 @@ class RevisionRolledBack(Fact, kw_only=True, frozen=True):
 
 class CanaryStarted(Fact, kw_only=True, frozen=True):
     """A canary of `revision` against `stable` (the pointer then) began; `canary` is its id, which
-    with a request's id decides who answers it (mint/catalog/canary.py). `window_start` holds both
-    revisions' live traffic counters as the catalog had folded them: the evaluator compares what
-    each gained since, so both are judged over the same window. v2: the counters carry paired scores
-    (upcast_v1_v2)."""
+    with a request's id decides who answers it (mint/catalog/canary.py). Both revisions are judged on
+    the traffic engine hosts report under this id (TrafficObserved.canaries). v2: the counters of
+    `window_start` carried paired scores (upcast_v1_v2); v3: no `window_start` (upcast_v2_v3), since a
+    window of counters since the start also counted what was served before it but reported after."""
 
     KEY_FIELD: ClassVar[str] = "policy"
-    v: int = 2
+    v: int = 3
     policy: PolicyName
     canary: str
     revision: RevisionId
     stable: RevisionId
     rules: CanaryRules
-    window_start: dict[str, RevisionTraffic] = {}
     reason: str = ""
 
     @staticmethod
     def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
         return {**fields, "window_start": unpaired(fields.get("window_start", {}))}
+
+    @staticmethod
+    def upcast_v2_v3(fields: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in fields.items() if name != "window_start"}
 
 
 class CanaryPromoted(Fact, kw_only=True, frozen=True):

@@ -146,16 +146,25 @@ def unpaired(traffic: dict[str, Any]) -> dict[str, Any]:
 class TrafficObserved(Fact, kw_only=True, frozen=True):
     """What one engine saw of live traffic over one interval, per revision ref: requests, those that
     failed, the scores of the sampled ones, and the paired scores of shadow runs. Aggregated, never one
-    record per request. v2: the paired scores (upcast_v1_v2)."""
+    record per request. `canaries` counts the same requests again per canary id, for those served
+    while the engine host saw that canary of their policy running: a canary's evidence is exactly
+    what was served under it, never the late report of what came before (an aborted canary's last
+    errors, say). v2: the paired scores (upcast_v1_v2); v3: `canaries` (upcast_v2_v3)."""
 
     KEY_FIELD: ClassVar[str] = "engine"
     SYSTEM: ClassVar[bool] = True
-    v: int = 2
+    v: int = 3
     engine: Name
     interval_start: datetime
     interval_s: float
     traffic: dict[str, RevisionTraffic]
+    canaries: dict[str, dict[str, RevisionTraffic]] = {}
 
     @staticmethod
     def upcast_v1_v2(fields: dict[str, Any]) -> dict[str, Any]:
         return {**fields, "traffic": unpaired(fields.get("traffic", {}))}
+
+    @staticmethod
+    def upcast_v2_v3(fields: dict[str, Any]) -> dict[str, Any]:
+        """A v2 engine host tagged nothing: its traffic is no canary's evidence."""
+        return {**fields, "canaries": {}}

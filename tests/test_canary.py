@@ -52,10 +52,25 @@ def _catalog(system: System) -> Catalog:
     return Catalog(system.home.catalog)
 
 
-def _observed(traffic: dict[str, RevisionTraffic], engine: str = "e1") -> TrafficObserved:
+def _observed(
+    traffic: dict[str, RevisionTraffic], engine: str = "e1", canaries: dict[str, str] | None = None
+) -> TrafficObserved:
+    """An engine's report; `canaries` (policy -> canary id) tags its traffic as an engine host does
+    what it serves while it sees that canary running."""
+    under: dict[str, dict[str, RevisionTraffic]] = {}
+    for ref, seen in traffic.items():
+        canary = (canaries or {}).get(ref.partition("@")[0])
+        if canary is not None:
+            under.setdefault(canary, {})[ref] = seen
     return TrafficObserved.create(
-        engine=engine, interval_start=datetime.now(UTC), interval_s=1.0, traffic=traffic
+        engine=engine, interval_start=datetime.now(UTC), interval_s=1.0, traffic=traffic, canaries=under
     )
+
+
+def _running(system: System, *policies: str) -> dict[str, str]:
+    """The canary each policy runs now, as the engine host tags what it serves."""
+    view = _catalog(system)
+    return {p: row.canary for p in policies if (row := view.policy(p)) is not None and row.canary}
 
 
 async def _serving_r1(system: System, policy: str = P, **kw: object) -> None:
@@ -96,7 +111,7 @@ def test_the_split_stays_within_a_binomial_bound_and_is_stable_per_request() -> 
 
 def _canary_row(mode: str, fraction: float) -> CanaryRow:
     rules = CanaryRules(fraction=fraction, mode=mode)  # type: ignore[arg-type]
-    return CanaryRow("c1", P, "r2", "r1", rules, {}, "running", "2026-12-02T00:00:00+00:00")
+    return CanaryRow("c1", P, "r2", "r1", rules, "running", "2026-12-02T00:00:00+00:00")
 
 
 def test_canary_mode_answers_from_the_candidate_and_shadow_mode_never_does() -> None:
@@ -287,13 +302,17 @@ async def test_a_canary_failing_on_live_traffic_is_aborted_with_its_evidence(sys
     # Traffic r1 had before the canary is outside its window.
     await _decided(system, _observed({f"{P}@r1": RevisionTraffic(requests=500, errors=100)}))
     await _decided(system, StartCanary.create(policy=P, revision="r2", rules=RULES))
+    under = _running(system, P)
+    # Reported after the start but served before it (untagged): no evidence either.
+    await _decided(system, _observed({f"{P}@r2": RevisionTraffic(requests=30)}))
     await _decided(
         system,
         _observed(
             {
                 f"{P}@r1": RevisionTraffic(requests=40, errors=0),
                 f"{P}@r2": RevisionTraffic(requests=10, errors=3),
-            }
+            },
+            canaries=under,
         ),
     )
     assert _catalog(system).canaries(P)[0].status == "running"  # 10 of 20 requests: not yet
@@ -302,6 +321,7 @@ async def test_a_canary_failing_on_live_traffic_is_aborted_with_its_evidence(sys
             _observed(
                 {f"{P}@r1": RevisionTraffic(requests=40), f"{P}@r2": RevisionTraffic(requests=10, errors=1)},
                 "e2",
+                canaries=under,
             )
         ]
     )
@@ -311,6 +331,18 @@ async def test_a_canary_failing_on_live_traffic_is_aborted_with_its_evidence(sys
     assert canary.evidence["candidate_requests"] == 20 and canary.evidence["candidate_errors"] == 4
     assert canary.evidence["stable_requests"] == 80 and canary.evidence["stable_errors"] == 0
     assert view.policy(P).pointer == "r1"  # type: ignore[union-attr]
+    # Started again at once, the aborted canary's late report (its errors, tagged with its id) is not
+    # the new one's evidence: healthy traffic under the new id promotes it.
+    await _decided(system, StartCanary.create(policy=P, revision="r2", rules=RULES))
+    again = _running(system, P)
+    late = {f"{P}@r2": RevisionTraffic(requests=10, errors=10)}
+    healthy = {f"{P}@r1": RevisionTraffic(requests=80), f"{P}@r2": RevisionTraffic(requests=20)}
+    await system.log.append([_observed(late, canaries=under), _observed(healthy, canaries=again)])
+    view = await _until(system, lambda c: c.canaries(P)[1].status != "running")
+    retried = view.canaries(P)[1]
+    assert retried.status == "promoted" and retried.evidence["candidate_errors"] == 0, retried.reason
+    assert view.canary_traffic(canary.canary)[1].errors == 14  # the late errors went to their own canary
+    assert (await verify(system.log, CATALOG_FOLD, system.home.catalog)).equal
 
 
 @pytest.mark.anyio
@@ -328,7 +360,8 @@ async def test_a_healthy_canary_is_promoted_and_an_idle_one_times_out(system: Sy
                 {
                     f"{P}@r1": RevisionTraffic(requests=80, scored=20, score_sum=16.0),
                     f"{P}@r2": RevisionTraffic(requests=20, scored=5, score_sum=4.0),
-                }
+                },
+                canaries=_running(system, P, Q),
             )
         ]
     )
@@ -356,8 +389,6 @@ async def test_a_shadow_worse_on_the_same_prompts_is_aborted_on_the_paired_evide
         StartCanary.create(policy=P, revision="r2", rules=SHADOW),
         StartCanary.create(policy=Q, revision="r2", rules=SHADOW),
     )
-    (started,) = _catalog(system).canaries(P)
-    assert started.window_start["r2"].paired["r1"].pairs == 50  # the snapshot carries the pairs
     worse = [-0.25] * 12 + [0.0] * 8
     better = [0.05] * 5 + [0.0] * 15
     report = {
@@ -366,7 +397,7 @@ async def test_a_shadow_worse_on_the_same_prompts_is_aborted_on_the_paired_evide
         f"{Q}@r1": RevisionTraffic(requests=100, scored=20, score_sum=16.0),
         f"{Q}@r2": RevisionTraffic(requests=20, scored=5, score_sum=4.0, paired={"r1": _paired(better)}),
     }
-    await system.log.append([_observed(report)])
+    await system.log.append([_observed(report, canaries=_running(system, P, Q))])
     view = await _until(
         system, lambda c: c.canaries(P)[0].status != "running" and c.canaries(Q)[0].status != "running"
     )

@@ -159,7 +159,7 @@ async def test_a_shadow_run_is_scored_beside_the_answer_the_client_got_to_the_sa
         ]
         for ref in (r1, r2)
     }
-    await _canary(system, CanaryRules(fraction=1.0, mode="shadow", **PATIENT))  # type: ignore[arg-type]
+    canary = await _canary(system, CanaryRules(fraction=1.0, mode="shadow", **PATIENT))  # type: ignore[arg-type]
     admission: Admission = app.state.admission
     for i, prompt in enumerate(prompts[:5]):
         reply = await client.post(
@@ -192,6 +192,10 @@ async def test_a_shadow_run_is_scored_beside_the_answer_the_client_got_to_the_sa
     pairs = traffic.paired["r1"]
     assert pairs.pairs == 6 and math.isclose(pairs.diff_sum, sum(diffs), abs_tol=1e-9)
     assert (pairs.wins, pairs.losses) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
+    # The engine host tagged what it served under the canary, and only that: its evidence. (The
+    # pinned requests before it are no part of it.)
+    under = {t.revision: t for t in Catalog(system.home.catalog).canary_traffic(canary)}
+    assert under["r1"].requests == 6 and under["r2"].requests == 6 and under["r2"].paired == traffic.paired
     metrics = (await _client(app, tokens, "_system").get("/metrics")).text
     assert f'mint_shadow_paired_total{{revision="{r2}"}} 6.0' in metrics
     await system.log.append([AbortCanary.create(policy="acme/a", reason="done")])

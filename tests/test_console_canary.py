@@ -12,6 +12,7 @@ from playwright.async_api import BrowserContext, expect
 from actors.system import System
 from events.catalog import CanaryRules, StartCanary
 from events.serving import PairedScores, RevisionTraffic, TrafficObserved
+from mint.catalog.queries import Catalog
 from mint.commands.up import serve_http
 from tests.api_system import two_revisions_served
 from tests.records import evaluated, exported
@@ -21,9 +22,14 @@ pytestmark = pytest.mark.anyio
 __all__ = ["browser"]  # the fixture, shared with the console's main test
 
 
-def _observed(traffic: dict[str, RevisionTraffic]) -> TrafficObserved:
+def _observed(traffic: dict[str, RevisionTraffic], canary: str | None = None) -> TrafficObserved:
+    """An engine's report; with `canary`, all of it served under that canary (as the host tags it)."""
     return TrafficObserved.create(
-        engine="e1", interval_start=datetime.now(UTC), interval_s=1.0, traffic=traffic
+        engine="e1",
+        interval_start=datetime.now(UTC),
+        interval_s=1.0,
+        traffic=traffic,
+        canaries={canary: traffic} if canary else {},
     )
 
 
@@ -38,6 +44,8 @@ async def test_the_canary_panel_shows_both_revisions_and_aborts(
     rules = CanaryRules(fraction=0.25, min_requests=10_000)
     await bare_system.log.append([StartCanary.create(policy="acme/a", revision="r3", rules=rules)])
     await bare_system.settle()
+    policy = Catalog(bare_system.home.catalog).policy("acme/a")
+    assert policy is not None and policy.canary is not None
     during = _observed(
         {
             "acme/a@r2": RevisionTraffic(requests=300, errors=3),
@@ -49,7 +57,8 @@ async def test_the_canary_panel_shows_both_revisions_and_aborts(
                 # 4 runs against r2's answers to the same prompts: -0.1, -0.1, 0, +0.2 (mean 0).
                 paired={"r2": PairedScores(pairs=4, diff_sum=0.0, diff_sq_sum=0.06, wins=1, losses=2)},
             ),
-        }
+        },
+        policy.canary,
     )
     await bare_system.log.append([during])
     await bare_system.settle()

@@ -48,19 +48,23 @@ CANARY_V1 = (
 def test_traffic_and_canary_starts_of_v1_are_read_without_paired_scores() -> None:
     for raw, header_path in ((TRAFFIC_V1, False), (TRAFFIC_V1, True)):
         traffic = codec.decode(raw, "TrafficObserved", 1) if header_path else codec.decode(raw)
-        assert isinstance(traffic, TrafficObserved) and traffic.v == 2 == CURRENT_VERSION["TrafficObserved"]
+        assert isinstance(traffic, TrafficObserved) and traffic.v == 3 == CURRENT_VERSION["TrafficObserved"]
         seen = traffic.traffic["acme/a@r2"]
         assert (seen.requests, seen.errors, seen.scored, seen.score_sum, seen.paired) == (9, 1, 2, 1.5, {})
+        assert traffic.canaries == {}  # an old engine host tagged nothing: no canary's evidence
     started = codec.decode(CANARY_V1)
-    assert isinstance(started, CanaryStarted) and started.v == 2 == CURRENT_VERSION["CanaryStarted"]
-    assert started.window_start["r1"].requests == 40 and started.window_start["r1"].paired == {}
+    assert isinstance(started, CanaryStarted) and started.v == 3 == CURRENT_VERSION["CanaryStarted"]
+    assert (started.canary, started.revision, started.stable) == ("c1", "r2", "r1")
+    assert "window_start" not in msgspec.structs.asdict(started)  # v3 dropped the counters' snapshot
     # The current version round-trips its pairs.
     paired = msgspec.structs.replace(
         traffic,
         traffic={"acme/a@r2": msgspec.structs.replace(seen, paired={"r1": PairedScores(pairs=3, wins=1)})},
+        canaries={"c1": {"acme/a@r2": seen}},
     )
     again = codec.decode(codec.encode(paired))
     assert isinstance(again, TrafficObserved) and again.traffic["acme/a@r2"].paired["r1"].pairs == 3
+    assert again.canaries["c1"]["acme/a@r2"].requests == 9
 
 
 def test_a_version_newer_than_this_build_is_refused_by_name() -> None:

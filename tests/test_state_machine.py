@@ -83,6 +83,7 @@ class CatalogUnderFaults(RuleBasedStateMachine):
         for name in self.actors:
             self._start(name)
         self.appended: list[Record] = []
+        self.canaries: list[str] = []  # the ids of canaries asked for (as the decider derives them)
 
     # -- the actor loop, one batch at a time, with a crash wherever hypothesis likes ----------------
 
@@ -171,7 +172,9 @@ class CatalogUnderFaults(RuleBasedStateMachine):
     @rule(policy=st.sampled_from(POLICIES), revision=st.sampled_from(REVISIONS), shadow=st.booleans())
     def start_canary(self, policy: str, revision: str, shadow: bool) -> None:
         rules = CanaryRules(fraction=0.25, mode="shadow" if shadow else "canary")
-        self._append([StartCanary.create(policy=policy, revision=revision, rules=rules)])
+        command = StartCanary.create(policy=policy, revision=revision, rules=rules)
+        self.canaries.append(f"{command.id}/0")
+        self._append([command])
 
     @rule(policy=st.sampled_from(POLICIES), promote=st.booleans(), stale=st.booleans())
     def end_canary(self, policy: str, promote: bool, stale: bool) -> None:
@@ -188,12 +191,13 @@ class CatalogUnderFaults(RuleBasedStateMachine):
         against=st.sampled_from(REVISIONS),
         pairs=st.integers(0, 4),
         diff=st.sampled_from((-0.5, -0.25, 0.0, 0.25)),  # dyadic: sums are exact in any order
+        under=st.integers(-1, 3),
     )
     def engine_reports_traffic(
-        self, policy: str, revision: str, against: str, pairs: int, diff: float
+        self, policy: str, revision: str, against: str, pairs: int, diff: float, under: int
     ) -> None:
-        # Shadow runs paired against the stable answer: the fold sums them, a CanaryStarted started
-        # after snapshots them in its window.
+        # Shadow runs paired against the stable answer: the fold sums them, per revision and, tagged
+        # with a canary (one asked for lately, started, ended or refused), per canary too.
         scores = PairedScores(
             pairs=pairs,
             diff_sum=pairs * diff,
@@ -207,6 +211,9 @@ class CatalogUnderFaults(RuleBasedStateMachine):
             interval_start=datetime.now(UTC),
             interval_s=1.0,
             traffic={f"{policy}@{revision}": seen},
+            canaries={self.canaries[-1 - under]: {f"{policy}@{revision}": seen}}
+            if 0 <= under < len(self.canaries)
+            else {},
         )
         self._append([report])
 

@@ -23,7 +23,7 @@ from mint.catalog.rows import (
     ServingMove,
     WaveRow,
 )
-from mint.evaluation.canary import Seen, seen_since
+from mint.evaluation.canary import Seen, seen_under
 from mint.serving.liveness import Liveness, heard_age
 
 # What a tenant sees of an engine besides its own adapters: what the engine is, not what it did.
@@ -101,11 +101,10 @@ def canary_panel(view: Catalog, policy: PolicyRow) -> CanaryPanel | None:
     canary = view.running_canary(policy)
     if canary is None:
         return None
-    traffic = {t.revision: t for t in view.traffic(policy.policy)}
+    served = {t.revision: t for t in view.canary_traffic(canary.canary)}
 
     def live(revision: str, paired_against: str | None = None) -> LiveNumbers:
-        seen = seen_since(traffic.get(revision), canary.window_start.get(revision), paired_against)
-        return LiveNumbers.of(revision, seen)
+        return LiveNumbers.of(revision, seen_under(served.get(revision), paired_against))
 
     return CanaryPanel(canary, live(canary.revision, canary.stable), live(canary.stable))
 

@@ -36,16 +36,13 @@ from events.catalog import (
 )
 from events.envelope import Command, Fact, Record
 from events.evaluation import EvaluationCompleted
-from events.serving import RevisionTraffic
 from mint.catalog.rows import (
     CANARIES,
     POLICIES,
     REVISIONS,
-    TRAFFIC,
     CanaryRow,
     PolicyRow,
     RevisionRow,
-    TrafficRow,
 )
 from mint.projection.store import Rows
 
@@ -280,22 +277,6 @@ def _end_canary(command: Command, policy: PolicyRow, rows: Rows, why: str) -> li
     return [ended]
 
 
-def _window_start(rows: Rows, policy: str, *revisions: str) -> dict[str, RevisionTraffic]:
-    """Each revision's live traffic counters as folded so far (absent: none yet)."""
-    start = {}
-    for revision in revisions:
-        seen: TrafficRow | None = rows.get(TRAFFIC, policy, revision)
-        if seen is not None:
-            start[revision] = RevisionTraffic(
-                requests=seen.requests,
-                errors=seen.errors,
-                scored=seen.scored,
-                score_sum=seen.score_sum,
-                paired=seen.paired,
-            )
-    return start
-
-
 def _canary_started(
     ident: str, cause: Record, policy: PolicyRow, revision: str, rules: CanaryRules, rows: Rows, reason: str
 ) -> CanaryStarted:
@@ -310,7 +291,6 @@ def _canary_started(
         revision=revision,
         stable=policy.pointer,
         rules=rules,
-        window_start=_window_start(rows, policy.policy, policy.pointer, revision),
         reason=reason,
     )
 

@@ -6,6 +6,8 @@ and a fact only a decider may write reaches a handler only when it is sealed (ev
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from msgspec.structs import replace
 
 from events.catalog import (
@@ -30,6 +32,7 @@ from events.serving import (
     EngineLost,
     EngineRegistered,
     PairedScores,
+    RevisionTraffic,
     TrafficObserved,
     WavePlanned,
 )
@@ -45,6 +48,7 @@ from events.training import (
 )
 from mint.catalog.rows import (
     CANARIES,
+    CANARY_TRAFFIC,
     CATALOG_TABLES,
     ENGINES,
     EVALUATIONS,
@@ -60,6 +64,7 @@ from mint.catalog.rows import (
     TRAFFIC,
     WAVES,
     CanaryRow,
+    CanaryTrafficRow,
     EngineRow,
     EvaluationRow,
     LoadFailureRow,
@@ -272,7 +277,6 @@ def canary_started(fact: CanaryStarted, rows: Rows) -> None:
             fact.revision,
             fact.stable,
             fact.rules,
-            dict(fact.window_start),
             "running",
             at,
             reason=fact.reason,
@@ -317,18 +321,27 @@ def traffic_observed(fact: TrafficObserved, rows: Rows) -> None:
         policy, _, revision = ref.partition("@")
         row: TrafficRow | None = rows.get(TRAFFIC, policy, revision)
         base = row or TrafficRow(policy, revision, 0, 0, 0, 0.0, at)
-        rows.put(
-            TRAFFIC,
-            replace(
-                base,
-                requests=base.requests + seen.requests,
-                errors=base.errors + seen.errors,
-                scored=base.scored + seen.scored,
-                score_sum=base.score_sum + seen.score_sum,
-                updated_at=at,
-                paired=_paired_plus(base.paired, seen.paired),
-            ),
-        )
+        rows.put(TRAFFIC, replace(_plus(base, seen), updated_at=at))
+    for canary, served in fact.canaries.items():
+        for ref, seen in served.items():
+            revision = ref.partition("@")[2]
+            under: CanaryTrafficRow | None = rows.get(CANARY_TRAFFIC, canary, revision)
+            rows.put(CANARY_TRAFFIC, _plus(under or CanaryTrafficRow(canary, revision), seen))
+
+
+Counted = TypeVar("Counted", TrafficRow, CanaryTrafficRow)
+
+
+def _plus(row: Counted, seen: RevisionTraffic) -> Counted:
+    """`row`'s counters with one report's added."""
+    return replace(
+        row,
+        requests=row.requests + seen.requests,
+        errors=row.errors + seen.errors,
+        scored=row.scored + seen.scored,
+        score_sum=row.score_sum + seen.score_sum,
+        paired=_paired_plus(row.paired, seen.paired),
+    )
 
 
 def _paired_plus(

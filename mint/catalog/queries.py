@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from events.log import Position
 from mint.catalog.rows import (
     CANARIES,
+    CANARY_TRAFFIC,
     ENGINES,
     EVALUATIONS,
     LOAD_FAILURES,
@@ -22,6 +23,7 @@ from mint.catalog.rows import (
     TRAFFIC,
     WAVES,
     CanaryRow,
+    CanaryTrafficRow,
     EngineRow,
     EvaluationRow,
     LoadFailureRow,
@@ -83,6 +85,10 @@ class Catalog:
     def traffic(self, policy: str) -> list[TrafficRow]:
         """Live traffic per revision over all its servings (what the watch reads)."""
         return self._rows(TRAFFIC, "policy = ?", (policy,), "revision")
+
+    def canary_traffic(self, canary: str) -> list[CanaryTrafficRow]:
+        """What each revision served under `canary` (its evidence)."""
+        return self._rows(CANARY_TRAFFIC, "canary = ?", (canary,), "revision")
 
     def canary(self, canary: str) -> CanaryRow | None:
         found = self._rows(CANARIES, "canary = ?", (canary,))

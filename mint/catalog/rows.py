@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from events.catalog import CanaryRules, Gate, Watch
-from events.serving import PairedScores, RevisionTraffic
+from events.serving import PairedScores
 from mint.projection.table import Row, Table
 
 
@@ -72,7 +72,6 @@ class CanaryRow(Row, frozen=True):
     revision: str
     stable: str
     rules: CanaryRules
-    window_start: dict[str, RevisionTraffic]
     status: str  # running | promoted | aborted
     started_at: str
     ended_at: str | None = None
@@ -111,6 +110,20 @@ class TrafficRow(Row, frozen=True):
     score_sum: float
     updated_at: str
     paired: dict[str, PairedScores] = {}  # its shadow runs scored against the stable answer, per stable
+
+
+class CanaryTrafficRow(Row, frozen=True):
+    """Live traffic of one revision served under one canary (engine hosts tag what they serve while
+    they see the canary running): the canary's evidence. Sums only, like TrafficRow, so a report
+    folded before or after its canary's start or end (another partition) gives the same row."""
+
+    canary: str
+    revision: str
+    requests: int = 0
+    errors: int = 0
+    scored: int = 0
+    score_sum: float = 0.0
+    paired: dict[str, PairedScores] = {}
 
 
 class RunRow(Row, frozen=True):
@@ -253,6 +266,7 @@ CANARIES = Table(
     indexes=(("policy", "started_at"), ("status",)),
 )
 TRAFFIC = Table("traffic", TrafficRow, key=("policy", "revision"))
+CANARY_TRAFFIC = Table("canary_traffic", CanaryTrafficRow, key=("canary", "revision"))
 RUNS = Table("runs", RunRow, key=("run",), columns=("tenant", "status"), indexes=(("tenant",),))
 STEPS = Table("steps", StepRow, key=("run", "policy", "step"), append_only=True)
 ENGINES = Table("engines", EngineRow, key=("engine",), columns=("status",))
@@ -278,6 +292,7 @@ CATALOG_TABLES = (
     EVALUATIONS,
     CANARIES,
     TRAFFIC,
+    CANARY_TRAFFIC,
     RUNS,
     STEPS,
     ENGINES,

@@ -1,9 +1,10 @@
 """The canary's verdict: promote or abort a candidate revision on live evidence, or wait for more.
 Pure, so the evaluator's decision is tested without traffic and explained by the numbers it returns.
 
-Both revisions are judged over the same window: what each one's live counters gained since the canary
-started (CanaryStarted.window_start), so the stable revision's history before the canary does not
-flatter or shame it.
+Both revisions are judged on what engine hosts served of them under the canary (they tag each
+request with the canary they see running on its policy: TrafficObserved.canaries), so neither the
+stable revision's history nor a late report of what came before the canary (the last errors of one
+aborted a moment ago) flatters or shames either.
 
 In shadow mode the engine host also scores each shadow run beside the answer the client got from the
 stable revision to the same prompt. Those pairs decide the score rule: their mean difference is the
@@ -18,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 
 from events.catalog import CanaryRules
-from events.serving import PairedScores, RevisionTraffic
-from mint.catalog.rows import TrafficRow
+from events.serving import PairedScores
+from mint.catalog.rows import CanaryTrafficRow
 
 
 @dataclass(frozen=True)
@@ -70,35 +71,14 @@ class Seen:
         return self.score_sum / self.scored if self.scored else None
 
 
-def seen_since(
-    now: TrafficRow | None, start: RevisionTraffic | None, paired_against: str | None = None
-) -> Seen:
-    """What a revision's counters gained since `start` (with its runs paired against revision
-    `paired_against`, when named). Never below zero: a reader whose fold lags the catalog's when the
-    canary started has simply seen nothing of the window yet."""
-    if now is None:
+def seen_under(row: CanaryTrafficRow | None, paired_against: str | None = None) -> Seen:
+    """What a revision served under a canary (with its runs paired against revision
+    `paired_against`, when named); nothing yet when no engine host has reported any."""
+    if row is None:
         return Seen()
-    start = start or RevisionTraffic()
-    return Seen(
-        max(0, now.requests - start.requests),
-        max(0, now.errors - start.errors),
-        max(0, now.scored - start.scored),
-        max(0.0, now.score_sum - start.score_sum) if now.scored > start.scored else 0.0,
-        _paired_since(now.paired, start.paired, paired_against) if paired_against else Paired(),
-    )
-
-
-def _paired_since(now: dict[str, PairedScores], start: dict[str, PairedScores], against: str) -> Paired:
-    tally, before = now.get(against, PairedScores()), start.get(against, PairedScores())
-    if tally.pairs <= before.pairs:
-        return Paired()
-    return Paired(
-        tally.pairs - before.pairs,
-        tally.diff_sum - before.diff_sum,
-        max(0.0, tally.diff_sq_sum - before.diff_sq_sum),
-        max(0, tally.wins - before.wins),
-        max(0, tally.losses - before.losses),
-    )
+    tally = row.paired.get(paired_against, PairedScores()) if paired_against else PairedScores()
+    paired = Paired(tally.pairs, tally.diff_sum, tally.diff_sq_sum, tally.wins, tally.losses)
+    return Seen(row.requests, row.errors, row.scored, row.score_sum, paired)
 
 
 @dataclass(frozen=True)
