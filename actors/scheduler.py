@@ -28,7 +28,16 @@ from events.envelope import Record
 from events.log import EventLog
 from events.serving import AdapterLoaded, AdapterLoadFailed, EngineLost, ReportDemand, WavePlanned
 from mint.catalog.fold import CATALOG_FOLD
-from mint.catalog.rows import ENGINES, POLICIES, REVISIONS, EngineRow, PolicyRow, RevisionRow
+from mint.catalog.rows import (
+    CANARIES,
+    ENGINES,
+    POLICIES,
+    REVISIONS,
+    CanaryRow,
+    EngineRow,
+    PolicyRow,
+    RevisionRow,
+)
 from mint.home import Home
 from mint.projection.store import ProjectionStore
 from mint.serving.liveness import Liveness, heard_age
@@ -219,7 +228,14 @@ class WaveScheduler(StoreActor):
                 return True
             policy, _, revision = ref.partition("@")
             row: PolicyRow | None = store.rows.get(POLICIES, policy)
-            return row is not None and row.status == "active" and row.pointer == revision
+            if row is None or row.status != "active":
+                return False
+            if row.pointer == revision:
+                return True
+            # A running canary's candidate answers (or shadows) its slice whenever the slice has
+            # requests: an interval without any does not make it unservable, or it would churn.
+            canary: CanaryRow | None = store.rows.get(CANARIES, row.canary) if row.canary else None
+            return canary is not None and canary.status == "running" and canary.revision == revision
 
         return servable
 

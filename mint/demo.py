@@ -205,10 +205,17 @@ class Demo:
         return ended
 
     async def ask(self, client: httpx.AsyncClient, policy: str, prompt: str) -> tuple[int, str, str]:
-        reply = await client.post(
-            f"{self.api}/v1/completions",
-            json={"model": policy, "prompt": prompt, "max_tokens": 8, "temperature": 0.0},
-        )
+        """One completion, as a well-behaved client asks: a 429 (the token's rate limit, 10 requests/s
+        by default, which the story's loops outrun) is retried after its Retry-After, so what the story
+        counts as failed is what serving failed."""
+        while True:
+            reply = await client.post(
+                f"{self.api}/v1/completions",
+                json={"model": policy, "prompt": prompt, "max_tokens": 8, "temperature": 0.0},
+            )
+            if reply.status_code != 429:
+                break
+            await anyio.sleep(float(reply.headers.get("Retry-After", "1")))
         text = (
             reply.json()["choices"][0]["text"]
             if reply.status_code == 200

@@ -27,6 +27,7 @@ from mint.catalog.canary import takes_candidate
 from mint.catalog.queries import Catalog
 from mint.catalog.rows import TrafficRow
 from mint.training.rewards import length
+from tests.log_contract import read_all
 from tests.serving_system import ready, serving_system
 
 pytestmark = pytest.mark.anyio
@@ -199,3 +200,35 @@ async def test_a_shadow_run_is_scored_beside_the_answer_the_client_got_to_the_sa
     metrics = (await _client(app, tokens, "_system").get("/metrics")).text
     assert f'mint_shadow_paired_total{{revision="{r2}"}} 6.0' in metrics
     await system.log.append([AbortCanary.create(policy="acme/a", reason="done")])
+
+
+async def _demand_reports(system: System) -> set[str]:
+    return {s.id for s in await read_all(system.log) if s.type == "ReportDemand"}
+
+
+async def _rebalanced(system: System, client: httpx.AsyncClient, resident: str) -> set[str]:
+    """Send a request pinned to `resident` only, so the engine host's next demand report names
+    nothing else; once the scheduler has answered that report (a wave or none) and the engine host
+    has executed what it planned, the revisions resident on e1."""
+    before = await _demand_reports(system)
+    reply = await client.post("/v1/completions", json={**BODY, "model": resident})
+    assert reply.status_code == 200, reply.text
+    with anyio.fail_after(30):
+        while not await _demand_reports(system) - before:  # one report per interval: wait for it
+            await system.projector.progress.changed()
+        await system.settle()
+    return set(system.engines[0].engine.resident())
+
+
+async def test_a_running_canarys_candidate_stays_resident_through_intervals_without_its_requests(
+    system: System, app: Starlette, tokens: TokenStore
+) -> None:
+    r1, r2 = await ready(system)
+    client = _client(app, tokens)
+    await _canary(system, CanaryRules(fraction=0.1, **PATIENT))  # type: ignore[arg-type]
+    # An interval in which the candidate's slice had no request: it is still the canary's to answer.
+    assert await _rebalanced(system, client, r1) == {r1, r2}
+    # The canary over, the candidate serves nothing: the next rebalance lets it go.
+    await system.log.append([AbortCanary.create(policy="acme/a", reason="done")])
+    await system.settle()
+    assert await _rebalanced(system, client, r1) == {r1}

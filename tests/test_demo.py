@@ -48,6 +48,10 @@ def test_the_demo_tells_the_whole_story_and_exits_cleanly(demo: tuple[Path, Resu
         "/admin/",
     ):
         assert said in result.output, said
+    # What the story counts as failed is what serving failed: the healed canary's requests all answered
+    # (the token's rate limit, which the story outruns, is waited out, not counted).
+    faulty, healed = [line for line in result.output.splitlines() if "requests while it ran" in line]
+    assert "failed" in faulty and "failed" not in healed, healed
 
 
 def test_passing_revisions_are_promoted_automatically_and_manual_ones_wait(catalog: Catalog) -> None:
